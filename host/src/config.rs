@@ -1,0 +1,455 @@
+//! Configuration: `proxy.toml` is parsed into [`file::FileConfig`] and then
+//! validated once into [`Config`], the only form the rest of Weir reads.
+//! Every error names the file, the line where known, and the key path, e.g.
+//! `proxy.toml:14: plugins.auth.file: no such file plugins/auth.wasm`.
+
+pub mod file;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use file::{FileConfig, OnErrorFile, StrategyFile};
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listeners: Vec<SocketAddr>,
+    pub limits: Limits,
+    pub proxy: ProxySettings,
+    pub runtime: RuntimeSettings,
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub default_upstream: Option<String>,
+    /// Plugins in chain order.
+    pub chain: Vec<PluginSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_request_body_bytes: u64,
+    pub max_buffered_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub trust_forwarded_headers: bool,
+    pub via_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub cache_dir: PathBuf,
+    pub max_instances: u32,
+    pub max_memory_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    /// `host:port` authorities.
+    pub endpoints: Vec<String>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+/// What to do when a plugin fails (trap, timeout, memory cap, bad output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Deny,
+    Skip,
+}
+
+/// How instances of a plugin are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Fresh,
+    Pooled { pool_size: usize, max_uses: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub name: String,
+    pub file: PathBuf,
+    /// The plugin's config table as JSON.
+    pub config_json: String,
+    pub on_error: OnError,
+    pub strategy: Strategy,
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+    pub allow_hosts: Vec<String>,
+}
+
+/// A configuration problem, located as precisely as the parser allows.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `plugins.auth.file`; empty for whole-file errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A list of problems; `weir check` prints one per line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, err) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{err}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validate config text; `path` locates relative files and errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let located = Locator { path, text };
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|e| ConfigErrors(vec![located.toml_error(String::new(), &e)]))?;
+        let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ConfigErrors(vec![located.toml_error(key, e.inner())])
+        })?;
+        Validator {
+            at: located,
+            errors: Vec::new(),
+        }
+        .validate(raw)
+    }
+}
+
+/// Turns byte spans into line numbers for error messages.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, span: Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(&self, span: Option<Range<usize>>, key: String, message: String) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: span.map(|s| self.line_of(s)),
+            key,
+            message,
+        }
+    }
+
+    fn toml_error(&self, key: String, err: &toml::de::Error) -> ConfigError {
+        self.error(err.span(), key, err.message().trim_end().to_owned())
+    }
+
+    fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+struct Validator<'a> {
+    at: Locator<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn fail(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: String) {
+        let err = self.at.error(span, key.into(), message);
+        self.errors.push(err);
+    }
+
+    fn validate(mut self, raw: FileConfig) -> Result<Config, ConfigErrors> {
+        if raw.listeners.is_empty() {
+            self.fail(None, "listeners", "at least one [[listeners]] is required".into());
+        }
+        let mut listeners = Vec::new();
+        for (i, listener) in raw.listeners.iter().enumerate() {
+            match listener.address.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => listeners.push(addr),
+                Err(_) => self.fail(
+                    Some(listener.address.span()),
+                    format!("listeners[{i}].address"),
+                    format!(
+                        "{:?} is not an IP:PORT address (e.g. \"127.0.0.1:8080\")",
+                        listener.address.get_ref()
+                    ),
+                ),
+            }
+        }
+
+        let upstreams = self.upstreams(&raw);
+        let default_upstream = raw.default_upstream.as_ref().map(|name| {
+            self.check_upstream_ref(name, "default_upstream", &upstreams);
+            name.get_ref().clone()
+        });
+        let chain = self.chain(&raw);
+
+        // wasmtime's cache wants an absolute directory; so do log lines.
+        let base = std::path::absolute(self.at.base_dir())
+            .unwrap_or_else(|_| self.at.base_dir().to_owned());
+        let limits = &raw.limits;
+        let config = Config {
+            path: self.at.path.to_owned(),
+            listeners,
+            limits: Limits {
+                max_header_bytes: limits.max_header_bytes,
+                max_headers: limits.max_headers,
+                max_request_body_bytes: limits.max_request_body_bytes,
+                max_buffered_body_bytes: limits.max_buffered_body_bytes,
+                header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
+                shutdown_grace: Duration::from_millis(limits.shutdown_grace_ms),
+            },
+            proxy: ProxySettings {
+                trust_forwarded_headers: raw.proxy.trust_forwarded_headers,
+                via_name: raw.proxy.via_name.clone(),
+            },
+            runtime: RuntimeSettings {
+                cache_dir: base.join(&raw.runtime.cache_dir),
+                max_instances: raw.runtime.max_instances,
+                max_memory_bytes: raw.runtime.max_memory_mb << 20,
+            },
+            upstreams,
+            default_upstream,
+            chain,
+        };
+        if limits.max_header_bytes < 1024 {
+            self.fail(
+                None,
+                "limits.max_header_bytes",
+                "must be at least 1024".into(),
+            );
+        }
+        for spec in &config.chain {
+            if spec.memory_bytes > config.runtime.max_memory_bytes {
+                self.fail(
+                    None,
+                    format!("plugins.{}.memory_mb", spec.name),
+                    format!(
+                        "{} MiB exceeds runtime.max_memory_mb ({} MiB)",
+                        spec.memory_bytes >> 20,
+                        raw.runtime.max_memory_mb
+                    ),
+                );
+            }
+        }
+        if self.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+
+    fn upstreams(&mut self, raw: &FileConfig) -> BTreeMap<String, UpstreamSpec> {
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream) in &raw.upstreams {
+            if upstream.endpoints.is_empty() {
+                self.fail(
+                    None,
+                    format!("upstreams.{name}.endpoints"),
+                    "at least one endpoint is required".into(),
+                );
+            }
+            for (i, endpoint) in upstream.endpoints.iter().enumerate() {
+                if let Err(why) = check_authority(endpoint.get_ref()) {
+                    self.fail(
+                        Some(endpoint.span()),
+                        format!("upstreams.{name}.endpoints[{i}]"),
+                        why,
+                    );
+                }
+            }
+            upstreams.insert(
+                name.clone(),
+                UpstreamSpec {
+                    name: name.clone(),
+                    endpoints: upstream
+                        .endpoints
+                        .iter()
+                        .map(|e| e.get_ref().clone())
+                        .collect(),
+                    connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),
+                    response_timeout: Duration::from_millis(upstream.response_timeout_ms),
+                    max_idle_per_endpoint: upstream.max_idle_per_endpoint,
+                },
+            );
+        }
+        upstreams
+    }
+
+    fn check_upstream_ref(
+        &mut self,
+        name: &Spanned<String>,
+        key: &str,
+        upstreams: &BTreeMap<String, UpstreamSpec>,
+    ) {
+        if !upstreams.contains_key(name.get_ref()) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            self.fail(
+                Some(name.span()),
+                key,
+                format!(
+                    "unknown upstream {:?} (configured: {})",
+                    name.get_ref(),
+                    list_or_none(&known)
+                ),
+            );
+        }
+    }
+
+    fn chain(&mut self, raw: &FileConfig) -> Vec<PluginSpec> {
+        let mut seen = HashSet::new();
+        let mut chain = Vec::new();
+        for (i, entry) in raw.chain.iter().enumerate() {
+            let name = entry.get_ref();
+            if !seen.insert(name.clone()) {
+                self.fail(
+                    Some(entry.span()),
+                    format!("chain[{i}]"),
+                    format!("plugin {name:?} appears twice in the chain"),
+                );
+                continue;
+            }
+            let Some(plugin) = raw.plugins.get(name) else {
+                let known: Vec<&str> = raw.plugins.keys().map(String::as_str).collect();
+                self.fail(
+                    Some(entry.span()),
+                    format!("chain[{i}]"),
+                    format!(
+                        "unknown plugin {name:?} (configured: {})",
+                        list_or_none(&known)
+                    ),
+                );
+                continue;
+            };
+            if let Some(spec) = self.plugin(name, plugin) {
+                chain.push(spec);
+            }
+        }
+        chain
+    }
+
+    fn plugin(&mut self, name: &str, plugin: &file::PluginFile) -> Option<PluginSpec> {
+        let file = self.at.base_dir().join(plugin.file.get_ref());
+        if !file.is_file() {
+            self.fail(
+                Some(plugin.file.span()),
+                format!("plugins.{name}.file"),
+                format!("no such file {}", file.display()),
+            );
+            return None;
+        }
+        let config_json = match serde_json::to_string(&plugin.config) {
+            Ok(json) => json,
+            Err(e) => {
+                self.fail(
+                    None,
+                    format!("plugins.{name}.config"),
+                    format!("cannot be expressed as JSON: {e}"),
+                );
+                return None;
+            }
+        };
+        if plugin.timeout_ms == 0 {
+            self.fail(
+                None,
+                format!("plugins.{name}.timeout_ms"),
+                "must be greater than 0".into(),
+            );
+        }
+        Some(PluginSpec {
+            name: name.to_owned(),
+            file,
+            config_json,
+            on_error: match plugin.on_error {
+                OnErrorFile::Deny => OnError::Deny,
+                OnErrorFile::Skip => OnError::Skip,
+            },
+            strategy: match plugin.instances {
+                StrategyFile::Fresh => Strategy::Fresh,
+                StrategyFile::Pooled => Strategy::Pooled {
+                    pool_size: plugin.pool_size,
+                    max_uses: plugin.max_uses.max(1),
+                },
+            },
+            timeout: Duration::from_millis(plugin.timeout_ms),
+            memory_bytes: plugin.memory_mb << 20,
+            allow_hosts: plugin.allow_hosts.clone(),
+        })
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Check a `host:port` endpoint.
+fn check_authority(endpoint: &str) -> Result<(), String> {
+    let authority: http::uri::Authority = endpoint
+        .parse()
+        .map_err(|_| format!("{endpoint:?} is not a host:port endpoint"))?;
+    if authority.port_u16().is_none() {
+        return Err(format!(
+            "{endpoint:?} has no port (write e.g. \"{}:80\")",
+            authority.host()
+        ));
+    }
+    if endpoint.contains('@') {
+        return Err(format!("{endpoint:?} must not contain credentials"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

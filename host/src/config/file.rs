@@ -1,0 +1,199 @@
+//! The `proxy.toml` file format, exactly as written by operators.
+//!
+//! Every table denies unknown keys, so a typo is an error naming the key, not
+//! a silently ignored setting. Defaults exist only for optional settings; the
+//! validated, internal form is [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[[listeners]]`: where to accept client connections.
+    pub listeners: Vec<ListenerFile>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub proxy: ProxyFile,
+    #[serde(default)]
+    pub runtime: RuntimeFile,
+    /// `[upstreams.NAME]`: named upstream pools.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    /// The upstream used when no plugin chose one.
+    pub default_upstream: Option<Spanned<String>>,
+    /// `[plugins.NAME]`: every plugin that may appear in the chain.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginFile>,
+    /// Plugin names in request-phase order.
+    #[serde(default)]
+    pub chain: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// `IP:PORT`, e.g. `127.0.0.1:8080`; port 0 picks a free port.
+    pub address: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    /// Largest request head (request line + headers) in bytes; larger → 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more → 431.
+    pub max_headers: usize,
+    /// Largest request body in bytes; larger → 413. Streamed, never held.
+    pub max_request_body_bytes: u64,
+    /// Largest body buffered for a plugin that asked to see it.
+    pub max_buffered_body_bytes: usize,
+    /// Time allowed for a client to send the request head (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Time allowed for in-flight requests to finish on shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_request_body_bytes: 1 << 30,
+            max_buffered_body_bytes: 1 << 20,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyFile {
+    /// Keep `X-Forwarded-*` sent by clients (only behind a trusted balancer).
+    /// At the edge, leave false: client-sent values are replaced.
+    pub trust_forwarded_headers: bool,
+    /// The pseudonym Weir adds to `Via`.
+    pub via_name: String,
+}
+
+impl Default for ProxyFile {
+    fn default() -> Self {
+        ProxyFile {
+            trust_forwarded_headers: false,
+            via_name: "weir".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeFile {
+    /// Where compiled plugins are cached (relative to the config file).
+    pub cache_dir: String,
+    /// Most plugin instances alive at once, all plugins together.
+    pub max_instances: u32,
+    /// Largest linear memory any plugin may be given, in MiB.
+    pub max_memory_mb: u64,
+}
+
+impl Default for RuntimeFile {
+    fn default() -> Self {
+        RuntimeFile {
+            cache_dir: ".weir/cache".into(),
+            max_instances: 1000,
+            max_memory_mb: 256,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// `host:port` endpoints.
+    pub endpoints: Vec<Spanned<String>>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time from sending the request to receiving the response head.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    /// Idle keep-alive connections kept per endpoint.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: usize,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_response_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_idle() -> usize {
+    64
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginFile {
+    /// Path to the component, relative to the config file.
+    pub file: Spanned<String>,
+    /// The plugin's own config table, handed to it as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default)]
+    pub on_error: OnErrorFile,
+    #[serde(default)]
+    pub instances: StrategyFile,
+    /// Pooled: most idle warm instances kept.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Pooled: an instance is retired after this many calls.
+    #[serde(default = "default_max_uses")]
+    pub max_uses: u64,
+    /// Wall time allowed for one call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Linear memory cap per instance, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// `host` or `host:port` names the plugin may call with `http-client`.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+}
+
+fn default_pool_size() -> usize {
+    64
+}
+fn default_max_uses() -> u64 {
+    10_000
+}
+fn default_timeout_ms() -> u64 {
+    100
+}
+fn default_memory_mb() -> u64 {
+    64
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnErrorFile {
+    /// Fail the request (500, or 503 when the plugin timed out).
+    #[default]
+    Deny,
+    /// Go on as if the plugin had answered "continue, no changes".
+    Skip,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyFile {
+    /// A new instance for every call: full isolation, ~µs for Rust/C guests.
+    #[default]
+    Fresh,
+    /// Warm instances reused across requests, recycled after `max_uses`
+    /// calls or any failure. For heavy guests (JS, Python).
+    Pooled,
+}

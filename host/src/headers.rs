@@ -1,0 +1,149 @@
+//! Proxy header hygiene: hop-by-hop headers are stripped both ways
+//! (RFC 9110 §7.6.1, including every header the `Connection` header names),
+//! and `X-Forwarded-For/-Proto/-Host` and `Via` are set on the way up.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+/// Hop-by-hop headers that never cross the proxy.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Remove hop-by-hop headers, including those listed in `Connection`.
+/// `TE: trailers` survives (gRPC needs it); any other `TE` does not.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The facts the forwarding headers are made of.
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub version: Version,
+    pub via_name: &'a str,
+    /// Keep client-sent `X-Forwarded-*` (append to them) instead of replacing.
+    pub trust_incoming: bool,
+}
+
+/// Set `X-Forwarded-For/-Proto/-Host` and append to `Via` on a request going
+/// upstream.
+pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    let client = fwd.client_ip.to_string();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if fwd.trust_incoming && !prior.trim().is_empty() => {
+            format!("{prior}, {client}")
+        }
+        _ => client,
+    };
+    insert_text(headers, X_FORWARDED_FOR, &xff);
+    let keep = fwd.trust_incoming;
+    if !(keep && headers.contains_key(X_FORWARDED_PROTO)) {
+        insert_text(headers, X_FORWARDED_PROTO, fwd.scheme);
+    }
+    if !(keep && headers.contains_key(X_FORWARDED_HOST)) {
+        insert_text(headers, X_FORWARDED_HOST, fwd.host);
+    }
+    append_via(headers, fwd.version, fwd.via_name);
+}
+
+/// Append this hop to `Via` (RFC 9110 §7.6.3).
+pub fn append_via(headers: &mut HeaderMap, version: Version, via_name: &str) {
+    let protocol = match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let hop = format!("{protocol} {via_name}");
+    if let Ok(value) = HeaderValue::from_str(&hop) {
+        headers.append(header::VIA, value);
+    }
+}
+
+fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_headers_named_by_connection() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert!(headers.get("keep-alive").is_none());
+        assert_eq!(headers.get(header::TE).unwrap(), "trailers");
+        assert_eq!(headers.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn untrusted_forwarded_for_is_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        let fwd = Forwarded {
+            client_ip: "10.0.0.1".parse().unwrap(),
+            scheme: "http",
+            host: "example.com",
+            version: Version::HTTP_11,
+            via_name: "weir",
+            trust_incoming: false,
+        };
+        set_forwarded(&mut headers, &fwd);
+        assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1");
+        assert_eq!(headers.get(header::VIA).unwrap(), "1.1 weir");
+        let trusted = Forwarded {
+            trust_incoming: true,
+            ..fwd
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        set_forwarded(&mut headers, &trusted);
+        assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "6.6.6.6, 10.0.0.1");
+    }
+}

@@ -1,0 +1,24 @@
+//! Weir: an edge HTTP reverse proxy whose every policy is a WebAssembly
+//! component plugin.
+//!
+//! Request path: [`server`] accepts → [`proxy`] runs the [`plugin`] chain's
+//! request phase → [`upstream`] forwards → the chain's response phase →
+//! client. [`config`] validates `proxy.toml` once; [`runner`] wires it all.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod headers;
+pub mod kv;
+pub mod metrics;
+pub mod plugin;
+pub mod proxy;
+pub mod runner;
+pub mod server;
+pub mod upstream;
+
+pub use config::Config;
+pub use runner::{start, Running, StartError, Weir};

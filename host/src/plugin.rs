@@ -1,0 +1,70 @@
+//! The plugin runtime: loading components, running one call in an isolated,
+//! bounded instance, and the chain that runs every plugin per phase.
+//!
+//! Lifecycle (the same words are used in WIT, spans and docs):
+//! * **load** — compile (or fetch from the disk cache), link against the
+//!   `weir:plugin` world into an `InstancePre`, and call `validate-config`
+//!   once. Never on the request path.
+//! * **request phase** — `on-request`, chain order.
+//! * **response phase** — `on-response`, reverse chain order.
+
+pub mod bindings;
+pub mod chain;
+pub mod convert;
+pub mod engine;
+mod instance;
+pub mod outbound;
+pub mod state;
+
+pub use chain::{Chain, Exchange, RequestOutcome};
+pub use engine::Runtime;
+pub use instance::Plugin;
+
+/// Why a plugin could not be loaded or a call failed. Every variant names
+/// the plugin so logs and `weir check` say which one.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin runtime: {message}")]
+    Runtime { message: String },
+    #[error("{message}")]
+    Load { message: String },
+    #[error("plugin {plugin}: does not implement the weir:plugin@0.1.0 world: {message}")]
+    Contract { plugin: String, message: String },
+    #[error("plugin {plugin}: config refused: {message}")]
+    Config { plugin: String, message: String },
+    #[error("plugin {plugin}: trapped: {message}")]
+    Trap { plugin: String, message: String },
+    #[error("plugin {plugin}: exceeded its deadline of {timeout_ms} ms")]
+    Timeout { plugin: String, timeout_ms: u64 },
+    #[error("plugin {plugin}: exceeded its memory cap of {limit_mb} MiB")]
+    MemoryLimit { plugin: String, limit_mb: u64 },
+    #[error("plugin {plugin}: returned an invalid answer: {message}")]
+    BadOutput { plugin: String, message: String },
+    #[error("plugin {plugin}: no instance available: {message}")]
+    Overload { plugin: String, message: String },
+}
+
+impl PluginError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PluginError::Timeout { .. })
+    }
+
+    pub fn is_overload(&self) -> bool {
+        matches!(self, PluginError::Overload { .. })
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Runtime { .. } => "runtime",
+            PluginError::Load { .. } => "load",
+            PluginError::Contract { .. } => "contract",
+            PluginError::Config { .. } => "config",
+            PluginError::Trap { .. } => "trap",
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::MemoryLimit { .. } => "memory",
+            PluginError::BadOutput { .. } => "bad_output",
+            PluginError::Overload { .. } => "overload",
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The chain: every plugin's request phase in order, then (after the cache
+//! and the upstream) every response phase in reverse. A plugin that fails is
+//! handled per its `on_error`: `deny` fails the request, `skip` goes on as
+//! if it had answered "continue, no changes".
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{request, response, HeaderMap, StatusCode};
+use tracing::Instrument;
+
+use super::bindings::types::{self, RequestAction};
+use super::convert;
+use super::instance::{Answer, Call};
+use super::{Plugin, PluginError};
+use crate::config::OnError;
+
+/// One request as it flows through the chain: the request head the upstream
+/// will see, plus the typed facts plugins read and set.
+pub struct Exchange {
+    pub id: String,
+    pub route: Option<String>,
+    pub scheme: &'static str,
+    pub authority: String,
+    pub head: request::Parts,
+    pub connection: types::ConnectionInfo,
+    pub properties: Vec<(String, types::Value)>,
+    pub upstream: Option<String>,
+    pub cache: Option<types::CacheDirectives>,
+    /// The buffered request body, when a plugin asked for it.
+    pub body: Option<Bytes>,
+}
+
+impl Exchange {
+    /// A copy for the response phase, without the body.
+    pub fn snapshot(&self) -> Exchange {
+        Exchange {
+            id: self.id.clone(),
+            route: self.route.clone(),
+            scheme: self.scheme,
+            authority: self.authority.clone(),
+            head: self.head.clone(),
+            connection: self.connection.clone(),
+            properties: self.properties.clone(),
+            upstream: self.upstream.clone(),
+            cache: self.cache.clone(),
+            body: None,
+        }
+    }
+
+    /// The WIT view of this request.
+    fn to_wit(&self, with_body: bool) -> types::Request {
+        types::Request {
+            id: self.id.clone(),
+            route: self.route.clone(),
+            method: self.head.method.as_str().to_owned(),
+            scheme: self.scheme.to_owned(),
+            authority: self.authority.clone(),
+            path: self.head.uri.path().to_owned(),
+            query: self.head.uri.query().map(str::to_owned),
+            headers: convert::headers_to_wit(&self.head.headers),
+            connection: self.connection.clone(),
+            upstream: self.upstream.clone(),
+            properties: self.properties.clone(),
+            body: if with_body {
+                self.body.as_ref().map(|b| b.to_vec())
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// What the request phase decided.
+pub enum RequestOutcome {
+    /// Every plugin said continue: forward the request.
+    Continue,
+    /// A plugin answered locally. `ran` plugins (those before it) still get
+    /// their response phase.
+    Respond {
+        ran: usize,
+        response: http::Response<Bytes>,
+    },
+}
+
+/// The response head (and buffered body) given to the response phase.
+pub struct ResponseState {
+    pub head: response::Parts,
+    pub body: Option<Bytes>,
+}
+
+/// An ordered list of loaded plugins.
+pub struct Chain {
+    plugins: Vec<Arc<Plugin>>,
+    upstreams: HashSet<String>,
+}
+
+impl Chain {
+    pub fn new(plugins: Vec<Arc<Plugin>>, upstreams: HashSet<String>) -> Chain {
+        Chain { plugins, upstreams }
+    }
+
+    pub fn len(&self) -> usize {
+        self.plugins.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Whether any plugin asked to read the request body.
+    pub fn wants_request_body(&self) -> bool {
+        self.plugins.iter().any(|p| p.info.request_body)
+    }
+
+    /// Whether any of the first `ran` plugins has a response phase.
+    pub fn has_response_phase(&self, ran: usize) -> bool {
+        self.plugins[..ran.min(self.plugins.len())]
+            .iter()
+            .any(|p| p.info.on_response)
+    }
+
+    /// Whether any of the first `ran` plugins asked to read the response body.
+    pub fn wants_response_body(&self, ran: usize) -> bool {
+        self.plugins[..ran.min(self.plugins.len())]
+            .iter()
+            .any(|p| p.info.response_body)
+    }
+
+    /// Run the request phase. `Err` only when a `deny` plugin failed.
+    pub async fn request_phase(&self, ex: &mut Exchange) -> Result<RequestOutcome, PluginError> {
+        for (index, plugin) in self.plugins.iter().enumerate() {
+            if !plugin.info.on_request {
+                continue;
+            }
+            let span = tracing::debug_span!("on_request", plugin = %plugin.name);
+            let req = ex.to_wit(plugin.info.request_body);
+            let answer = plugin
+                .invoke(&ex.id, Call::Request(req))
+                .instrument(span)
+                .await;
+            let action = match answer {
+                Ok(Answer::Request(action)) => action,
+                Ok(_) => continue,
+                Err(err) => {
+                    policy(plugin, err)?;
+                    continue;
+                }
+            };
+            match action {
+                RequestAction::Continue(changes) => {
+                    match self.apply_request_changes(ex, changes) {
+                        Ok(()) => {}
+                        Err(message) => policy(plugin, bad_output(plugin, message))?,
+                    }
+                }
+                RequestAction::Respond(local) => match local_response(local) {
+                    Ok(response) => return Ok(RequestOutcome::Respond { ran: index, response }),
+                    Err(message) => policy(plugin, bad_output(plugin, message))?,
+                },
+            }
+        }
+        Ok(RequestOutcome::Continue)
+    }
+
+    /// Run the response phase of the first `ran` plugins, last first.
+    pub async fn response_phase(
+        &self,
+        ex: &Exchange,
+        ran: usize,
+        resp: &mut ResponseState,
+    ) -> Result<(), PluginError> {
+        let ran = ran.min(self.plugins.len());
+        let mut req = None;
+        for plugin in self.plugins[..ran].iter().rev() {
+            if !plugin.info.on_response {
+                continue;
+            }
+            let span = tracing::debug_span!("on_response", plugin = %plugin.name);
+            let req = req.get_or_insert_with(|| ex.to_wit(false)).clone();
+            let head = types::ResponseHead {
+                status: resp.head.status.as_u16(),
+                headers: convert::headers_to_wit(&resp.head.headers),
+                body: if plugin.info.response_body {
+                    resp.body.as_ref().map(|b| b.to_vec())
+                } else {
+                    None
+                },
+            };
+            let answer = plugin
+                .invoke(&ex.id, Call::Response(req, head))
+                .instrument(span)
+                .await;
+            match answer {
+                Ok(Answer::Response(changes)) => {
+                    if let Err(message) = apply_response_changes(resp, changes) {
+                        policy(plugin, bad_output(plugin, message))?;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => policy(plugin, err)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_request_changes(
+        &self,
+        ex: &mut Exchange,
+        changes: types::RequestChanges,
+    ) -> Result<(), String> {
+        // Check everything first: a rejected answer must change nothing.
+        let method = changes
+            .method
+            .as_deref()
+            .map(convert::check_method)
+            .transpose()?;
+        let path_and_query = if changes.path.is_some() || changes.query.is_some() {
+            let path = changes.path.as_deref().unwrap_or(ex.head.uri.path());
+            let query = match &changes.query {
+                Some(q) => Some(q.as_str()),
+                None => ex.head.uri.query(),
+            };
+            Some(convert::check_path_and_query(path, query)?)
+        } else {
+            None
+        };
+        let ops = convert::check_header_ops(changes.headers)?;
+        if let Some(name) = &changes.upstream {
+            if !self.upstreams.contains(name) {
+                return Err(format!("unknown upstream {name:?}"));
+            }
+        }
+        if changes.body.is_some() && ex.body.is_none() {
+            return Err("replaced the body without asking to buffer it".into());
+        }
+
+        if let Some(method) = method {
+            ex.head.method = method;
+        }
+        if let Some(pq) = path_and_query {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq);
+            ex.head.uri = http::Uri::from_parts(parts)
+                .map_err(|e| format!("invalid path rewrite: {e}"))?;
+        }
+        convert::apply_header_ops(&mut ex.head.headers, ops);
+        if let Some(upstream) = changes.upstream {
+            ex.upstream = Some(upstream);
+        }
+        for (name, value) in changes.properties {
+            match ex.properties.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => ex.properties.push((name, value)),
+            }
+        }
+        if let Some(cache) = changes.cache {
+            ex.cache = Some(cache);
+        }
+        if let Some(body) = changes.body {
+            ex.body = Some(Bytes::from(body));
+        }
+        Ok(())
+    }
+}
+
+fn apply_response_changes(
+    resp: &mut ResponseState,
+    changes: types::ResponseChanges,
+) -> Result<(), String> {
+    let status = changes.status.map(convert::check_status).transpose()?;
+    let ops = convert::check_header_ops(changes.headers)?;
+    if changes.body.is_some() && resp.body.is_none() {
+        return Err("replaced the body without asking to buffer it".into());
+    }
+    if let Some(status) = status {
+        resp.head.status = status;
+    }
+    convert::apply_header_ops(&mut resp.head.headers, ops);
+    if let Some(body) = changes.body {
+        resp.body = Some(Bytes::from(body));
+    }
+    Ok(())
+}
+
+fn local_response(local: types::Response) -> Result<http::Response<Bytes>, String> {
+    let status: StatusCode = convert::check_status(local.status)?;
+    let headers: HeaderMap = convert::check_header_list(local.headers)?;
+    let mut response = http::Response::new(Bytes::from(local.body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+fn bad_output(plugin: &Plugin, message: String) -> PluginError {
+    let err = PluginError::BadOutput {
+        plugin: plugin.name.clone(),
+        message,
+    };
+    plugin.metrics().counter_add(
+        "weir_plugin_errors_total",
+        &[("plugin", &plugin.name), ("kind", err.kind())],
+        1,
+    );
+    tracing::warn!(plugin = %plugin.name, error = %err, "plugin answer rejected");
+    err
+}
+
+/// Apply the plugin's `on_error` policy: `Ok` means go on without it.
+fn policy(plugin: &Plugin, err: PluginError) -> Result<(), PluginError> {
+    match plugin.on_error {
+        OnError::Deny => Err(err),
+        OnError::Skip => {
+            tracing::debug!(plugin = %plugin.name, "on_error = skip: going on without it");
+            Ok(())
+        }
+    }
+}

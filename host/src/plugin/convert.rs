@@ -1,0 +1,137 @@
+//! Conversion between hyper's types and the WIT records, and validation of
+//! everything a plugin hands back. A plugin's answer is checked completely
+//! before any of it is applied, so a rejected answer changes nothing.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::bindings::types::{self, HeaderOp};
+
+/// Headers a plugin may not set or remove: they describe the framing of the
+/// message or the connection, which the host owns. Letting a plugin change
+/// them would open request smuggling and response splitting.
+const FORBIDDEN: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+];
+
+/// A header list for the guest. Invalid UTF-8 is replaced, see the WIT.
+pub fn headers_to_wit(headers: &HeaderMap) -> types::Headers {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A header operation the host has checked.
+pub enum CheckedOp {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
+    if FORBIDDEN.contains(&parsed.as_str()) {
+        return Err(format!("header {parsed} is managed by the host"));
+    }
+    Ok(parsed)
+}
+
+fn header_value(name: &HeaderName, value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))
+}
+
+/// Check a list of header operations.
+pub fn check_header_ops(ops: Vec<HeaderOp>) -> Result<Vec<CheckedOp>, String> {
+    ops.into_iter()
+        .map(|op| match op {
+            HeaderOp::Set((name, value)) => {
+                let name = header_name(&name)?;
+                let value = header_value(&name, &value)?;
+                Ok(CheckedOp::Set(name, value))
+            }
+            HeaderOp::Append((name, value)) => {
+                let name = header_name(&name)?;
+                let value = header_value(&name, &value)?;
+                Ok(CheckedOp::Append(name, value))
+            }
+            HeaderOp::Remove(name) => Ok(CheckedOp::Remove(header_name(&name)?)),
+        })
+        .collect()
+}
+
+/// Apply checked operations in order.
+pub fn apply_header_ops(headers: &mut HeaderMap, ops: Vec<CheckedOp>) {
+    for op in ops {
+        match op {
+            CheckedOp::Set(name, value) => {
+                headers.insert(name, value);
+            }
+            CheckedOp::Append(name, value) => {
+                headers.append(name, value);
+            }
+            CheckedOp::Remove(name) => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// Check a full header list (a plugin's local response).
+pub fn check_header_list(list: types::Headers) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(list.len());
+    for (name, value) in list {
+        let name = header_name(&name)?;
+        let value = header_value(&name, &value)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Check a status code from a plugin.
+pub fn check_status(status: u16) -> Result<http::StatusCode, String> {
+    match http::StatusCode::from_u16(status) {
+        Ok(code) if (200..=599).contains(&status) => Ok(code),
+        _ => Err(format!("status {status} is not a final status (200-599)")),
+    }
+}
+
+/// Check a path + query rewrite and build the new path-and-query.
+pub fn check_path_and_query(
+    path: &str,
+    query: Option<&str>,
+) -> Result<http::uri::PathAndQuery, String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} must start with '/'"));
+    }
+    let text = match query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_owned(),
+    };
+    let parsed: http::uri::PathAndQuery = text
+        .parse()
+        .map_err(|_| format!("invalid path or query {text:?}"))?;
+    if parsed.as_str() != text {
+        return Err(format!("invalid path or query {text:?}"));
+    }
+    Ok(parsed)
+}
+
+/// Check a method from a plugin.
+pub fn check_method(method: &str) -> Result<http::Method, String> {
+    http::Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))
+}

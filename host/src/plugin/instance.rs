@@ -1,0 +1,244 @@
+//! One loaded plugin and how its calls run: each call gets an instance (fresh
+//! from the pooling allocator, or warm from the plugin's pool), a deadline
+//! enforced by the epoch ticker, and a memory cap. A failure — trap,
+//! deadline, memory cap — fails that call only; the instance is discarded.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::{self, types};
+use super::engine::{Runtime, EPOCH_TICK};
+use super::outbound;
+use super::state::{HostState, PluginShared};
+use super::PluginError;
+use crate::config::{OnError, PluginSpec, Strategy};
+use crate::kv::KvStore;
+use crate::metrics::Metrics;
+
+/// Extra wall time, beyond the epoch deadline, before an await inside a host
+/// import (KV, HTTP) is abandoned.
+const HOST_CALL_SLACK: Duration = Duration::from_millis(50);
+
+/// A plugin ready to serve: linked, its config accepted.
+pub struct Plugin {
+    pub name: String,
+    pub info: types::PluginInfo,
+    pub on_error: OnError,
+    pre: bindings::PluginPre<HostState>,
+    shared: Arc<PluginShared>,
+    timeout: Duration,
+    strategy: Strategy,
+    pool: Mutex<Vec<Warm>>,
+}
+
+/// An instance and its store.
+struct Warm {
+    store: Store<HostState>,
+    guest: bindings::Plugin,
+    uses: u64,
+}
+
+/// The calls a plugin answers.
+pub(super) enum Call {
+    ValidateConfig(String),
+    Request(types::Request),
+    Response(types::Request, types::ResponseHead),
+}
+
+pub(super) enum Answer {
+    ValidateConfig(Result<types::PluginInfo, String>),
+    Request(types::RequestAction),
+    Response(types::ResponseChanges),
+}
+
+impl Plugin {
+    /// Compile, link and validate one plugin. Slow (compilation); never on the
+    /// request path.
+    pub async fn load(
+        runtime: &Runtime,
+        spec: &PluginSpec,
+        kv: Arc<dyn KvStore>,
+        metrics: Metrics,
+    ) -> Result<Plugin, PluginError> {
+        let component = runtime.compile(&spec.file)?;
+        let instance_pre =
+            runtime
+                .linker()
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::Contract {
+                    plugin: spec.name.clone(),
+                    message: format!("{e:#}"),
+                })?;
+        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| PluginError::Contract {
+            plugin: spec.name.clone(),
+            message: format!("{e:#}"),
+        })?;
+        let shared = Arc::new(PluginShared {
+            name: spec.name.clone(),
+            config_json: spec.config_json.clone(),
+            kv,
+            metrics,
+            outbound: outbound::Client::new(&spec.allow_hosts),
+            memory_bytes: spec.memory_bytes as usize,
+            started: Instant::now(),
+        });
+        let mut plugin = Plugin {
+            name: spec.name.clone(),
+            info: types::PluginInfo {
+                on_request: false,
+                on_response: false,
+                request_body: false,
+                response_body: false,
+            },
+            on_error: spec.on_error,
+            pre,
+            shared,
+            timeout: spec.timeout,
+            strategy: spec.strategy,
+            pool: Mutex::new(Vec::new()),
+        };
+        let answer = plugin
+            .invoke("load", Call::ValidateConfig(spec.config_json.clone()))
+            .await?;
+        match answer {
+            Answer::ValidateConfig(Ok(info)) => plugin.info = info,
+            Answer::ValidateConfig(Err(message)) => {
+                return Err(PluginError::Config {
+                    plugin: spec.name.clone(),
+                    message,
+                })
+            }
+            _ => unreachable!("validate-config answers with its own variant"),
+        }
+        Ok(plugin)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    async fn instantiate(&self) -> Result<Warm, PluginError> {
+        let mut store = Store::new(self.pre.engine(), HostState::new(self.shared.clone()));
+        store.limiter(|state| state);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(guest) => Ok(Warm {
+                store,
+                guest,
+                uses: 0,
+            }),
+            Err(err) => {
+                let text = format!("{err:#}");
+                if text.contains("maximum concurrent") || text.contains("pooling allocator") {
+                    Err(PluginError::Overload {
+                        plugin: self.name.clone(),
+                        message: text,
+                    })
+                } else {
+                    Err(self.classify(err, &store))
+                }
+            }
+        }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        (self.timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
+    }
+
+    async fn acquire(&self) -> Result<Warm, PluginError> {
+        if let Strategy::Pooled { .. } = self.strategy {
+            let warm = self
+                .pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            if let Some(warm) = warm {
+                return Ok(warm);
+            }
+        }
+        self.instantiate().await
+    }
+
+    fn release(&self, mut warm: Warm) {
+        if let Strategy::Pooled {
+            pool_size,
+            max_uses,
+        } = self.strategy
+        {
+            warm.uses += 1;
+            if warm.uses < max_uses {
+                let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                if pool.len() < pool_size {
+                    pool.push(warm);
+                }
+            }
+        }
+    }
+
+    /// Run one call in a bounded instance.
+    pub(super) async fn invoke(&self, request_id: &str, call: Call) -> Result<Answer, PluginError> {
+        let mut warm = self.acquire().await?;
+        request_id.clone_into(&mut warm.store.data_mut().request_id);
+        warm.store.set_epoch_deadline(self.deadline_ticks());
+        let guest = warm.guest.weir_plugin_guest();
+        let store = &mut warm.store;
+        let run = async move {
+            match call {
+                Call::ValidateConfig(json) => guest
+                    .call_validate_config(store, &json)
+                    .await
+                    .map(Answer::ValidateConfig),
+                Call::Request(req) => guest
+                    .call_on_request(store, &req)
+                    .await
+                    .map(Answer::Request),
+                Call::Response(req, resp) => guest
+                    .call_on_response(store, &req, &resp)
+                    .await
+                    .map(Answer::Response),
+            }
+        };
+        let result = tokio::time::timeout(self.timeout + HOST_CALL_SLACK, run).await;
+        let error = match result {
+            Ok(Ok(answer)) => {
+                self.release(warm);
+                return Ok(answer);
+            }
+            Ok(Err(err)) => self.classify(err, &warm.store),
+            Err(_elapsed) => PluginError::Timeout {
+                plugin: self.name.clone(),
+                timeout_ms: self.timeout.as_millis() as u64,
+            },
+        };
+        self.shared.metrics.counter_add(
+            "weir_plugin_errors_total",
+            &[("plugin", &self.name), ("kind", error.kind())],
+            1,
+        );
+        tracing::warn!(plugin = %self.name, request = request_id, error = %error, "plugin call failed");
+        Err(error)
+    }
+
+    fn classify(&self, err: wasmtime::Error, store: &Store<HostState>) -> PluginError {
+        if store.data().memory_exceeded {
+            return PluginError::MemoryLimit {
+                plugin: self.name.clone(),
+                limit_mb: (self.shared.memory_bytes >> 20) as u64,
+            };
+        }
+        if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
+            return PluginError::Timeout {
+                plugin: self.name.clone(),
+                timeout_ms: self.timeout.as_millis() as u64,
+            };
+        }
+        PluginError::Trap {
+            plugin: self.name.clone(),
+            message: format!("{err:?}"),
+        }
+    }
+}

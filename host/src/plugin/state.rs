@@ -1,0 +1,231 @@
+//! Per-store host state and the host imports plugins may call: log, config,
+//! clock, key-value, metrics and allow-listed outbound HTTP. WASI is linked
+//! with an empty context: no preopened directories, no environment, no
+//! sockets, no stdin; stdout/stderr are discarded.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::weir::plugin::{clock, config, http_client, kv, log, metrics, types};
+use super::outbound;
+use crate::kv::{KvError, KvStore};
+use crate::metrics::Metrics;
+
+/// What every instance of one plugin shares.
+pub struct PluginShared {
+    pub name: String,
+    pub config_json: String,
+    pub kv: Arc<dyn KvStore>,
+    pub metrics: Metrics,
+    pub outbound: outbound::Client,
+    pub memory_bytes: usize,
+    pub started: Instant,
+}
+
+/// The data of one wasmtime store: one plugin instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    /// Set when the guest asked for more memory than its cap, so a trap that
+    /// follows is reported as "memory limit", not as a generic trap.
+    pub memory_exceeded: bool,
+    pub shared: Arc<PluginShared>,
+    /// The request being served, for log lines.
+    pub request_id: String,
+}
+
+impl HostState {
+    pub fn new(shared: Arc<PluginShared>) -> HostState {
+        HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(shared.memory_bytes)
+                .table_elements(100_000)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .build(),
+            memory_exceeded: false,
+            shared,
+            request_id: String::new(),
+        }
+    }
+
+    fn kv_key(&self, key: &str) -> String {
+        format!("{}/{}", self.shared.name, key)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.memory_exceeded = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let plugin = self.shared.name.as_str();
+        let request = self.request_id.as_str();
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, request, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, request, "{message}"),
+            log::Level::Info => tracing::info!(plugin, request, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, request, "{message}"),
+            log::Level::Error => tracing::error!(plugin, request, "{message}"),
+        }
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self) -> String {
+        self.shared.config_json.clone()
+    }
+}
+
+impl clock::Host for HostState {
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn monotonic_ns(&mut self) -> u64 {
+        self.shared.started.elapsed().as_nanos() as u64
+    }
+}
+
+fn kv_error(err: KvError) -> kv::KvError {
+    match err {
+        KvError::Unavailable(why) => kv::KvError::Unavailable(why),
+        KvError::NotAnInteger => kv::KvError::NotAnInteger,
+        KvError::TooLarge => kv::KvError::TooLarge,
+    }
+}
+
+impl kv::Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
+        let key = self.kv_key(&key);
+        self.shared.kv.get(&key).await.map_err(kv_error)
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), kv::KvError> {
+        let key = self.kv_key(&key);
+        self.shared.kv.set(&key, value, ttl_ms).await.map_err(kv_error)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), kv::KvError> {
+        let key = self.kv_key(&key);
+        self.shared.kv.delete(&key).await.map_err(kv_error)
+    }
+
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, kv::KvError> {
+        let key = self.kv_key(&key);
+        self.shared
+            .kv
+            .increment(&key, delta, ttl_ms)
+            .await
+            .map_err(kv_error)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, kv::KvError> {
+        let key = self.kv_key(&key);
+        self.shared
+            .kv
+            .compare_and_swap(&key, expected, new, ttl_ms)
+            .await
+            .map_err(kv_error)
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) {
+        self.shared
+            .metrics
+            .plugin_counter_add(&self.shared.name, &name, labels, delta);
+    }
+
+    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        self.shared
+            .metrics
+            .plugin_gauge_set(&self.shared.name, &name, labels, value);
+    }
+
+    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        self.shared
+            .metrics
+            .plugin_histogram_observe(&self.shared.name, &name, labels, value);
+    }
+}
+
+impl http_client::Host for HostState {
+    async fn fetch(
+        &mut self,
+        req: http_client::OutboundRequest,
+    ) -> Result<http_client::OutboundResponse, http_client::FetchError> {
+        self.shared.outbound.fetch(req).await
+    }
+}

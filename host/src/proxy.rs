@@ -1,0 +1,381 @@
+//! The request path, one direction, no back-and-forth:
+//! limits → request phase (chain order) → upstream → response phase
+//! (reverse order) → client. Bodies stream unless a plugin asked to see them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::headers::{self, Forwarded};
+use crate::metrics::Metrics;
+use crate::plugin::bindings::types;
+use crate::plugin::chain::ResponseState;
+use crate::plugin::{Chain, Exchange, RequestOutcome};
+use crate::upstream::Upstreams;
+
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// Facts about one client connection, shared by its requests.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<types::TlsInfo>,
+}
+
+/// Everything one configuration generation needs to serve. Swapped as a
+/// whole on reload; in-flight requests finish on the generation they began
+/// with.
+pub struct Generation {
+    pub config: Config,
+    pub chain: Chain,
+    pub upstreams: Upstreams,
+}
+
+/// The proxy: the current generation plus process-wide state.
+pub struct Proxy {
+    current: ArcSwap<Generation>,
+    metrics: Metrics,
+    ids: RequestIds,
+}
+
+impl Proxy {
+    pub fn new(generation: Generation, metrics: Metrics) -> Proxy {
+        Proxy {
+            current: ArcSwap::from_pointee(generation),
+            metrics,
+            ids: RequestIds::new(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Replace the serving generation (reload).
+    pub fn swap(&self, generation: Generation) {
+        self.current.store(Arc::new(generation));
+    }
+
+    /// Serve one request. Never fails: errors become responses here.
+    ///
+    /// Boxed with an explicit `Send` so the connection task that awaits it
+    /// is `Send` without the compiler proving it through every await.
+    pub fn handle<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: &'a ConnMeta,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
+        Box::pin(self.handle_inner(req, conn))
+    }
+
+    async fn handle_inner(&self, req: Request<Incoming>, conn: &ConnMeta) -> Response<Body> {
+        let generation = self.current.load_full();
+        let id = self.ids.for_request(&req);
+        let span = tracing::info_span!(
+            "request",
+            id = %id,
+            method = %req.method(),
+            path = %req.uri().path(),
+            client = %conn.client,
+        );
+        let started = Instant::now();
+        async {
+            let result = generation.serve(req, conn, id.clone()).await;
+            let mut response = result.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "request failed");
+                err.to_response()
+            });
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert(X_REQUEST_ID, value);
+            }
+            let status = response.status();
+            self.metrics.counter_add(
+                "weir_requests_total",
+                &[("status", status_class(status.as_u16()))],
+                1,
+            );
+            tracing::info!(
+                status = status.as_u16(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "served"
+            );
+            response
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Generation {
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnMeta,
+        id: String,
+    ) -> Result<Response<Body>, ProxyError> {
+        let limits = &self.config.limits;
+        let (mut head, incoming) = req.into_parts();
+        if let Some(length) = content_length(&head.headers)? {
+            if length > limits.max_request_body_bytes {
+                return Err(ProxyError::RequestBodyTooLarge {
+                    limit: limits.max_request_body_bytes,
+                });
+            }
+        }
+        let authority = authority(&head)?;
+        let version = head.version;
+        headers::strip_hop_by_hop(&mut head.headers);
+        let scheme = if conn.tls.is_some() { "https" } else { "http" };
+        let body: Body = Limited::new(incoming, limits.max_request_body_bytes as usize).boxed();
+
+        let mut ex = Exchange {
+            id,
+            route: None,
+            scheme,
+            authority,
+            connection: connection_info(conn, version),
+            head,
+            properties: Vec::new(),
+            upstream: None,
+            cache: None,
+            body: None,
+        };
+        let body = if self.chain.wants_request_body() {
+            ex.body = Some(buffer(body, limits.max_buffered_body_bytes).await?);
+            None
+        } else {
+            Some(body)
+        };
+
+        match self.chain.request_phase(&mut ex).await? {
+            RequestOutcome::Respond { ran, response } => {
+                let (head, bytes) = response.into_parts();
+                let state = ResponseState {
+                    head,
+                    body: Some(bytes),
+                };
+                return self.respond(&ex, ran, state, version).await;
+            }
+            RequestOutcome::Continue => {}
+        }
+
+        let upstream = match ex.upstream.clone().or(self.config.default_upstream.clone()) {
+            Some(name) if self.upstreams.contains(&name) => name,
+            Some(name) => return Err(ProxyError::UnknownUpstream(name)),
+            None => return Err(ProxyError::NoUpstream),
+        };
+        // The response phase sees the request as the chain left it.
+        let ran = self.chain.len();
+        let view = self.chain.has_response_phase(ran).then(|| ex.snapshot());
+        let mut up_head = ex.head;
+        headers::set_forwarded(
+            &mut up_head.headers,
+            &Forwarded {
+                client_ip: conn.client.ip(),
+                scheme,
+                host: &ex.authority,
+                version,
+                via_name: &self.config.proxy.via_name,
+                trust_incoming: self.config.proxy.trust_forwarded_headers,
+            },
+        );
+        if let Ok(host) = HeaderValue::from_str(&ex.authority) {
+            up_head.headers.insert(header::HOST, host);
+        }
+        if !up_head.headers.contains_key(X_REQUEST_ID) {
+            if let Ok(value) = HeaderValue::from_str(&ex.id) {
+                up_head.headers.insert(X_REQUEST_ID, value);
+            }
+        }
+        let up_body = match (ex.body, body) {
+            (Some(buffered), _) => {
+                up_head.headers.remove(header::CONTENT_LENGTH);
+                body::full(buffered)
+            }
+            (None, Some(streamed)) => streamed,
+            (None, None) => body::empty(),
+        };
+        let response = self
+            .upstreams
+            .send(&upstream, Request::from_parts(up_head, up_body))
+            .await?;
+        let (mut head, incoming) = response.into_parts();
+        headers::strip_hop_by_hop(&mut head.headers);
+        let streamed = body::boxed(incoming);
+        let Some(view) = view else {
+            headers::append_via(&mut head.headers, version, &self.config.proxy.via_name);
+            return Ok(Response::from_parts(head, streamed));
+        };
+        if self.chain.wants_response_body(ran) {
+            let bytes = buffer(streamed, limits.max_buffered_body_bytes)
+                .await
+                .map_err(|_| ProxyError::ResponseTooLargeForPlugin)?;
+            let state = ResponseState {
+                head,
+                body: Some(bytes),
+            };
+            return self.respond(&view, ran, state, version).await;
+        }
+        let mut state = ResponseState { head, body: None };
+        self.chain.response_phase(&view, ran, &mut state).await?;
+        headers::append_via(&mut state.head.headers, version, &self.config.proxy.via_name);
+        Ok(Response::from_parts(state.head, streamed))
+    }
+
+    /// Run the response phase over a buffered response and build it.
+    async fn respond(
+        &self,
+        ex: &Exchange,
+        ran: usize,
+        mut state: ResponseState,
+        version: Version,
+    ) -> Result<Response<Body>, ProxyError> {
+        self.chain.response_phase(ex, ran, &mut state).await?;
+        headers::append_via(&mut state.head.headers, version, &self.config.proxy.via_name);
+        // The body may have been replaced: let the server frame it anew.
+        state.head.headers.remove(header::CONTENT_LENGTH);
+        state.head.headers.remove(header::TRANSFER_ENCODING);
+        let bytes = state.body.unwrap_or_default();
+        Ok(Response::from_parts(state.head, body::full(bytes)))
+    }
+}
+
+/// Read a body into memory, refusing more than `limit` bytes.
+async fn buffer(mut body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    let mut buffered = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            if is_length_limit(err.as_ref()) {
+                ProxyError::RequestBodyTooLarge {
+                    limit: limit as u64,
+                }
+            } else {
+                ProxyError::RequestBody(err.to_string())
+            }
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if buffered.len() + data.len() > limit {
+                return Err(ProxyError::RequestBodyTooLarge {
+                    limit: limit as u64,
+                });
+            }
+            buffered.extend_from_slice(data);
+        }
+    }
+    Ok(buffered.freeze())
+}
+
+fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// The declared body length, refusing ambiguous framing.
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ProxyError> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::BadRequest("duplicate Content-Length"));
+    }
+    first
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or(ProxyError::BadRequest("invalid Content-Length"))
+}
+
+/// The authority the client addressed: `:authority` (HTTP/2, absolute-form)
+/// or the `Host` header.
+fn authority(head: &http::request::Parts) -> Result<String, ProxyError> {
+    if let Some(authority) = head.uri.authority() {
+        return Ok(authority.as_str().to_owned());
+    }
+    match head.headers.get(header::HOST).map(HeaderValue::to_str) {
+        Some(Ok(host)) if !host.is_empty() => Ok(host.to_owned()),
+        Some(_) => Err(ProxyError::BadRequest("invalid Host header")),
+        None if head.version == Version::HTTP_10 => Ok(String::new()),
+        None => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+fn connection_info(conn: &ConnMeta, version: Version) -> types::ConnectionInfo {
+    types::ConnectionInfo {
+        client_ip: conn.client.ip().to_string(),
+        client_port: conn.client.port(),
+        local_ip: conn.local.ip().to_string(),
+        local_port: conn.local.port(),
+        http_version: match version {
+            Version::HTTP_10 | Version::HTTP_09 => types::HttpVersion::Http10,
+            Version::HTTP_2 => types::HttpVersion::Http2,
+            Version::HTTP_3 => types::HttpVersion::Http3,
+            _ => types::HttpVersion::Http11,
+        },
+        tls: conn.tls.clone(),
+    }
+}
+
+/// Request ids: the client's `X-Request-Id` when it is sane, else a fresh
+/// one from a per-process random prefix and a counter (unique, cheap).
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        use std::hash::{BuildHasher, RandomState};
+        RequestIds {
+            prefix: RandomState::new().hash_one(std::process::id()),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn for_request<B>(&self, req: &Request<B>) -> String {
+        if let Some(id) = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            if !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            {
+                return id.to_owned();
+            }
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.prefix, n)
+    }
+}
