@@ -12,7 +12,11 @@ use crate::config::Config;
 use crate::runner::{self, StartError, Weir};
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "An edge HTTP reverse proxy whose every policy is a WebAssembly component plugin")]
+#[command(
+    name = "weir",
+    version,
+    about = "An edge HTTP reverse proxy whose every policy is a WebAssembly component plugin"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,10 @@ enum Command {
 pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("weir: cannot start the async runtime: {err}");

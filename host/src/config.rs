@@ -208,7 +208,11 @@ impl Validator<'_> {
 
     fn validate(mut self, raw: FileConfig) -> Result<Config, ConfigErrors> {
         if raw.listeners.is_empty() {
-            self.fail(None, "listeners", "at least one [[listeners]] is required".into());
+            self.fail(
+                None,
+                "listeners",
+                "at least one [[listeners]] is required".into(),
+            );
         }
         let mut listeners = Vec::new();
         for (i, listener) in raw.listeners.iter().enumerate() {

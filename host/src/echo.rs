@@ -85,7 +85,8 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
         };
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = service_fn(|req| async { Ok::<_, std::convert::Infallible>(echo(req).await) });
+            let service =
+                service_fn(|req| async { Ok::<_, std::convert::Infallible>(echo(req).await) });
             if let Err(err) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await

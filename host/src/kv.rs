@@ -30,8 +30,7 @@ pub trait KvStore: Send + Sync {
     fn get<'a>(&'a self, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>>;
     fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl_ms: Option<u64>) -> KvFuture<'a, ()>;
     fn delete<'a>(&'a self, key: &'a str) -> KvFuture<'a, ()>;
-    fn increment<'a>(&'a self, key: &'a str, delta: i64, ttl_ms: Option<u64>)
-        -> KvFuture<'a, i64>;
+    fn increment<'a>(&'a self, key: &'a str, delta: i64, ttl_ms: Option<u64>) -> KvFuture<'a, i64>;
     fn compare_and_swap<'a>(
         &'a self,
         key: &'a str,
@@ -113,12 +112,7 @@ impl KvStore for MemoryKv {
         Box::pin(async { Ok(()) })
     }
 
-    fn increment<'a>(
-        &'a self,
-        key: &'a str,
-        delta: i64,
-        ttl_ms: Option<u64>,
-    ) -> KvFuture<'a, i64> {
+    fn increment<'a>(&'a self, key: &'a str, delta: i64, ttl_ms: Option<u64>) -> KvFuture<'a, i64> {
         let result = check_sizes(key, None).and_then(|()| {
             self.with(|map, now| {
                 let current = match map.get(key).filter(|e| e.live(now)) {

@@ -243,7 +243,11 @@ impl Generation {
         }
         let mut state = ResponseState { head, body: None };
         self.chain.response_phase(&view, ran, &mut state).await?;
-        headers::append_via(&mut state.head.headers, version, &self.config.proxy.via_name);
+        headers::append_via(
+            &mut state.head.headers,
+            version,
+            &self.config.proxy.via_name,
+        );
         Ok(Response::from_parts(state.head, streamed))
     }
 
@@ -256,7 +260,11 @@ impl Generation {
         version: Version,
     ) -> Result<Response<Body>, ProxyError> {
         self.chain.response_phase(ex, ran, &mut state).await?;
-        headers::append_via(&mut state.head.headers, version, &self.config.proxy.via_name);
+        headers::append_via(
+            &mut state.head.headers,
+            version,
+            &self.config.proxy.via_name,
+        );
         // The body may have been replaced: let the server frame it anew.
         state.head.headers.remove(header::CONTENT_LENGTH);
         state.head.headers.remove(header::TRANSFER_ENCODING);
@@ -365,7 +373,11 @@ impl RequestIds {
     }
 
     fn for_request<B>(&self, req: &Request<B>) -> String {
-        if let Some(id) = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if let Some(id) = req
+            .headers()
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
             if !id.is_empty()
                 && id.len() <= 128
                 && id

@@ -149,14 +149,17 @@ impl Chain {
                 }
             };
             match action {
-                RequestAction::Continue(changes) => {
-                    match self.apply_request_changes(ex, changes) {
-                        Ok(()) => {}
-                        Err(message) => policy(plugin, bad_output(plugin, message))?,
-                    }
-                }
+                RequestAction::Continue(changes) => match self.apply_request_changes(ex, changes) {
+                    Ok(()) => {}
+                    Err(message) => policy(plugin, bad_output(plugin, message))?,
+                },
                 RequestAction::Respond(local) => match local_response(local) {
-                    Ok(response) => return Ok(RequestOutcome::Respond { ran: index, response }),
+                    Ok(response) => {
+                        return Ok(RequestOutcome::Respond {
+                            ran: index,
+                            response,
+                        })
+                    }
                     Err(message) => policy(plugin, bad_output(plugin, message))?,
                 },
             }
@@ -242,8 +245,8 @@ impl Chain {
         if let Some(pq) = path_and_query {
             let mut parts = http::uri::Parts::default();
             parts.path_and_query = Some(pq);
-            ex.head.uri = http::Uri::from_parts(parts)
-                .map_err(|e| format!("invalid path rewrite: {e}"))?;
+            ex.head.uri =
+                http::Uri::from_parts(parts).map_err(|e| format!("invalid path rewrite: {e}"))?;
         }
         convert::apply_header_ops(&mut ex.head.headers, ops);
         if let Some(upstream) = changes.upstream {

@@ -163,7 +163,11 @@ impl kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<(), kv::KvError> {
         let key = self.kv_key(&key);
-        self.shared.kv.set(&key, value, ttl_ms).await.map_err(kv_error)
+        self.shared
+            .kv
+            .set(&key, value, ttl_ms)
+            .await
+            .map_err(kv_error)
     }
 
     async fn delete(&mut self, key: String) -> Result<(), kv::KvError> {

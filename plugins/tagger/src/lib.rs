@@ -127,7 +127,10 @@ impl Guest for Tagger {
             })
             .unwrap_or_default();
         let mut headers: Vec<HeaderOp> = set_all(&config.request_headers).collect();
-        headers.push(HeaderOp::Append(("x-weir-chain".into(), config.tag.clone())));
+        headers.push(HeaderOp::Append((
+            "x-weir-chain".into(),
+            config.tag.clone(),
+        )));
         headers.push(HeaderOp::Set((
             format!("x-weir-saw-{}", config.tag),
             chain.join(","),

@@ -1,0 +1,271 @@
+//! Helpers for Weir's end-to-end tests: start the real proxy (the `weir`
+//! library, on port 0) with a config written to a temp dir, start real
+//! upstream servers on port 0, and talk to both over real sockets.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+pub use weir::body::{self as body, Body};
+
+/// Paths of the compiled plugins (built by `build.rs`).
+pub mod artifacts {
+    include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+}
+
+/// Where compiled plugins are cached between tests, so each plugin is
+/// compiled once per test run rather than once per test.
+fn shared_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("target")
+        .join("weir-test-cache")
+}
+
+/// The runtime section every test config gets: small pools (many proxies
+/// run at once in one test process) and the shared compilation cache.
+pub fn runtime_section() -> String {
+    format!(
+        "[runtime]\ncache_dir = {:?}\nmax_instances = 64\nmax_memory_mb = 128\n",
+        shared_cache_dir().display().to_string()
+    )
+}
+
+/// Write a config to a fresh temp dir and validate it, as `weir` would.
+/// `body` is everything but `[[listeners]]` and `[runtime]`, which are added.
+pub fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("proxy.toml");
+    let text = format!(
+        "{body}\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{}",
+        runtime_section()
+    );
+    std::fs::write(&path, text).expect("write proxy.toml");
+    (dir, path)
+}
+
+/// A running Weir proxy on an ephemeral port.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    running: Option<weir::Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    /// Start Weir with this config (see [`config_file`]). Panics with the
+    /// config or plugin errors if it does not start.
+    pub async fn start(body: &str) -> TestProxy {
+        match TestProxy::try_start(body).await {
+            Ok(proxy) => proxy,
+            Err(err) => panic!("weir did not start:\n{err}"),
+        }
+    }
+
+    pub async fn try_start(body: &str) -> Result<TestProxy, String> {
+        let (dir, path) = config_file(body);
+        let config = weir::Config::load(&path).map_err(|e| e.to_string())?;
+        let running = weir::start(config).await.map_err(|e| e.to_string())?;
+        Ok(TestProxy {
+            addr: running.addrs[0],
+            running: Some(running),
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+
+    pub fn metrics(&self) -> &weir::metrics::Metrics {
+        self.running
+            .as_ref()
+            .map(|r| r.proxy.metrics())
+            .expect("proxy running")
+    }
+
+    /// Graceful shutdown: stop accepting, drain in-flight requests.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+
+    /// Trigger shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        if let Some(running) = &self.running {
+            let _ = running.stopper().send(true);
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            let _ = running.stopper().send(true);
+        }
+    }
+}
+
+/// A real upstream HTTP server on an ephemeral port.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    /// Weir's own demo upstream (`weir echo`).
+    pub async fn echo() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(weir::echo::serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Upstream {
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    /// An upstream answering with `handler`, HTTP/1.1 and h2c.
+    pub async fn serve<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let handler = Arc::new(handler);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => return,
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    /// `[upstreams.NAME]` pointing at this server.
+    pub fn toml(&self, name: &str) -> String {
+        format!("[upstreams.{name}]\nendpoints = [\"{}\"]\n", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// An HTTP/1.1 client with no connection reuse surprises.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// An HTTP/2 cleartext (prior knowledge) client.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Send raw bytes and read the whole answer (until the server closes or
+/// `Connection: close` ends it). For input a client library would refuse.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Parse the JSON the echo upstream answers with.
+pub fn echo_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not echo JSON ({e}): {text}"))
+}
+
+/// The values of one header in an echo answer.
+pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"][name]
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A response with this status and body.
+pub fn respond(status: u16, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(weir::body::full(body));
+    *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
+    response
+}
+
+/// The TOML for a `tagger` plugin named `name` with tag `tag`.
+pub fn tagger_plugin(name: &str, tag: &str, extra_config: &str) -> String {
+    format!(
+        "[plugins.{name}]\nfile = {file:?}\n[plugins.{name}.config]\ntag = {tag:?}\n{extra_config}\n",
+        file = artifacts::TAGGER
+    )
+}
+
+/// The TOML for a `hostile` plugin named `name`.
+pub fn hostile_plugin(name: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "[plugins.{name}]\nfile = {file:?}\n{extra}\n[plugins.{name}.config]\nmode = {mode:?}\n",
+        file = artifacts::HOSTILE
+    )
+}

@@ -1,0 +1,12 @@
+//! Weir end to end: the real proxy, real upstreams, real compiled plugins,
+//! over real sockets. One binary, one module per capability.
+
+mod chain;
+mod cli;
+mod failures;
+mod plugin_hostile;
+mod plugin_tagger;
+mod proxying;
+
+// Fails to compile if a plugin in plugins/ has no `plugin_<name>` module.
+include!(concat!(env!("OUT_DIR"), "/every_plugin_tested.rs"));
