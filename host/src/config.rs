@@ -28,6 +28,18 @@ pub struct Config {
     pub default_upstream: Option<String>,
     /// Plugins in chain order.
     pub chain: Vec<PluginSpec>,
+    pub cache: Option<CacheSettings>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub capacity_bytes: u64,
+    pub max_entry_bytes: usize,
+    pub max_ttl: Duration,
+    pub stale_keep: Duration,
+    pub allow_shared_authenticated: bool,
+    pub store_set_cookie: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +241,19 @@ impl Validator<'_> {
             }
         }
 
+        let admin = raw.admin.as_ref().and_then(|admin| {
+            match admin.address.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.fail(
+                        Some(admin.address.span()),
+                        "admin.address",
+                        format!("{:?} is not an IP:PORT address", admin.address.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
         let upstreams = self.upstreams(&raw);
         let default_upstream = raw.default_upstream.as_ref().map(|name| {
             self.check_upstream_ref(name, "default_upstream", &upstreams);
@@ -263,6 +288,15 @@ impl Validator<'_> {
             upstreams,
             default_upstream,
             chain,
+            cache: raw.cache.as_ref().map(|c| CacheSettings {
+                capacity_bytes: c.capacity_bytes,
+                max_entry_bytes: c.max_entry_bytes,
+                max_ttl: Duration::from_secs(c.max_ttl_seconds),
+                stale_keep: Duration::from_secs(c.stale_keep_seconds),
+                allow_shared_authenticated: c.allow_shared_authenticated,
+                store_set_cookie: c.store_set_cookie,
+            }),
+            admin,
         };
         if limits.max_header_bytes < 1024 {
             self.fail(

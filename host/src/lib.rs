@@ -6,7 +6,9 @@
 //! client. [`config`] validates `proxy.toml` once; [`runner`] wires it all.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod echo;

@@ -7,17 +7,18 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::{request, response, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::{self, Body};
+use crate::cache::{self, Lookup, ResponseCache};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, Forwarded};
@@ -28,6 +29,7 @@ use crate::plugin::{Chain, Exchange, RequestOutcome};
 use crate::upstream::Upstreams;
 
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
 /// Facts about one client connection, shared by its requests.
 #[derive(Debug, Clone)]
@@ -44,6 +46,7 @@ pub struct Generation {
     pub config: Config,
     pub chain: Chain,
     pub upstreams: Upstreams,
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// The proxy: the current generation plus process-wide state.
@@ -64,6 +67,11 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The generation serving new requests.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
     }
 
     /// Replace the serving generation (reload).
@@ -118,6 +126,26 @@ impl Proxy {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// How long a cache miss waits for a concurrent request fetching the same
+/// key before fetching itself.
+const COALESCE_WAIT: Duration = Duration::from_secs(30);
+
+fn set_cache_status(parts: &mut response::Parts, status: cache::Status, ttl: Option<Duration>) {
+    parts.headers.insert(CACHE_STATUS, status.header_value(ttl));
+}
+
+fn cache_directives(wit: Option<&types::CacheDirectives>) -> cache::Directives {
+    match wit {
+        None => cache::Directives::default(),
+        Some(d) => cache::Directives {
+            bypass: d.bypass,
+            ttl_cap: d.ttl_cap.map(|s| Duration::from_secs(s.into())),
+            extra_key: d.extra_key.clone(),
+            share_authenticated: d.share_authenticated,
+        },
     }
 }
 
@@ -220,13 +248,10 @@ impl Generation {
             (None, Some(streamed)) => streamed,
             (None, None) => body::empty(),
         };
-        let response = self
-            .upstreams
-            .send(&upstream, Request::from_parts(up_head, up_body))
+        let directives = cache_directives(ex.cache.as_ref());
+        let (mut head, streamed) = self
+            .fetch(&upstream, &ex.authority, up_head, up_body, &directives)
             .await?;
-        let (mut head, incoming) = response.into_parts();
-        headers::strip_hop_by_hop(&mut head.headers);
-        let streamed = body::boxed(incoming);
         let Some(view) = view else {
             headers::append_via(&mut head.headers, version, &self.config.proxy.via_name);
             return Ok(Response::from_parts(head, streamed));
@@ -249,6 +274,150 @@ impl Generation {
             &self.config.proxy.via_name,
         );
         Ok(Response::from_parts(state.head, streamed))
+    }
+
+    /// Get the response from the cache or the upstream (through the cache
+    /// when one is configured), hop-by-hop headers stripped, `Cache-Status`
+    /// set.
+    async fn fetch(
+        &self,
+        upstream: &str,
+        authority: &str,
+        head: request::Parts,
+        body: Body,
+        directives: &cache::Directives,
+    ) -> Result<(response::Parts, Body), ProxyError> {
+        let Some(cache) = &self.cache else {
+            return self.send(upstream, head, body).await;
+        };
+        if let Some(why) = cache.bypass_reason(&head.method, directives) {
+            let (mut parts, body) = self.send(upstream, head, body).await?;
+            set_cache_status(&mut parts, cache::Status::Bypass(why), None);
+            return Ok((parts, body));
+        }
+        let is_head = head.method == Method::HEAD;
+        let policy_req = cache.policy_request(&head, directives);
+        let key = ResponseCache::key(authority, &head, directives);
+        let mut leader = None;
+        let mut revalidating = None;
+        for attempt in 0..2 {
+            match cache.lookup(&key, &policy_req) {
+                Lookup::Hit(response) => {
+                    let ttl = cache.ttl_of(&key, &policy_req);
+                    let (mut parts, bytes) = response.into_parts();
+                    set_cache_status(&mut parts, cache::Status::Hit, ttl);
+                    let body = if is_head {
+                        body::empty()
+                    } else {
+                        body::full(bytes)
+                    };
+                    return Ok((parts, body));
+                }
+                Lookup::Revalidate { stored, request } => {
+                    revalidating = Some((stored, request));
+                    break;
+                }
+                Lookup::Miss if attempt == 0 => {
+                    leader = cache.lead_or_wait(&key, COALESCE_WAIT).await;
+                    if leader.is_some() {
+                        break;
+                    }
+                    // Another request fetched this key meanwhile: look again.
+                }
+                Lookup::Miss => break,
+            }
+        }
+
+        if let Some((stored, conditional)) = revalidating {
+            let mut cond_head = head.clone();
+            for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+                if let Some(value) = conditional.headers.get(&name) {
+                    cond_head.headers.insert(name, value.clone());
+                }
+            }
+            let (parts, fresh_body) = self.send(upstream, cond_head, body::empty()).await?;
+            if parts.status == http::StatusCode::NOT_MODIFIED {
+                if let Some(response) =
+                    cache.refreshed(key.clone(), &stored, &conditional, &parts, directives)
+                {
+                    let (mut parts, bytes) = response.into_parts();
+                    set_cache_status(&mut parts, cache::Status::Revalidated, None);
+                    let body = if is_head {
+                        body::empty()
+                    } else {
+                        body::full(bytes)
+                    };
+                    return Ok((parts, body));
+                }
+            }
+            return Ok(self.maybe_store(
+                cache,
+                key,
+                &policy_req,
+                parts,
+                fresh_body,
+                directives,
+                None,
+                is_head,
+            ));
+        }
+
+        let (parts, body) = self.send(upstream, head, body).await?;
+        Ok(self.maybe_store(
+            cache,
+            key,
+            &policy_req,
+            parts,
+            body,
+            directives,
+            leader,
+            is_head,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn maybe_store(
+        &self,
+        cache: &Arc<ResponseCache>,
+        key: String,
+        policy_req: &request::Parts,
+        mut parts: response::Parts,
+        body: Body,
+        directives: &cache::Directives,
+        leader: Option<cache::Leader>,
+        is_head: bool,
+    ) -> (response::Parts, Body) {
+        let policy = (!is_head)
+            .then(|| cache.storable(policy_req, &parts))
+            .flatten();
+        match policy {
+            Some(policy) => {
+                let body = cache
+                    .store_on_completion(key, policy_req, policy, &parts, body, directives, leader);
+                set_cache_status(&mut parts, cache::Status::Miss { stored: true }, None);
+                (parts, body)
+            }
+            None => {
+                set_cache_status(&mut parts, cache::Status::Miss { stored: false }, None);
+                (parts, body)
+            }
+        }
+    }
+
+    /// Forward to the upstream; strip hop-by-hop headers from the answer.
+    async fn send(
+        &self,
+        upstream: &str,
+        head: request::Parts,
+        body: Body,
+    ) -> Result<(response::Parts, Body), ProxyError> {
+        let response = self
+            .upstreams
+            .send(upstream, Request::from_parts(head, body))
+            .await?;
+        let (mut parts, incoming) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok((parts, body::boxed(incoming)))
     }
 
     /// Run the response phase over a buffered response and build it.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::kv::{KvStore, MemoryKv};
 use crate::metrics::Metrics;
@@ -65,6 +66,10 @@ impl Weir {
         Ok(Generation {
             chain: Chain::new(plugins, names),
             upstreams,
+            cache: config
+                .cache
+                .clone()
+                .map(|settings| Arc::new(ResponseCache::new(settings))),
             config,
         })
     }
@@ -73,6 +78,8 @@ impl Weir {
 /// A running proxy. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener's address, when configured.
+    pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     /// Keeps the engine and its epoch ticker alive while serving.
     pub weir: Weir,
@@ -103,6 +110,7 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let weir = Weir::new(&config)?;
     let listeners = config.listeners.clone();
+    let admin = config.admin;
     let limits = config.limits.clone();
     let generation = weir.load(config).await?;
     let proxy = Arc::new(Proxy::new(generation, weir.metrics.clone()));
@@ -124,8 +132,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             server::serve(listener, proxy, limits, signal).await;
         });
     }
+    let mut admin_addr = None;
+    if let Some(addr) = admin {
+        let listener = server::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        tracing::info!(address = %bound, "admin listening");
+        admin_addr = Some(bound);
+        let proxy = proxy.clone();
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            let signal = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            crate::admin::serve(listener, proxy, signal).await;
+        });
+    }
     Ok(Running {
         addrs,
+        admin_addr,
         proxy,
         weir,
         stop,

@@ -60,6 +60,8 @@ pub fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
 /// A running Weir proxy on an ephemeral port.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin listener, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     running: Option<weir::Running>,
     _dir: tempfile::TempDir,
 }
@@ -80,6 +82,7 @@ impl TestProxy {
         let running = weir::start(config).await.map_err(|e| e.to_string())?;
         Ok(TestProxy {
             addr: running.addrs[0],
+            admin: running.admin_addr,
             running: Some(running),
             _dir: dir,
         })
@@ -87,6 +90,11 @@ impl TestProxy {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{path_and_query}", self.addr)
+    }
+
+    pub fn admin_url(&self, path_and_query: &str) -> String {
+        let admin = self.admin.expect("config has no [admin]");
+        format!("http://{admin}{path_and_query}")
     }
 
     pub fn metrics(&self) -> &weir::metrics::Metrics {

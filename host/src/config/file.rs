@@ -20,6 +20,10 @@ pub struct FileConfig {
     pub proxy: ProxyFile,
     #[serde(default)]
     pub runtime: RuntimeFile,
+    /// `[cache]`: the response cache; absent means no caching.
+    pub cache: Option<CacheFile>,
+    /// `[admin]`: metrics and cache purge, on a separate listener.
+    pub admin: Option<AdminFile>,
     /// `[upstreams.NAME]`: named upstream pools.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamFile>,
@@ -196,4 +200,41 @@ pub enum StrategyFile {
     /// Warm instances reused across requests, recycled after `max_uses`
     /// calls or any failure. For heavy guests (JS, Python).
     Pooled,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheFile {
+    /// Total size of cached responses (bodies + headers), in bytes.
+    pub capacity_bytes: u64,
+    /// Largest single response stored; larger ones stream uncached.
+    pub max_entry_bytes: usize,
+    /// Upper bound on any response's freshness lifetime, in seconds.
+    pub max_ttl_seconds: u64,
+    /// How long a stale response with validators is kept for revalidation.
+    pub stale_keep_seconds: u64,
+    /// Let plugins mark responses to authenticated requests as shareable.
+    pub allow_shared_authenticated: bool,
+    /// Store responses carrying `Set-Cookie` (off: they are per-user).
+    pub store_set_cookie: bool,
+}
+
+impl Default for CacheFile {
+    fn default() -> Self {
+        CacheFile {
+            capacity_bytes: 64 << 20,
+            max_entry_bytes: 8 << 20,
+            max_ttl_seconds: 24 * 3600,
+            stale_keep_seconds: 600,
+            allow_shared_authenticated: false,
+            store_set_cookie: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// `IP:PORT` of the admin listener. Keep it on loopback or a private net.
+    pub address: Spanned<String>,
 }
