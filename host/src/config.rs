@@ -73,6 +73,27 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub max_idle_per_endpoint: usize,
+    pub lb: LoadBalancing,
+    pub max_fails: u32,
+    pub eject: Duration,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_budget_percent: u32,
+    pub max_retry_after: Duration,
+    pub health_check: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    RoundRobin,
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// What to do when a plugin fails (trap, timeout, memory cap, bad output).
@@ -328,6 +349,15 @@ impl Validator<'_> {
     fn upstreams(&mut self, raw: &FileConfig) -> BTreeMap<String, UpstreamSpec> {
         let mut upstreams = BTreeMap::new();
         for (name, upstream) in &raw.upstreams {
+            if let Some(check) = &upstream.health_check {
+                if !check.path.starts_with('/') {
+                    self.fail(
+                        None,
+                        format!("upstreams.{name}.health_check.path"),
+                        format!("{:?} must start with '/'", check.path),
+                    );
+                }
+            }
             if upstream.endpoints.is_empty() {
                 self.fail(
                     None,
@@ -356,6 +386,21 @@ impl Validator<'_> {
                     connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),
                     response_timeout: Duration::from_millis(upstream.response_timeout_ms),
                     max_idle_per_endpoint: upstream.max_idle_per_endpoint,
+                    lb: match upstream.lb {
+                        file::LbFile::RoundRobin => LoadBalancing::RoundRobin,
+                        file::LbFile::LeastOutstanding => LoadBalancing::LeastOutstanding,
+                    },
+                    max_fails: upstream.max_fails.max(1),
+                    eject: Duration::from_millis(upstream.eject_ms),
+                    retries: upstream.retries,
+                    retry_backoff: Duration::from_millis(upstream.retry_backoff_ms),
+                    retry_budget_percent: upstream.retry_budget_percent,
+                    max_retry_after: Duration::from_millis(upstream.max_retry_after_ms),
+                    health_check: upstream.health_check.as_ref().map(|h| HealthCheck {
+                        path: h.path.clone(),
+                        interval: Duration::from_millis(h.interval_ms.max(10)),
+                        timeout: Duration::from_millis(h.timeout_ms.max(1)),
+                    }),
                 },
             );
         }

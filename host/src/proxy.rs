@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{request, response, Method, Request, Response, Version};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
@@ -26,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::plugin::bindings::types;
 use crate::plugin::chain::ResponseState;
 use crate::plugin::{Chain, Exchange, RequestOutcome};
-use crate::upstream::Upstreams;
+use crate::upstream::{Replay, Upstreams};
 
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
@@ -240,17 +241,25 @@ impl Generation {
                 up_head.headers.insert(X_REQUEST_ID, value);
             }
         }
-        let up_body = match (ex.body, body) {
+        let (up_body, replay) = match (ex.body, body) {
             (Some(buffered), _) => {
                 up_head.headers.remove(header::CONTENT_LENGTH);
-                body::full(buffered)
+                (body::full(buffered.clone()), Replay::Buffered(buffered))
             }
-            (None, Some(streamed)) => streamed,
-            (None, None) => body::empty(),
+            (None, Some(streamed)) if streamed.is_end_stream() => (streamed, Replay::Empty),
+            (None, Some(streamed)) => (streamed, Replay::Streamed),
+            (None, None) => (body::empty(), Replay::Empty),
         };
         let directives = cache_directives(ex.cache.as_ref());
         let (mut head, streamed) = self
-            .fetch(&upstream, &ex.authority, up_head, up_body, &directives)
+            .fetch(
+                &upstream,
+                &ex.authority,
+                up_head,
+                up_body,
+                replay,
+                &directives,
+            )
             .await?;
         let Some(view) = view else {
             headers::append_via(&mut head.headers, version, &self.config.proxy.via_name);
@@ -285,13 +294,14 @@ impl Generation {
         authority: &str,
         head: request::Parts,
         body: Body,
+        replay: Replay,
         directives: &cache::Directives,
     ) -> Result<(response::Parts, Body), ProxyError> {
         let Some(cache) = &self.cache else {
-            return self.send(upstream, head, body).await;
+            return self.send(upstream, head, body, replay).await;
         };
         if let Some(why) = cache.bypass_reason(&head.method, directives) {
-            let (mut parts, body) = self.send(upstream, head, body).await?;
+            let (mut parts, body) = self.send(upstream, head, body, replay).await?;
             set_cache_status(&mut parts, cache::Status::Bypass(why), None);
             return Ok((parts, body));
         }
@@ -335,7 +345,9 @@ impl Generation {
                     cond_head.headers.insert(name, value.clone());
                 }
             }
-            let (parts, fresh_body) = self.send(upstream, cond_head, body::empty()).await?;
+            let (parts, fresh_body) = self
+                .send(upstream, cond_head, body::empty(), Replay::Empty)
+                .await?;
             if parts.status == http::StatusCode::NOT_MODIFIED {
                 if let Some(response) =
                     cache.refreshed(key.clone(), &stored, &conditional, &parts, directives)
@@ -362,7 +374,7 @@ impl Generation {
             ));
         }
 
-        let (parts, body) = self.send(upstream, head, body).await?;
+        let (parts, body) = self.send(upstream, head, body, replay).await?;
         Ok(self.maybe_store(
             cache,
             key,
@@ -410,11 +422,9 @@ impl Generation {
         upstream: &str,
         head: request::Parts,
         body: Body,
+        replay: Replay,
     ) -> Result<(response::Parts, Body), ProxyError> {
-        let response = self
-            .upstreams
-            .send(upstream, Request::from_parts(head, body))
-            .await?;
+        let response = self.upstreams.send(upstream, head, body, replay).await?;
         let (mut parts, incoming) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok((parts, body::boxed(incoming)))

@@ -61,7 +61,7 @@ impl Weir {
         if !errors.is_empty() {
             return Err(StartError::Plugins(errors));
         }
-        let upstreams = Upstreams::new(&config.upstreams);
+        let upstreams = Upstreams::new(&config.upstreams, &self.metrics);
         let names: HashSet<String> = upstreams.names().map(str::to_owned).collect();
         Ok(Generation {
             chain: Chain::new(plugins, names),

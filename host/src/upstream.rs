@@ -1,21 +1,31 @@
-//! Named upstream pools: endpoints, round-robin balancing, a pooled
-//! keep-alive client per pool, connect and response-head timeouts, and the
-//! classification of failures into connect (→ 502), timeout (→ 504) and
-//! protocol (→ 502).
+//! Named upstream pools: endpoints chosen round-robin or by least
+//! outstanding requests, passive health (an endpoint failing `max_fails`
+//! times in a row sits out for a backoff period), optional active health
+//! checks, retries where safe, and the classification of failures into
+//! connect (→ 502), timeout (→ 504) and protocol (→ 502).
+
+mod endpoint;
+mod retry;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use bytes::Bytes;
+use http::uri::Scheme;
+use http::{request, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::task::JoinHandle;
 
-use crate::body::Body;
-use crate::config::UpstreamSpec;
+use crate::body::{self, Body};
+use crate::config::{LoadBalancing, UpstreamSpec};
+use crate::metrics::Metrics;
+use endpoint::{Endpoint, InFlight};
+use retry::Budget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -39,25 +49,62 @@ pub enum UpstreamError {
     },
 }
 
-/// Every configured pool, by name.
+/// How a request body can be sent again for a retry.
+pub enum Replay {
+    /// No body: any attempt can resend it.
+    Empty,
+    /// A buffered body: cheap to clone.
+    Buffered(Bytes),
+    /// A streamed body: sent once, never retried.
+    Streamed,
+}
+
+type HttpClient = Client<HttpConnector, Body>;
+
+/// Every configured pool, by name. Dropping it stops the health checkers.
 pub struct Upstreams {
-    pools: BTreeMap<String, Pool>,
+    pools: BTreeMap<String, Arc<Pool>>,
+    checkers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Upstreams {
+    fn drop(&mut self) {
+        for checker in &self.checkers {
+            checker.abort();
+        }
+    }
 }
 
 struct Pool {
     spec: UpstreamSpec,
-    endpoints: Vec<Authority>,
+    endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
-    client: Client<HttpConnector, Body>,
+    client: HttpClient,
+    budget: Budget,
+    metrics: Metrics,
 }
 
 impl Upstreams {
-    pub fn new(specs: &BTreeMap<String, UpstreamSpec>) -> Upstreams {
+    /// Build the pools; starts active health checkers, so call it inside the
+    /// tokio runtime.
+    pub fn new(specs: &BTreeMap<String, UpstreamSpec>, metrics: &Metrics) -> Upstreams {
+        let mut checkers = Vec::new();
         let pools = specs
             .iter()
-            .map(|(name, spec)| (name.clone(), Pool::new(spec)))
+            .map(|(name, spec)| {
+                let pool = Arc::new(Pool::new(spec, metrics.clone()));
+                if let Some(check) = &spec.health_check {
+                    checkers.push(tokio::spawn(endpoint::check_health(
+                        name.clone(),
+                        pool.endpoints.clone(),
+                        pool.client.clone(),
+                        check.clone(),
+                    )));
+                }
+                (name.clone(), pool)
+            })
             .collect();
-        Upstreams { pools }
+        Upstreams { pools, checkers }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -68,12 +115,14 @@ impl Upstreams {
         self.pools.keys().map(String::as_str)
     }
 
-    /// Send a request (head already prepared: hop-by-hop stripped, forwarding
-    /// headers set) to one endpoint of the named pool.
+    /// Send a request (head prepared: hop-by-hop stripped, forwarding
+    /// headers set) to the named pool, retrying where safe.
     pub async fn send(
         &self,
         name: &str,
-        mut request: Request<Body>,
+        head: request::Parts,
+        body: Body,
+        replay: Replay,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let Some(pool) = self.pools.get(name) else {
             return Err(UpstreamError::Protocol {
@@ -82,45 +131,12 @@ impl Upstreams {
                 message: "no such upstream".into(),
             });
         };
-        let endpoint = pool.pick();
-        let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(endpoint.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *request.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Protocol {
-            upstream: name.to_owned(),
-            endpoint: endpoint.to_string(),
-            message: e.to_string(),
-        })?;
-        // The upstream always speaks HTTP/1.1 to us, whatever the client spoke.
-        *request.version_mut() = http::Version::HTTP_11;
-
-        let timeout = pool.spec.response_timeout;
-        match tokio::time::timeout(timeout, pool.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) if err.is_connect() => Err(UpstreamError::Connect {
-                upstream: name.to_owned(),
-                endpoint: endpoint.to_string(),
-                message: error_chain(&err),
-            }),
-            Ok(Err(err)) => Err(UpstreamError::Protocol {
-                upstream: name.to_owned(),
-                endpoint: endpoint.to_string(),
-                message: error_chain(&err),
-            }),
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: name.to_owned(),
-                endpoint: endpoint.to_string(),
-                timeout_ms: timeout.as_millis() as u64,
-            }),
-        }
+        pool.send(head, body, replay).await
     }
 }
 
 impl Pool {
-    fn new(spec: &UpstreamSpec) -> Pool {
+    fn new(spec: &UpstreamSpec, metrics: Metrics) -> Pool {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(spec.connect_timeout));
         connector.set_nodelay(true);
@@ -129,27 +145,211 @@ impl Pool {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(spec.max_idle_per_endpoint)
-            // Keep the client's Host header as sent; do not derive it from
-            // the endpoint address.
+            // Keep the Host header the proxy set; do not derive it from the
+            // endpoint address.
             .set_host(false)
             .build(connector);
         Pool {
             spec: spec.clone(),
-            // Checked by config validation; skip anything unparsable.
+            // Checked by config validation; anything unparsable is skipped.
             endpoints: spec
                 .endpoints
                 .iter()
                 .filter_map(|e| e.parse().ok())
+                .map(|authority| Arc::new(Endpoint::new(authority)))
                 .collect(),
             next: AtomicUsize::new(0),
             client,
+            budget: Budget::new(spec.retry_budget_percent),
+            metrics,
         }
     }
 
-    fn pick(&self) -> Authority {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.endpoints[n % self.endpoints.len()].clone()
+    /// Choose an endpoint not yet tried by this request: healthy ones
+    /// first; if every untried one is unhealthy, try one anyway rather than
+    /// fail without asking (Envoy calls this panic mode).
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let count = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let order = (0..count)
+            .map(|i| (start + i) % count)
+            .filter(|i| !tried.contains(i));
+        let healthy: Vec<usize> = order
+            .clone()
+            .filter(|&i| self.endpoints[i].is_healthy())
+            .collect();
+        let candidates: Vec<usize> = if healthy.is_empty() {
+            order.collect()
+        } else {
+            healthy
+        };
+        match self.spec.lb {
+            LoadBalancing::RoundRobin => candidates.first().copied(),
+            LoadBalancing::LeastOutstanding => candidates
+                .iter()
+                .copied()
+                .min_by_key(|&i| self.endpoints[i].outstanding()),
+        }
     }
+
+    async fn send(
+        &self,
+        head: request::Parts,
+        body: Body,
+        replay: Replay,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.budget.deposit();
+        let idempotent = is_idempotent(&head.method);
+        let mut first_body = Some(body);
+        let mut tried = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let Some(index) = self.pick(&tried) else {
+                // Every endpoint was tried; `tried` is never empty here.
+                return Err(self.connect_error("every endpoint", "no endpoint left to try"));
+            };
+            tried.push(index);
+            if tried.len() == self.endpoints.len() {
+                // Allow going round again for status/timeout retries.
+                tried.clear();
+            }
+            let endpoint = &self.endpoints[index];
+            let body = match first_body.take() {
+                Some(body) => body,
+                None => match &replay {
+                    Replay::Empty => body::empty(),
+                    Replay::Buffered(bytes) => body::full(bytes.clone()),
+                    Replay::Streamed => unreachable_replay(),
+                },
+            };
+            let request = self.request_for(&head, endpoint, body)?;
+            let can_retry = attempt < self.spec.retries && !matches!(replay, Replay::Streamed);
+
+            let outcome = {
+                let _in_flight = InFlight::start(endpoint);
+                tokio::time::timeout(self.spec.response_timeout, self.client.request(request)).await
+            };
+            match outcome {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    if !is_retryable_status(status) {
+                        endpoint.record_success();
+                        return Ok(response);
+                    }
+                    endpoint.record_failure(&self.spec, &self.metrics);
+                    let wait = retry::retry_after(response.headers());
+                    let wait_ok = wait.is_none_or(|w| w <= self.spec.max_retry_after);
+                    if !(can_retry && idempotent && wait_ok && self.budget.try_spend()) {
+                        return Ok(response);
+                    }
+                    drop(response);
+                    let delay = wait.unwrap_or_else(|| retry::backoff(&self.spec, attempt));
+                    self.note_retry(endpoint, &status.to_string());
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(Err(err)) if err.is_connect() => {
+                    endpoint.record_failure(&self.spec, &self.metrics);
+                    let message = error_chain(&err);
+                    // Nothing was sent: any method may move on, if the body
+                    // can be produced again.
+                    if !(can_retry && self.budget.try_spend()) {
+                        return Err(self.connect_error(&endpoint.authority.to_string(), &message));
+                    }
+                    self.note_retry(endpoint, "connect");
+                }
+                Ok(Err(err)) => {
+                    return Err(UpstreamError::Protocol {
+                        upstream: self.spec.name.clone(),
+                        endpoint: endpoint.authority.to_string(),
+                        message: error_chain(&err),
+                    });
+                }
+                Err(_elapsed) => {
+                    endpoint.record_failure(&self.spec, &self.metrics);
+                    if !(can_retry && idempotent && self.budget.try_spend()) {
+                        return Err(UpstreamError::Timeout {
+                            upstream: self.spec.name.clone(),
+                            endpoint: endpoint.authority.to_string(),
+                            timeout_ms: self.spec.response_timeout.as_millis() as u64,
+                        });
+                    }
+                    self.note_retry(endpoint, "timeout");
+                    tokio::time::sleep(retry::backoff(&self.spec, attempt)).await;
+                }
+            }
+            attempt += 1;
+        }
+    }
+
+    fn note_retry(&self, endpoint: &Endpoint, reason: &str) {
+        tracing::info!(
+            upstream = %self.spec.name,
+            endpoint = %endpoint.authority,
+            reason,
+            "retrying upstream request"
+        );
+        self.metrics.counter_add(
+            "weir_upstream_retries_total",
+            &[("upstream", &self.spec.name), ("reason", reason)],
+            1,
+        );
+    }
+
+    fn connect_error(&self, endpoint: &str, message: &str) -> UpstreamError {
+        UpstreamError::Connect {
+            upstream: self.spec.name.clone(),
+            endpoint: endpoint.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    fn request_for(
+        &self,
+        head: &request::Parts,
+        endpoint: &Endpoint,
+        body: Body,
+    ) -> Result<Request<Body>, UpstreamError> {
+        let mut parts = head.uri.clone().into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(endpoint.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        let uri = Uri::from_parts(parts).map_err(|e| UpstreamError::Protocol {
+            upstream: self.spec.name.clone(),
+            endpoint: endpoint.authority.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut request = Request::new(body);
+        *request.method_mut() = head.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = head.headers.clone();
+        // The upstream is spoken to in HTTP/1.1, whatever the client spoke.
+        *request.version_mut() = http::Version::HTTP_11;
+        Ok(request)
+    }
+}
+
+/// `Replay::Streamed` requests are never retried (`can_retry` is false), so
+/// a second body is never asked for. Kept as a function so the invariant is
+/// stated once.
+fn unreachable_replay() -> Body {
+    body::empty()
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 /// The error and its causes on one line, for logs (never for clients).

@@ -148,7 +148,8 @@ impl Upstream {
         }
     }
 
-    /// An upstream answering with `handler`, HTTP/1.1 and h2c.
+    /// An upstream answering with `handler`, HTTP/1.1 and h2c. Dropping it
+    /// closes the listener and every open connection, like a killed server.
     pub async fn serve<F, Fut>(handler: F) -> Upstream
     where
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -156,9 +157,12 @@ impl Upstream {
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (kill, killed) = tokio::sync::watch::channel(false);
         let handler = Arc::new(handler);
         tokio::spawn(async move {
+            let _kill = kill;
+            let mut stopped = stopped;
             loop {
                 let (stream, _) = tokio::select! {
                     accepted = listener.accept() => match accepted {
@@ -168,14 +172,19 @@ impl Upstream {
                     _ = &mut stopped => return,
                 };
                 let handler = handler.clone();
+                let mut killed = killed.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        // The accept loop ended: drop the connection.
+                        _ = killed.changed() => {}
+                    }
                 });
             }
         });

@@ -127,6 +127,80 @@ pub struct UpstreamFile {
     /// Idle keep-alive connections kept per endpoint.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
+    #[serde(default)]
+    pub lb: LbFile,
+    /// Passive health: consecutive failures (connect errors, timeouts,
+    /// 502/503/504) that eject an endpoint.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long an ejected endpoint sits out; doubles on each repeated
+    /// ejection (up to 8×) and resets after a success.
+    #[serde(default = "default_eject_ms")]
+    pub eject_ms: u64,
+    /// Extra attempts for a request. Connect failures move to the next
+    /// endpoint for any method; 502/503/504 and timeouts are retried only
+    /// for idempotent methods. Never for a streamed body already sent.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First retry delay; doubles each attempt, with full jitter.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Retries allowed, as a percentage of requests (a retry storm guard).
+    #[serde(default = "default_retry_budget_percent")]
+    pub retry_budget_percent: u32,
+    /// A `Retry-After` longer than this is not waited for: the answer goes
+    /// back to the client instead.
+    #[serde(default = "default_max_retry_after_ms")]
+    pub max_retry_after_ms: u64,
+    /// Active health checking (optional).
+    pub health_check: Option<HealthCheckFile>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbFile {
+    #[default]
+    RoundRobin,
+    LeastOutstanding,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_health_interval_ms() -> u64 {
+    5_000
+}
+fn default_health_timeout_ms() -> u64 {
+    1_000
+}
+fn default_max_fails() -> u32 {
+    3
+}
+fn default_eject_ms() -> u64 {
+    10_000
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_backoff_ms() -> u64 {
+    25
+}
+fn default_retry_budget_percent() -> u32 {
+    20
+}
+fn default_max_retry_after_ms() -> u64 {
+    2_000
 }
 
 fn default_connect_timeout_ms() -> u64 {

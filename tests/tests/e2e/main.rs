@@ -1,12 +1,17 @@
 //! Weir end to end: the real proxy, real upstreams, real compiled plugins,
 //! over real sockets. One binary, one module per capability.
 
+mod cache;
 mod chain;
 mod cli;
 mod failures;
+mod plugin_cache_policy;
 mod plugin_hostile;
+mod plugin_rate_limit;
+mod plugin_router;
 mod plugin_tagger;
 mod proxying;
+mod upstreams;
 
 // Fails to compile if a plugin in plugins/ has no `plugin_<name>` module.
 include!(concat!(env!("OUT_DIR"), "/every_plugin_tested.rs"));

@@ -1,0 +1,146 @@
+//! One endpoint's health: outstanding requests, passive ejection after
+//! consecutive failures with exponential backoff, and the active checker.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use http::uri::Authority;
+use http::{Request, Uri};
+
+use super::HttpClient;
+use crate::body;
+use crate::config::{HealthCheck, UpstreamSpec};
+use crate::metrics::Metrics;
+
+/// Milliseconds since the first call: a cheap monotonic clock that fits an
+/// atomic.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+pub struct Endpoint {
+    pub authority: Authority,
+    outstanding: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    /// Set by the active checker when the endpoint fails its check.
+    down: AtomicBool,
+}
+
+impl Endpoint {
+    pub fn new(authority: Authority) -> Endpoint {
+        Endpoint {
+            authority,
+            outstanding: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    pub fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejections.store(0, Ordering::Relaxed);
+    }
+
+    /// Count a failure; eject after `max_fails` in a row, for `eject`
+    /// doubled per repeated ejection (capped at 8×).
+    pub fn record_failure(&self, spec: &UpstreamSpec, metrics: &Metrics) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < spec.max_fails {
+            return;
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let ejections = self.ejections.fetch_add(1, Ordering::Relaxed);
+        let factor = 1u32 << ejections.min(3);
+        let period = spec.eject * factor;
+        self.ejected_until_ms
+            .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            upstream = %spec.name,
+            endpoint = %self.authority,
+            failures,
+            eject_ms = period.as_millis() as u64,
+            "endpoint ejected"
+        );
+        metrics.counter_add(
+            "weir_upstream_ejections_total",
+            &[("upstream", &spec.name)],
+            1,
+        );
+    }
+}
+
+/// Counts a request as outstanding on an endpoint while alive.
+pub struct InFlight<'a>(&'a Endpoint);
+
+impl<'a> InFlight<'a> {
+    pub fn start(endpoint: &'a Endpoint) -> InFlight<'a> {
+        endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+        InFlight(endpoint)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Probe every endpoint with `GET <path>` each interval; a 2xx answer within
+/// the timeout marks it up, anything else down. Runs until aborted.
+pub async fn check_health(
+    upstream: String,
+    endpoints: Vec<Arc<Endpoint>>,
+    client: HttpClient,
+    check: HealthCheck,
+) {
+    let mut ticker = tokio::time::interval(check.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for endpoint in &endpoints {
+            let healthy = probe(&client, endpoint, &check).await;
+            let was_down = endpoint.down.swap(!healthy, Ordering::Relaxed);
+            if was_down == healthy {
+                tracing::warn!(
+                    upstream = %upstream,
+                    endpoint = %endpoint.authority,
+                    healthy,
+                    "health check changed state"
+                );
+            }
+        }
+    }
+}
+
+async fn probe(client: &HttpClient, endpoint: &Endpoint, check: &HealthCheck) -> bool {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.authority.clone())
+        .path_and_query(check.path.as_str())
+        .build();
+    let Ok(uri) = uri else {
+        return false;
+    };
+    let mut request = Request::new(body::empty());
+    *request.uri_mut() = uri;
+    if let Ok(host) = http::HeaderValue::from_str(endpoint.authority.as_str()) {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    let answer = tokio::time::timeout(check.timeout, client.request(request)).await;
+    matches!(answer, Ok(Ok(response)) if response.status().is_success())
+}

@@ -1,0 +1,221 @@
+//! Upstream pools: load balancing, passive and active health, retries
+//! where safe, and `Retry-After`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir_tests::{client, respond, TestProxy, Upstream};
+
+/// An upstream that counts requests and answers `name`.
+async fn named(name: &'static str, delay: Duration) -> (Upstream, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let upstream = Upstream::serve(move |req| {
+        let health = req.uri().path() == "/health";
+        if !health {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        async move {
+            if !health {
+                tokio::time::sleep(delay).await;
+            }
+            respond(200, name)
+        }
+    })
+    .await;
+    (upstream, count)
+}
+
+fn pool(endpoints: &[&Upstream], extra: &str) -> String {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|u| format!("\"{}\"", u.addr))
+        .collect();
+    format!(
+        "default_upstream = \"pool\"\n[upstreams.pool]\nendpoints = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_robin_spreads_requests_evenly() {
+    let (a, a_count) = named("a", Duration::ZERO).await;
+    let (b, b_count) = named("b", Duration::ZERO).await;
+    let proxy = TestProxy::start(&pool(&[&a, &b], "")).await;
+    for _ in 0..10 {
+        let response = client().get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(a_count.load(Ordering::SeqCst), 5);
+    assert_eq!(b_count.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_outstanding_avoids_the_busy_endpoint() {
+    let (slow, slow_count) = named("slow", Duration::from_millis(800)).await;
+    let (fast, fast_count) = named("fast", Duration::ZERO).await;
+    let proxy = TestProxy::start(&pool(&[&slow, &fast], "lb = \"least_outstanding\"")).await;
+    let client = client();
+    let mut requests = Vec::new();
+    for _ in 0..10 {
+        let client = client.clone();
+        let url = proxy.url("/");
+        requests.push(tokio::spawn(async move {
+            client.get(url).send().await.unwrap().status()
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert!(
+        slow_count.load(Ordering::SeqCst) <= 2,
+        "slow got {slow_count:?}"
+    );
+    assert!(
+        fast_count.load(Ordering::SeqCst) >= 8,
+        "fast got {fast_count:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_endpoint_is_ejected_and_traffic_moves_to_the_other() {
+    let (a, _) = named("a", Duration::ZERO).await;
+    let (b, b_count) = named("b", Duration::ZERO).await;
+    let proxy = TestProxy::start(&pool(&[&a, &b], "max_fails = 2\neject_ms = 60000")).await;
+    for _ in 0..4 {
+        assert_eq!(
+            client().get(proxy.url("/")).send().await.unwrap().status(),
+            200
+        );
+    }
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..20 {
+        let response = client().get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "b");
+    }
+    let metrics = proxy.metrics();
+    assert_eq!(
+        metrics.counter("weir_upstream_ejections_total", &[("upstream", "pool")]),
+        1
+    );
+    // Once ejected, the dead endpoint is not tried any more: only the
+    // failures before ejection cost a retry.
+    let retries = metrics.counter(
+        "weir_upstream_retries_total",
+        &[("upstream", "pool"), ("reason", "connect")],
+    );
+    assert!(retries <= 2, "{retries} connect retries");
+    assert_eq!(b_count.load(Ordering::SeqCst), 22);
+}
+
+/// An upstream answering 503 (with an optional Retry-After) to every
+/// request, counting them.
+async fn unavailable(retry_after: Option<&'static str>) -> (Upstream, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let upstream = Upstream::serve(move |_req| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut response = respond(503, "busy");
+            if let Some(after) = retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", after.parse().unwrap());
+            }
+            response
+        }
+    })
+    .await;
+    (upstream, count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotent_requests_are_retried_but_a_post_never_is() {
+    let (upstream, count) = unavailable(None).await;
+    let proxy = TestProxy::start(&pool(&[&upstream], "retries = 2\nmax_fails = 100")).await;
+    let response = client()
+        .post(proxy.url("/order"))
+        .body("one order")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(count.load(Ordering::SeqCst), 1, "a POST was repeated");
+
+    let response = client().get(proxy.url("/page")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.text().await.unwrap(), "busy");
+    assert_eq!(count.load(Ordering::SeqCst), 1 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_honoured_or_passed_back_when_too_long() {
+    // A short Retry-After is waited for before retrying.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let upstream = Upstream::serve(move |_req| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                let mut response = respond(503, "later");
+                response
+                    .headers_mut()
+                    .insert("retry-after", "1".parse().unwrap());
+                response
+            } else {
+                respond(200, "now")
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&pool(&[&upstream], "max_fails = 100")).await;
+    let started = Instant::now();
+    let response = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(950));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A long one goes back to the client untouched, without retrying.
+    let (upstream, count) = unavailable(Some("120")).await;
+    let proxy = TestProxy::start(&pool(&[&upstream], "max_fails = 100")).await;
+    let response = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "120");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn active_health_check_takes_a_failing_endpoint_out() {
+    let sick_count = Arc::new(AtomicUsize::new(0));
+    let seen = sick_count.clone();
+    let sick = Upstream::serve(move |req| {
+        let health = req.uri().path() == "/health";
+        if !health {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        async move {
+            if health {
+                respond(500, "sick")
+            } else {
+                respond(200, "sick")
+            }
+        }
+    })
+    .await;
+    let (well, _) = named("well", Duration::ZERO).await;
+    let proxy = TestProxy::start(&pool(
+        &[&sick, &well],
+        "[upstreams.pool.health_check]\npath = \"/health\"\ninterval_ms = 50\ntimeout_ms = 500",
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..10 {
+        let response = client().get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "well");
+    }
+    assert_eq!(sick_count.load(Ordering::SeqCst), 0);
+}
