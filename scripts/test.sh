@@ -6,6 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# System packages the tests drive for real.
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+if ((${#need_apt[@]})); then
+  echo "==> installing ${need_apt[*]} (apt)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
 echo "==> fmt"
 cargo fmt --all --check
 (cd plugins && cargo fmt --all --check)
@@ -16,6 +26,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "==> tests"
 cargo test --workspace
+(cd plugins && cargo test --workspace)
 
 echo "==> benchmarks compile"
 cargo bench --workspace --no-run

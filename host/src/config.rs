@@ -30,6 +30,17 @@ pub struct Config {
     pub chain: Vec<PluginSpec>,
     pub cache: Option<CacheSettings>,
     pub admin: Option<SocketAddr>,
+    pub kv: KvSettings,
+}
+
+#[derive(Debug, Clone)]
+pub enum KvSettings {
+    Memory,
+    Redis {
+        url: String,
+        prefix: String,
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -318,7 +329,27 @@ impl Validator<'_> {
                 store_set_cookie: c.store_set_cookie,
             }),
             admin,
+            kv: match &raw.kv {
+                file::KvFile::Memory => KvSettings::Memory,
+                file::KvFile::Redis {
+                    url,
+                    prefix,
+                    timeout_ms,
+                } => KvSettings::Redis {
+                    url: url.clone(),
+                    prefix: prefix.clone(),
+                    timeout: Duration::from_millis(*timeout_ms),
+                },
+            },
         };
+        if let KvSettings::Redis { url, .. } = &config.kv {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://"))
+            {
+                self.fail(None, "kv.url", format!("{url:?} is not a redis:// URL"));
+            }
+        }
         if limits.max_header_bytes < 1024 {
             self.fail(
                 None,

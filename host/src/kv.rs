@@ -1,7 +1,11 @@
 //! The key-value store behind the plugins' `kv` import.
 //!
-//! [`MemoryKv`] serves a single instance. A Redis backend (for a fleet that
-//! shares rate-limit counters) implements the same trait.
+//! [`MemoryKv`] serves a single instance; [`RedisKv`] lets a fleet of Weir
+//! instances share rate-limit counters and idempotency keys.
+
+mod redis_kv;
+
+pub use redis_kv::RedisKv;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,7 +62,7 @@ pub struct MemoryKv {
     map: Mutex<HashMap<String, Entry>>,
 }
 
-fn check_sizes(key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
+pub(crate) fn check_sizes(key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
     if key.len() > MAX_KEY_BYTES || value.is_some_and(|v| v.len() > MAX_VALUE_BYTES) {
         return Err(KvError::TooLarge);
     }

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cache::ResponseCache;
-use crate::config::Config;
-use crate::kv::{KvStore, MemoryKv};
+use crate::config::{Config, KvSettings};
+use crate::kv::{KvStore, MemoryKv, RedisKv};
 use crate::metrics::Metrics;
 use crate::plugin::{Chain, Plugin, PluginError, Runtime};
 use crate::proxy::{Generation, Proxy};
@@ -24,6 +24,8 @@ pub enum StartError {
     Plugins(Vec<PluginError>),
     #[error(transparent)]
     Bind(#[from] std::io::Error),
+    #[error("kv: {0}")]
+    Kv(crate::kv::KvError),
 }
 
 /// Process-wide pieces that outlive a configuration generation.
@@ -37,9 +39,17 @@ pub struct Weir {
 impl Weir {
     pub fn new(config: &Config) -> Result<Weir, StartError> {
         let runtime = Runtime::new(&config.runtime).map_err(|e| StartError::Plugins(vec![e]))?;
+        let kv: Arc<dyn KvStore> = match &config.kv {
+            KvSettings::Memory => Arc::new(MemoryKv::default()),
+            KvSettings::Redis {
+                url,
+                prefix,
+                timeout,
+            } => Arc::new(RedisKv::new(url, prefix, *timeout).map_err(StartError::Kv)?),
+        };
         Ok(Weir {
             runtime,
-            kv: Arc::new(MemoryKv::default()),
+            kv,
             metrics: Metrics::default(),
         })
     }

@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub cache: Option<CacheFile>,
     /// `[admin]`: metrics and cache purge, on a separate listener.
     pub admin: Option<AdminFile>,
+    /// `[kv]`: the store behind the plugins' `kv` import.
+    #[serde(default)]
+    pub kv: KvFile,
     /// `[upstreams.NAME]`: named upstream pools.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamFile>,
@@ -311,4 +314,27 @@ impl Default for CacheFile {
 pub struct AdminFile {
     /// `IP:PORT` of the admin listener. Keep it on loopback or a private net.
     pub address: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
+pub enum KvFile {
+    /// In-process: one instance only.
+    #[default]
+    Memory,
+    /// Shared by every instance pointing at the same Redis.
+    Redis {
+        url: String,
+        #[serde(default = "default_kv_prefix")]
+        prefix: String,
+        #[serde(default = "default_kv_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_kv_prefix() -> String {
+    "weir:".into()
+}
+fn default_kv_timeout_ms() -> u64 {
+    250
 }

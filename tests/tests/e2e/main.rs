@@ -5,6 +5,7 @@ mod cache;
 mod chain;
 mod cli;
 mod failures;
+mod kv_redis;
 mod plugin_auth;
 mod plugin_cache_policy;
 mod plugin_hostile;
