@@ -17,17 +17,25 @@ WEIR=target/release/weir
 
 "$WEIR" check --config examples/proxy.toml
 
-"$WEIR" echo --listen 127.0.0.1:9000 &
-ECHO_PID=$!
-trap 'kill $ECHO_PID 2>/dev/null || true' EXIT
+"$WEIR" echo --listen 127.0.0.1:9000 --name main &
+MAIN_PID=$!
+"$WEIR" echo --listen 127.0.0.1:9001 --name v2 &
+V2_PID=$!
+trap 'kill $MAIN_PID $V2_PID 2>/dev/null || true' EXIT
 
 cat <<'TRY'
 
-Weir is serving on http://127.0.0.1:8080 (upstream: weir echo on :9000). Try:
+Weir is serving on http://127.0.0.1:8080 with the chain auth -> ratelimit ->
+cache -> router, in front of two echo upstreams (main :9000, v2 :9001).
+Admin (metrics, purge) on http://127.0.0.1:9901. Try:
 
-  curl -i 127.0.0.1:8080/anything            # echoed, with x-weir-demo headers both ways
-  curl -i 127.0.0.1:8080/admin/secrets       # 403 from the tagger plugin
-  curl -i --http2-prior-knowledge 127.0.0.1:8080/h2   # HTTP/2 cleartext
+  curl -i 127.0.0.1:8080/anything                                   # 401: no API key
+  curl -i -H 'x-api-key: demo-key' '127.0.0.1:8080/doc?max_age=60'  # 200, cache-status: weir; fwd=miss; stored
+  curl -i -H 'x-api-key: demo-key' '127.0.0.1:8080/doc?max_age=60'  # 200, cache-status: weir; hit
+  curl -i -H 'x-api-key: demo-key' 127.0.0.1:8080/v2/hello          # routed: x-echo-upstream: v2, path /hello
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: demo-key' 127.0.0.1:8080/x; done
+                                                                    # 5 per 10 s per tenant: ... 429
+  curl -s 127.0.0.1:9901/metrics
 
 Ctrl-C to stop.
 TRY

@@ -39,6 +39,9 @@ enum Command {
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// Label for the `x-echo-upstream` response header.
+        #[arg(long, default_value = "echo")]
+        name: String,
     },
 }
 
@@ -60,7 +63,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::Check { config } => check(config).await,
-            Command::Echo { listen } => echo(listen).await,
+            Command::Echo { listen, name } => echo(listen, name).await,
         }
     });
     match result {
@@ -132,12 +135,12 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn echo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn echo(listen: SocketAddr, name: String) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "echo upstream listening");
-    crate::echo::serve(listener, shutdown_signal()).await;
+    crate::echo::serve_named(listener, &name, shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,9 @@
 //! `weir echo`: a small demo upstream that answers every request with a JSON
 //! echo of its method, path, query, headers and body size. The body is
-//! counted as it streams, never held.
+//! counted as it streams, never held. A `max_age=N` query parameter makes
+//! the answer cacheable (`Cache-Control: public, max-age=N`), to show the
+//! response cache at work. `--name` labels its answers (`x-echo-upstream`),
+//! to show routing.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,7 +31,7 @@ struct Echo {
     body_bytes: u64,
 }
 
-async fn echo(req: Request<Incoming>) -> Response<Body> {
+async fn echo(req: Request<Incoming>, name: &str) -> Response<Body> {
     let (head, mut incoming) = req.into_parts();
     let mut body_bytes = 0u64;
     while let Some(frame) = incoming.frame().await {
@@ -59,17 +62,37 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
         headers,
         body_bytes,
     };
+    let max_age = echo.query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("max_age="))
+            .and_then(|n| n.parse::<u32>().ok())
+    });
     let json = serde_json::to_vec_pretty(&echo).unwrap_or_default();
     let mut response = Response::new(body::full(Bytes::from(json)));
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Some(age) = max_age {
+        if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={age}")) {
+            headers.insert(header::CACHE_CONTROL, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(name) {
+        headers.insert("x-echo-upstream", value);
+    }
     response
 }
 
 /// Serve the echo upstream until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    serve_named(listener, "echo", shutdown).await;
+}
+
+/// Serve the echo upstream, labelling answers with `name`.
+pub async fn serve_named(listener: TcpListener, name: &str, shutdown: impl Future<Output = ()>) {
+    let name: std::sync::Arc<str> = name.into();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);
     loop {
@@ -84,9 +107,12 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
             () = &mut shutdown => return,
         };
         let builder = builder.clone();
+        let name = name.clone();
         tokio::spawn(async move {
-            let service =
-                service_fn(|req| async { Ok::<_, std::convert::Infallible>(echo(req).await) });
+            let service = service_fn(move |req| {
+                let name = name.clone();
+                async move { Ok::<_, std::convert::Infallible>(echo(req, &name).await) }
+            });
             if let Err(err) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await

@@ -253,7 +253,7 @@ impl Pool {
                     // Nothing was sent: any method may move on, if the body
                     // can be produced again.
                     if !(can_retry && self.budget.try_spend()) {
-                        return Err(self.connect_error(&endpoint.authority.to_string(), &message));
+                        return Err(self.connect_error(endpoint.authority.as_str(), &message));
                     }
                     self.note_retry(endpoint, "connect");
                 }

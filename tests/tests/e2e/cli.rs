@@ -16,10 +16,16 @@ fn examples() -> &'static Path {
 
 #[test]
 fn check_accepts_the_example_config() {
-    // The example points at plugins/tagger.wasm, where the README's demo
-    // command drops it; put the freshly built one there.
+    // The example points at plugins/*.wasm, where the README's demo
+    // command drops them; put the freshly built ones there.
     let plugins = examples().join("../plugins");
-    std::fs::copy(weir_tests::artifacts::TAGGER, plugins.join("tagger.wasm")).unwrap();
+    for (name, file) in weir_tests::artifacts::ALL {
+        std::fs::copy(
+            file,
+            plugins.join(format!("{}.wasm", name.replace('-', "_"))),
+        )
+        .unwrap();
+    }
     let output = weir()
         .args(["check", "--config"])
         .arg(examples().join("proxy.toml"))
@@ -31,7 +37,7 @@ fn check_accepts_the_example_config() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("ok (1 plugins)"), "{stdout}");
+    assert!(stdout.contains("ok (4 plugins)"), "{stdout}");
 }
 
 fn check_errors(body: &str) -> String {

@@ -16,7 +16,7 @@ struct Redis {
 impl Redis {
     async fn start() -> Redis {
         let port = weir_tests::refused_addr().await.port();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -40,6 +40,8 @@ impl Redis {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not start on port {port}");
     }
 

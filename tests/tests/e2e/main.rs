@@ -4,6 +4,7 @@
 mod cache;
 mod chain;
 mod cli;
+mod example_demo;
 mod failures;
 mod kv_redis;
 mod plugin_auth;
