@@ -20,7 +20,7 @@ use file::{FileConfig, OnErrorFile, StrategyFile};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerSpec>,
     pub limits: Limits,
     pub proxy: ProxySettings,
     pub runtime: RuntimeSettings,
@@ -51,6 +51,40 @@ pub struct CacheSettings {
     pub stale_keep: Duration,
     pub allow_shared_authenticated: bool,
     pub store_set_cookie: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertKey>,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub reload_check: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertKey {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +126,7 @@ pub struct UpstreamSpec {
     pub retry_budget_percent: u32,
     pub max_retry_after: Duration,
     pub health_check: Option<HealthCheck>,
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,8 +295,9 @@ impl Validator<'_> {
         }
         let mut listeners = Vec::new();
         for (i, listener) in raw.listeners.iter().enumerate() {
+            let tls = listener.tls.as_ref().map(|tls| self.listener_tls(i, tls));
             match listener.address.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => listeners.push(addr),
+                Ok(address) => listeners.push(ListenerSpec { address, tls }),
                 Err(_) => self.fail(
                     Some(listener.address.span()),
                     format!("listeners[{i}].address"),
@@ -427,6 +463,19 @@ impl Validator<'_> {
                     retry_backoff: Duration::from_millis(upstream.retry_backoff_ms),
                     retry_budget_percent: upstream.retry_budget_percent,
                     max_retry_after: Duration::from_millis(upstream.max_retry_after_ms),
+                    tls: upstream.tls.as_ref().map(|tls| UpstreamTls {
+                        ca: tls
+                            .ca
+                            .as_ref()
+                            .map(|p| self.existing_file(p, format!("upstreams.{name}.tls.ca"))),
+                        server_name: tls.server_name.clone(),
+                        client_cert: tls.client_cert.as_ref().map(|p| {
+                            self.existing_file(p, format!("upstreams.{name}.tls.client_cert"))
+                        }),
+                        client_key: tls.client_key.as_ref().map(|p| {
+                            self.existing_file(p, format!("upstreams.{name}.tls.client_key"))
+                        }),
+                    }),
                     health_check: upstream.health_check.as_ref().map(|h| HealthCheck {
                         path: h.path.clone(),
                         interval: Duration::from_millis(h.interval_ms.max(10)),
@@ -436,6 +485,52 @@ impl Validator<'_> {
             );
         }
         upstreams
+    }
+
+    fn listener_tls(&mut self, index: usize, tls: &file::ListenerTlsFile) -> ListenerTls {
+        if tls.certificates.is_empty() {
+            self.fail(
+                None,
+                format!("listeners[{index}].tls.certificates"),
+                "at least one { cert, key } pair is required".into(),
+            );
+        }
+        let certificates = tls
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(j, pair)| CertKey {
+                cert: self.existing_file(
+                    &pair.cert,
+                    format!("listeners[{index}].tls.certificates[{j}].cert"),
+                ),
+                key: self.existing_file(
+                    &pair.key,
+                    format!("listeners[{index}].tls.certificates[{j}].key"),
+                ),
+            })
+            .collect();
+        ListenerTls {
+            certificates,
+            client_ca: tls
+                .client_ca
+                .as_ref()
+                .map(|p| self.existing_file(p, format!("listeners[{index}].tls.client_ca"))),
+            client_auth: match tls.client_auth {
+                file::ClientAuthFile::Required => ClientAuth::Required,
+                file::ClientAuthFile::Optional => ClientAuth::Optional,
+            },
+            reload_check: Duration::from_millis(tls.reload_check_ms),
+        }
+    }
+
+    /// Resolve a path relative to the config file; report it if missing.
+    fn existing_file(&mut self, path: &str, key: String) -> PathBuf {
+        let resolved = self.at.base_dir().join(path);
+        if !resolved.is_file() {
+            self.fail(None, key, format!("no such file {}", resolved.display()));
+        }
+        resolved
     }
 
     fn check_upstream_ref(

@@ -20,6 +20,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod runner;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{Chain, Plugin, PluginError, Runtime};
 use crate::proxy::{Generation, Proxy};
 use crate::server;
+use crate::tls::ReloadingConfig;
 use crate::upstream::Upstreams;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum StartError {
     Bind(#[from] std::io::Error),
     #[error("kv: {0}")]
     Kv(crate::kv::KvError),
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
 }
 
 /// Process-wide pieces that outlive a configuration generation.
@@ -71,7 +74,8 @@ impl Weir {
         if !errors.is_empty() {
             return Err(StartError::Plugins(errors));
         }
-        let upstreams = Upstreams::new(&config.upstreams, &self.metrics);
+        let upstreams =
+            Upstreams::new(&config.upstreams, &self.metrics).map_err(StartError::Tls)?;
         let names: HashSet<String> = upstreams.names().map(str::to_owned).collect();
         Ok(Generation {
             chain: Chain::new(plugins, names),
@@ -127,8 +131,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();
-    for addr in listeners {
-        let listener = server::bind(addr).await?;
+    for spec in listeners {
+        let tls = match spec.tls {
+            Some(tls) => {
+                let config = ReloadingConfig::new(tls).map_err(StartError::Tls)?;
+                tasks.spawn(config.clone().watch_until(stopped.clone()));
+                Some(config)
+            }
+            None => None,
+        };
+        let listener = server::bind(spec.address).await?;
         let bound = listener.local_addr()?;
         tracing::info!(address = %bound, "listening");
         addrs.push(bound);
@@ -139,7 +151,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let signal = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            server::serve(listener, proxy, limits, signal).await;
+            server::serve(listener, proxy, limits, tls, signal).await;
         });
     }
     let mut admin_addr = None;

@@ -10,18 +10,23 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::proxy::{ConnMeta, Proxy};
+use crate::tls::{tls_info, ReloadingConfig};
 
 /// Serve `listener` until `shutdown` resolves, then stop accepting and give
-/// in-flight requests up to `limits.shutdown_grace` to finish.
+/// in-flight requests up to `limits.shutdown_grace` to finish. With `tls`,
+/// connections are TLS-terminated first (handshake bounded by the
+/// head-read timeout).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limits: Limits,
+    tls: Option<Arc<ReloadingConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let local = match listener.local_addr() {
@@ -31,7 +36,7 @@ pub async fn serve(
             return;
         }
     };
-    let builder = connection_builder(&limits);
+    let builder = Arc::new(connection_builder(&limits));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -48,24 +53,44 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let meta = Arc::new(ConnMeta {
+        let meta = ConnMeta {
             client,
             local,
             tls: None,
-        });
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let meta = meta.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &meta).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(client = %client, error = %err, "connection ended with error");
+        };
+        let connection = Connection {
+            builder: builder.clone(),
+            proxy: proxy.clone(),
+            watcher: graceful.watcher(),
+        };
+        match &tls {
+            None => {
+                tokio::spawn(connection.serve(stream, meta));
             }
-        });
+            Some(tls) => {
+                let acceptor = TlsAcceptor::from(tls.current());
+                let handshake_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let accepted =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
+                    match accepted {
+                        Ok(Ok(stream)) => {
+                            let meta = ConnMeta {
+                                tls: Some(tls_info(stream.get_ref().1)),
+                                ..meta
+                            };
+                            connection.serve(stream, meta).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(client = %client, error = %err, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %client, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!(address = %local, "draining in-flight requests");
@@ -74,6 +99,36 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period elapsed; closing remaining connections");
+    }
+}
+
+/// What one accepted connection needs to be served.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    proxy: Arc<Proxy>,
+    watcher: Watcher,
+}
+
+impl Connection {
+    async fn serve<I>(self, io: I, meta: ConnMeta)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let client = meta.client;
+        let meta = Arc::new(meta);
+        let proxy = self.proxy;
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let meta = meta.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &meta).await) }
+        });
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(err) = self.watcher.watch(connection).await {
+            tracing::debug!(client = %client, error = %err, "connection ended with error");
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::uri::Scheme;
 use http::{request, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::body::{self, Body};
 use crate::config::{LoadBalancing, UpstreamSpec};
 use crate::metrics::Metrics;
+use crate::tls::{self, TlsError};
 use endpoint::{Endpoint, InFlight};
 use retry::Budget;
 
@@ -59,7 +61,7 @@ pub enum Replay {
     Streamed,
 }
 
-type HttpClient = Client<HttpConnector, Body>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Every configured pool, by name. Dropping it stops the health checkers.
 pub struct Upstreams {
@@ -77,6 +79,7 @@ impl Drop for Upstreams {
 
 struct Pool {
     spec: UpstreamSpec,
+    scheme: Scheme,
     endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
     client: HttpClient,
@@ -87,24 +90,28 @@ struct Pool {
 impl Upstreams {
     /// Build the pools; starts active health checkers, so call it inside the
     /// tokio runtime.
-    pub fn new(specs: &BTreeMap<String, UpstreamSpec>, metrics: &Metrics) -> Upstreams {
-        let mut checkers = Vec::new();
-        let pools = specs
+    pub fn new(
+        specs: &BTreeMap<String, UpstreamSpec>,
+        metrics: &Metrics,
+    ) -> Result<Upstreams, TlsError> {
+        let mut pools = BTreeMap::new();
+        for (name, spec) in specs {
+            pools.insert(name.clone(), Arc::new(Pool::new(spec, metrics.clone())?));
+        }
+        let checkers = pools
             .iter()
-            .map(|(name, spec)| {
-                let pool = Arc::new(Pool::new(spec, metrics.clone()));
-                if let Some(check) = &spec.health_check {
-                    checkers.push(tokio::spawn(endpoint::check_health(
-                        name.clone(),
-                        pool.endpoints.clone(),
-                        pool.client.clone(),
-                        check.clone(),
-                    )));
-                }
-                (name.clone(), pool)
+            .filter_map(|(name, pool)| {
+                let check = pool.spec.health_check.clone()?;
+                Some(tokio::spawn(endpoint::check_health(
+                    name.clone(),
+                    pool.endpoints.clone(),
+                    pool.client.clone(),
+                    pool.scheme.clone(),
+                    check,
+                )))
             })
             .collect();
-        Upstreams { pools, checkers }
+        Ok(Upstreams { pools, checkers })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -136,11 +143,36 @@ impl Upstreams {
 }
 
 impl Pool {
-    fn new(spec: &UpstreamSpec, metrics: Metrics) -> Pool {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(spec.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
+    fn new(spec: &UpstreamSpec, metrics: Metrics) -> Result<Pool, TlsError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(spec.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let (connector, scheme) = match &spec.tls {
+            Some(tls) => {
+                let builder = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls::client_config(tls)?)
+                    .https_only();
+                let builder = match &tls.server_name {
+                    Some(name) => {
+                        let name = rustls::pki_types::ServerName::try_from(name.clone())
+                            .map_err(|e| TlsError::Rustls(format!("server_name {name:?}: {e}")))?;
+                        builder.with_server_name_resolver(FixedServerNameResolver::new(name))
+                    }
+                    None => builder,
+                };
+                (builder.enable_http1().wrap_connector(http), Scheme::HTTPS)
+            }
+            None => {
+                // Plain pools never use TLS, but share the connector type.
+                let connector = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls::plain_client_config()?)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                (connector, Scheme::HTTP)
+            }
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -149,8 +181,9 @@ impl Pool {
             // endpoint address.
             .set_host(false)
             .build(connector);
-        Pool {
+        Ok(Pool {
             spec: spec.clone(),
+            scheme,
             // Checked by config validation; anything unparsable is skipped.
             endpoints: spec
                 .endpoints
@@ -162,7 +195,7 @@ impl Pool {
             client,
             budget: Budget::new(spec.retry_budget_percent),
             metrics,
-        }
+        })
     }
 
     /// Choose an endpoint not yet tried by this request: healthy ones
@@ -310,7 +343,7 @@ impl Pool {
         body: Body,
     ) -> Result<Request<Body>, UpstreamError> {
         let mut parts = head.uri.clone().into_parts();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(endpoint.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

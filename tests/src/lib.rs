@@ -49,6 +49,8 @@ pub fn runtime_section() -> String {
 pub fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("proxy.toml");
+    // Top-level keys of `body` must precede any table, so the test
+    // listener goes after it: a body's own [[listeners]] come first.
     let text = format!(
         "{body}\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{}",
         runtime_section()
@@ -59,7 +61,9 @@ pub fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// A running Weir proxy on an ephemeral port.
 pub struct TestProxy {
+    /// The plain HTTP listener [`config_file`] adds (the last one).
     pub addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     /// The admin listener, when the config has `[admin]`.
     pub admin: Option<SocketAddr>,
     running: Option<weir::Running>,
@@ -81,7 +85,8 @@ impl TestProxy {
         let config = weir::Config::load(&path).map_err(|e| e.to_string())?;
         let running = weir::start(config).await.map_err(|e| e.to_string())?;
         Ok(TestProxy {
-            addr: running.addrs[0],
+            addr: running.addrs[running.addrs.len() - 1],
+            addrs: running.addrs.clone(),
             admin: running.admin_addr,
             running: Some(running),
             _dir: dir,
@@ -90,6 +95,11 @@ impl TestProxy {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{path_and_query}", self.addr)
+    }
+
+    /// Every listener, in config order ([`config_file`]'s is last).
+    pub fn all_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     pub fn admin_url(&self, path_and_query: &str) -> String {
@@ -214,8 +224,15 @@ pub async fn refused_addr() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
+/// reqwest is built without a bundled crypto provider (no C toolchain
+/// needed); install rustls' ring provider once.
+fn ensure_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// An HTTP/1.1 client with no connection reuse surprises.
 pub fn client() -> reqwest::Client {
+    ensure_crypto();
     reqwest::Client::builder()
         .http1_only()
         .no_proxy()
@@ -225,6 +242,7 @@ pub fn client() -> reqwest::Client {
 
 /// An HTTP/2 cleartext (prior knowledge) client.
 pub fn h2c_client() -> reqwest::Client {
+    ensure_crypto();
     reqwest::Client::builder()
         .http2_prior_knowledge()
         .no_proxy()

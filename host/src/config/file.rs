@@ -45,6 +45,57 @@ pub struct FileConfig {
 pub struct ListenerFile {
     /// `IP:PORT`, e.g. `127.0.0.1:8080`; port 0 picks a free port.
     pub address: Spanned<String>,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTlsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsFile {
+    /// PEM certificate chains and keys; the first is the default, the
+    /// others are chosen by SNI from their subject alternative names.
+    pub certificates: Vec<CertKeyFile>,
+    /// PEM bundle of CAs whose client certificates are accepted (mTLS).
+    pub client_ca: Option<String>,
+    #[serde(default)]
+    pub client_auth: ClientAuthFile,
+    /// How often the files are checked for changes (reload without restart).
+    #[serde(default = "default_reload_check_ms")]
+    pub reload_check_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertKeyFile {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthFile {
+    /// A verified client certificate is required to connect.
+    #[default]
+    Required,
+    /// Clients may present one; plugins see whether they did.
+    Optional,
+}
+
+fn default_reload_check_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM CA bundle to verify the upstream; default: the system roots.
+    pub ca: Option<String>,
+    /// Name to send as SNI and verify the certificate for; default: the
+    /// endpoint's host.
+    pub server_name: Option<String>,
+    /// Client certificate and key for upstream mTLS.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +208,8 @@ pub struct UpstreamFile {
     pub max_retry_after_ms: u64,
     /// Active health checking (optional).
     pub health_check: Option<HealthCheckFile>,
+    /// Speak HTTPS to the endpoints.
+    pub tls: Option<UpstreamTlsFile>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

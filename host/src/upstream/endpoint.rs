@@ -106,6 +106,7 @@ pub async fn check_health(
     upstream: String,
     endpoints: Vec<Arc<Endpoint>>,
     client: HttpClient,
+    scheme: http::uri::Scheme,
     check: HealthCheck,
 ) {
     let mut ticker = tokio::time::interval(check.interval);
@@ -113,7 +114,7 @@ pub async fn check_health(
     loop {
         ticker.tick().await;
         for endpoint in &endpoints {
-            let healthy = probe(&client, endpoint, &check).await;
+            let healthy = probe(&client, &scheme, endpoint, &check).await;
             let was_down = endpoint.down.swap(!healthy, Ordering::Relaxed);
             if was_down == healthy {
                 tracing::warn!(
@@ -127,9 +128,14 @@ pub async fn check_health(
     }
 }
 
-async fn probe(client: &HttpClient, endpoint: &Endpoint, check: &HealthCheck) -> bool {
+async fn probe(
+    client: &HttpClient,
+    scheme: &http::uri::Scheme,
+    endpoint: &Endpoint,
+    check: &HealthCheck,
+) -> bool {
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(scheme.clone())
         .authority(endpoint.authority.clone())
         .path_and_query(check.path.as_str())
         .build();

@@ -10,10 +10,12 @@ mod kv_redis;
 mod plugin_auth;
 mod plugin_cache_policy;
 mod plugin_hostile;
+mod plugin_inspector;
 mod plugin_rate_limit;
 mod plugin_router;
 mod plugin_tagger;
 mod proxying;
+mod tls;
 mod upstreams;
 
 // Fails to compile if a plugin in plugins/ has no `plugin_<name>` module.
