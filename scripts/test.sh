@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 # System packages the tests drive for real.
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The JavaScript and Python sample plugins are built by their own toolchains
+# (componentize-js from npm, componentize-py from PyPI), which need these.
+command -v node >/dev/null || need_apt+=(nodejs npm)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
   echo "==> installing ${need_apt[*]} (apt)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

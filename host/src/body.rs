@@ -34,3 +34,58 @@ where
 {
     body.map_err(|e| Box::new(e) as BodyError).boxed()
 }
+
+/// A body that fails when no frame arrives for `timeout`: a stalled upstream
+/// body aborts the client connection instead of holding it forever.
+pub fn idle_timeout(inner: Body, timeout: std::time::Duration) -> Body {
+    IdleTimeout {
+        inner,
+        timeout,
+        sleep: Box::pin(tokio::time::sleep(timeout)),
+    }
+    .boxed()
+}
+
+/// The error an [`idle_timeout`] body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body idle for more than {0:?}")]
+pub struct BodyIdle(std::time::Duration);
+
+struct IdleTimeout {
+    inner: Body,
+    timeout: std::time::Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(this.timeout))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

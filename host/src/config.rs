@@ -95,6 +95,9 @@ pub struct Limits {
     pub max_buffered_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_reset_streams: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +120,7 @@ pub struct UpstreamSpec {
     pub endpoints: Vec<String>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
     pub lb: LoadBalancing,
     pub max_fails: u32,
@@ -343,6 +347,9 @@ impl Validator<'_> {
                 max_buffered_body_bytes: limits.max_buffered_body_bytes,
                 header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
                 shutdown_grace: Duration::from_millis(limits.shutdown_grace_ms),
+                max_connections: limits.max_connections.max(1),
+                h2_max_concurrent_streams: limits.h2_max_concurrent_streams.max(1),
+                h2_max_pending_reset_streams: limits.h2_max_pending_reset_streams,
             },
             proxy: ProxySettings {
                 trust_forwarded_headers: raw.proxy.trust_forwarded_headers,
@@ -452,6 +459,7 @@ impl Validator<'_> {
                         .collect(),
                     connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),
                     response_timeout: Duration::from_millis(upstream.response_timeout_ms),
+                    idle_timeout: Duration::from_millis(upstream.idle_timeout_ms.max(1)),
                     max_idle_per_endpoint: upstream.max_idle_per_endpoint,
                     lb: match upstream.lb {
                         file::LbFile::RoundRobin => LoadBalancing::RoundRobin,

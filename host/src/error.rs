@@ -44,6 +44,12 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Protocol { .. }) => {
                 (StatusCode::BAD_GATEWAY, "upstream sent an invalid response")
             }
+            ProxyError::Upstream(UpstreamError::RequestBodyTooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            }
+            ProxyError::Upstream(UpstreamError::RequestBody { .. }) => {
+                (StatusCode::BAD_REQUEST, "request body unreadable")
+            }
             ProxyError::Plugin(err) if err.is_overload() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "plugin capacity exhausted")
             }
@@ -68,7 +74,26 @@ impl ProxyError {
     /// The synthetic response sent to the client for this error.
     pub fn to_response(&self) -> Response<Body> {
         let (status, class) = self.status();
-        plain_response(status, class)
+        let mut response = plain_response(status, class);
+        if self.closes_connection() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// After a malformed or oversized request the rest of the connection's
+    /// byte stream cannot be trusted: close it.
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::RequestBodyTooLarge { .. }
+                | ProxyError::RequestBody(_)
+                | ProxyError::Upstream(UpstreamError::RequestBodyTooLarge { .. })
+                | ProxyError::Upstream(UpstreamError::RequestBody { .. })
+        )
     }
 }
 

@@ -106,7 +106,11 @@ impl Proxy {
         async {
             let result = generation.serve(req, conn, id.clone()).await;
             let mut response = result.unwrap_or_else(|err| {
-                tracing::warn!(error = %err, "request failed");
+                match &err {
+                    // Already logged, with its backtrace, where it failed.
+                    ProxyError::Plugin(_) => tracing::debug!(error = %err, "request failed"),
+                    _ => tracing::warn!(error = %err, "request failed"),
+                }
                 err.to_response()
             });
             if let Ok(value) = HeaderValue::from_str(&id) {
@@ -425,9 +429,9 @@ impl Generation {
         replay: Replay,
     ) -> Result<(response::Parts, Body), ProxyError> {
         let response = self.upstreams.send(upstream, head, body, replay).await?;
-        let (mut parts, incoming) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        Ok((parts, body::boxed(incoming)))
+        Ok((parts, body))
     }
 
     /// Run the response phase over a buffered response and build it.

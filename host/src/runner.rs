@@ -131,6 +131,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();
+    // One budget of connections shared by every listener.
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     for spec in listeners {
         let tls = match spec.tls {
             Some(tls) => {
@@ -146,12 +148,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addrs.push(bound);
         let proxy = proxy.clone();
         let limits = limits.clone();
+        let connections = connections.clone();
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
             let signal = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            server::serve(listener, proxy, limits, tls, signal).await;
+            server::serve(listener, proxy, limits, tls, connections, signal).await;
         });
     }
     let mut admin_addr = None;

@@ -11,7 +11,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
@@ -27,6 +29,7 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     limits: Limits,
     tls: Option<Arc<ReloadingConfig>>,
+    connections: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
     let local = match listener.local_addr() {
@@ -53,6 +56,13 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            proxy
+                .metrics()
+                .counter_add("weir_connections_refused_total", &[], 1);
+            tokio::spawn(refuse(stream, tls.is_some()));
+            continue;
+        };
         let meta = ConnMeta {
             client,
             local,
@@ -62,6 +72,7 @@ pub async fn serve(
             builder: builder.clone(),
             proxy: proxy.clone(),
             watcher: graceful.watcher(),
+            _permit: permit,
         };
         match &tls {
             None => {
@@ -107,6 +118,27 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     proxy: Arc<Proxy>,
     watcher: Watcher,
+    /// Holds one of `max_connections` until the connection ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Over `max_connections`: answer a plain-HTTP client with a `503` it can
+/// read, then close. (A TLS client is closed: answering would cost a
+/// handshake, which is what the limit protects.)
+async fn refuse(mut stream: TcpStream, tls: bool) {
+    if !tls {
+        let body = "503 Service Unavailable: too many connections\n";
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(response.as_bytes()),
+        )
+        .await;
+        let _ = stream.shutdown().await;
+    }
 }
 
 impl Connection {
@@ -145,7 +177,9 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_pending_reset_streams.max(1) * 50)
         .keep_alive_interval(Duration::from_secs(30));
     builder
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::Scheme;
 use http::{request, Method, Request, Response, StatusCode, Uri};
+use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -49,6 +50,13 @@ pub enum UpstreamError {
         endpoint: String,
         message: String,
     },
+    /// The client's body grew past `max_request_body_bytes` while it was
+    /// being streamed upstream.
+    #[error("request body exceeded the limit while streaming to {upstream}")]
+    RequestBodyTooLarge { upstream: String },
+    /// The client's body failed (e.g. the client went away) mid-stream.
+    #[error("request body failed while streaming to {upstream}: {message}")]
+    RequestBody { upstream: String, message: String },
 }
 
 /// How a request body can be sent again for a retry.
@@ -130,7 +138,7 @@ impl Upstreams {
         head: request::Parts,
         body: Body,
         replay: Replay,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let Some(pool) = self.pools.get(name) else {
             return Err(UpstreamError::Protocol {
                 upstream: name.to_owned(),
@@ -138,7 +146,9 @@ impl Upstreams {
                 message: "no such upstream".into(),
             });
         };
-        pool.send(head, body, replay).await
+        let response = pool.send(head, body, replay).await?;
+        let idle = pool.spec.idle_timeout;
+        Ok(response.map(|incoming| body::idle_timeout(body::boxed(incoming), idle)))
     }
 }
 
@@ -280,6 +290,17 @@ impl Pool {
                     self.note_retry(endpoint, &status.to_string());
                     tokio::time::sleep(delay).await;
                 }
+                Ok(Err(err)) if err.is_connect() && is_timeout(&err) => {
+                    endpoint.record_failure(&self.spec, &self.metrics);
+                    if !(can_retry && self.budget.try_spend()) {
+                        return Err(UpstreamError::Timeout {
+                            upstream: self.spec.name.clone(),
+                            endpoint: endpoint.authority.to_string(),
+                            timeout_ms: self.spec.connect_timeout.as_millis() as u64,
+                        });
+                    }
+                    self.note_retry(endpoint, "connect_timeout");
+                }
                 Ok(Err(err)) if err.is_connect() => {
                     endpoint.record_failure(&self.spec, &self.metrics);
                     let message = error_chain(&err);
@@ -289,6 +310,17 @@ impl Pool {
                         return Err(self.connect_error(endpoint.authority.as_str(), &message));
                     }
                     self.note_retry(endpoint, "connect");
+                }
+                Ok(Err(err)) if caused_by::<LengthLimitError>(&err) => {
+                    return Err(UpstreamError::RequestBodyTooLarge {
+                        upstream: self.spec.name.clone(),
+                    });
+                }
+                Ok(Err(err)) if is_user_body_error(&err) => {
+                    return Err(UpstreamError::RequestBody {
+                        upstream: self.spec.name.clone(),
+                        message: error_chain(&err),
+                    });
                 }
                 Ok(Err(err)) => {
                     return Err(UpstreamError::Protocol {
@@ -383,6 +415,46 @@ fn is_retryable_status(status: StatusCode) -> bool {
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     )
+}
+
+/// Whether `E` appears in the error's source chain.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// A connect that failed by timing out (not refused, not unreachable).
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// The request body (the client's side) failed, not the upstream.
+fn is_user_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(hyper_err) = e.downcast_ref::<hyper::Error>() {
+            if hyper_err.is_user() {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// The error and its causes on one line, for logs (never for clients).

@@ -113,6 +113,14 @@ pub struct LimitsFile {
     pub header_read_timeout_ms: u64,
     /// Time allowed for in-flight requests to finish on shutdown.
     pub shutdown_grace_ms: u64,
+    /// Most client connections at once, all listeners together; beyond it
+    /// a new connection gets `503` and is closed.
+    pub max_connections: usize,
+    /// HTTP/2: most concurrent streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: most streams a client may reset before they are accepted
+    /// (the "rapid reset" attack guard); the connection is closed beyond it.
+    pub h2_max_pending_reset_streams: usize,
 }
 
 impl Default for LimitsFile {
@@ -124,6 +132,9 @@ impl Default for LimitsFile {
             max_buffered_body_bytes: 1 << 20,
             header_read_timeout_ms: 10_000,
             shutdown_grace_ms: 30_000,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 256,
+            h2_max_pending_reset_streams: 20,
         }
     }
 }
@@ -178,6 +189,10 @@ pub struct UpstreamFile {
     /// Time from sending the request to receiving the response head.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// Longest pause allowed inside a response body; the client
+    /// connection is aborted beyond it (the head has already been sent).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Idle keep-alive connections kept per endpoint.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
@@ -264,6 +279,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_response_timeout_ms() -> u64 {
     30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
 }
 fn default_max_idle() -> usize {
     64

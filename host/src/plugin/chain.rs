@@ -248,7 +248,10 @@ impl Chain {
             ex.head.uri =
                 http::Uri::from_parts(parts).map_err(|e| format!("invalid path rewrite: {e}"))?;
         }
-        convert::apply_header_ops(&mut ex.head.headers, ops);
+        // Apply to a copy: a failure half-way must change nothing.
+        let mut headers = ex.head.headers.clone();
+        convert::apply_header_ops(&mut headers, ops)?;
+        ex.head.headers = headers;
         if let Some(upstream) = changes.upstream {
             ex.upstream = Some(upstream);
         }
@@ -277,10 +280,12 @@ fn apply_response_changes(
     if changes.body.is_some() && resp.body.is_none() {
         return Err("replaced the body without asking to buffer it".into());
     }
+    let mut headers = resp.head.headers.clone();
+    convert::apply_header_ops(&mut headers, ops)?;
     if let Some(status) = status {
         resp.head.status = status;
     }
-    convert::apply_header_ops(&mut resp.head.headers, ops);
+    resp.head.headers = headers;
     if let Some(body) = changes.body {
         resp.body = Some(Bytes::from(body));
     }

@@ -22,6 +22,11 @@ const FORBIDDEN: [&str; 10] = [
     "http2-settings",
 ];
 
+/// Most header operations (or headers in a local response) one plugin
+/// answer may carry. `http::HeaderMap` panics past 32 768 entries; a
+/// plugin must not be able to reach that, and no real answer needs more.
+pub const MAX_PLUGIN_HEADERS: usize = 1024;
+
 /// A header list for the guest. Invalid UTF-8 is replaced, see the WIT.
 pub fn headers_to_wit(headers: &HeaderMap) -> types::Headers {
     headers
@@ -57,6 +62,12 @@ fn header_value(name: &HeaderName, value: &str) -> Result<HeaderValue, String> {
 
 /// Check a list of header operations.
 pub fn check_header_ops(ops: Vec<HeaderOp>) -> Result<Vec<CheckedOp>, String> {
+    if ops.len() > MAX_PLUGIN_HEADERS {
+        return Err(format!(
+            "{} header operations (at most {MAX_PLUGIN_HEADERS})",
+            ops.len()
+        ));
+    }
     ops.into_iter()
         .map(|op| match op {
             HeaderOp::Set((name, value)) => {
@@ -74,30 +85,44 @@ pub fn check_header_ops(ops: Vec<HeaderOp>) -> Result<Vec<CheckedOp>, String> {
         .collect()
 }
 
-/// Apply checked operations in order.
-pub fn apply_header_ops(headers: &mut HeaderMap, ops: Vec<CheckedOp>) {
+/// Apply checked operations in order. Fails (instead of panicking) if the
+/// header map would outgrow what `http` can hold.
+pub fn apply_header_ops(headers: &mut HeaderMap, ops: Vec<CheckedOp>) -> Result<(), String> {
     for op in ops {
         match op {
             CheckedOp::Set(name, value) => {
-                headers.insert(name, value);
+                headers
+                    .try_insert(name, value)
+                    .map_err(|_| "too many headers".to_owned())?;
             }
             CheckedOp::Append(name, value) => {
-                headers.append(name, value);
+                headers
+                    .try_append(name, value)
+                    .map_err(|_| "too many headers".to_owned())?;
             }
             CheckedOp::Remove(name) => {
                 headers.remove(name);
             }
         }
     }
+    Ok(())
 }
 
 /// Check a full header list (a plugin's local response).
 pub fn check_header_list(list: types::Headers) -> Result<HeaderMap, String> {
+    if list.len() > MAX_PLUGIN_HEADERS {
+        return Err(format!(
+            "{} headers in a local response (at most {MAX_PLUGIN_HEADERS})",
+            list.len()
+        ));
+    }
     let mut headers = HeaderMap::with_capacity(list.len());
     for (name, value) in list {
         let name = header_name(&name)?;
         let value = header_value(&name, &value)?;
-        headers.append(name, value);
+        headers
+            .try_append(name, value)
+            .map_err(|_| "too many headers".to_owned())?;
     }
     Ok(headers)
 }

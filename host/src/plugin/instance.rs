@@ -236,9 +236,11 @@ impl Plugin {
                 timeout_ms: self.timeout.as_millis() as u64,
             };
         }
+        // `{:#}` keeps wasmtime's wasm backtrace (a context in the chain)
+        // without the host's Rust backtrace that `{:?}` would add.
         PluginError::Trap {
             plugin: self.name.clone(),
-            message: format!("{err:?}"),
+            message: format!("{err:#}"),
         }
     }
 }

@@ -4,9 +4,36 @@
 //! every other request and the tests can show that only the bad request
 //! failed.
 //!
-//! `mode`: `trap` (panic → wasm trap), `loop` (spin forever: the deadline must
-//! stop it), `memory` (grow memory until the cap refuses), `ok` (behave).
+//! `mode` says how it misbehaves:
+//! * runaway guests: `trap` (panic → wasm trap), `loop` (spin forever),
+//!   `stack-overflow` (unbounded recursion on the wasm stack, or with
+//!   `stack = "linear-memory"` on Rust's shadow stack in linear memory),
+//!   `host-call-flood` (call host imports forever), `memory` (grow memory
+//!   until the cap refuses);
+//! * invalid answers: `bad-header-name`, `bad-header-value`,
+//!   `forbidden-header` (the host-managed `header`, default
+//!   `content-length`), `bad-status` (a local 99 in the request phase, 1000
+//!   in the response phase), `huge-response` (a local response with a 50 MiB
+//!   body, or 100 000 headers with `huge = "headers"`, the only kind the
+//!   response phase can send);
+//! * escape attempts that must be denied by the empty WASI context:
+//!   `read-file`, `read-env`, `open-socket` (dials `address`). These never
+//!   panic: they report what happened in an `x-hostile-result` response
+//!   header, `denied: <errors>` or `LEAK <what leaked>`;
+//! * `ok`: behave.
+//!
 //! `phase`: `request` (default) or `response`.
+//!
+//! ```toml
+//! [plugins.hostile]
+//! file = "hostile.wasm"
+//! timeout_ms = 50
+//! [plugins.hostile.config]
+//! mode = "open-socket"
+//! address = "127.0.0.1:8080"
+//! ```
+
+use std::hint::black_box;
 
 use serde::Deserialize;
 
@@ -16,17 +43,31 @@ wit_bindgen::generate!({
 });
 
 use exports::weir::plugin::guest::Guest;
-use weir::plugin::config;
 use weir::plugin::types::{
-    PluginInfo, Request, RequestAction, RequestChanges, ResponseChanges, ResponseHead,
+    HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
+    ResponseHead,
 };
+use weir::plugin::{clock, config, log};
+
+/// The response header the escape attempts report in.
+const RESULT_HEADER: &str = "x-hostile-result";
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum Mode {
     Trap,
     Loop,
+    StackOverflow,
+    HostCallFlood,
     Memory,
+    BadHeaderName,
+    BadHeaderValue,
+    ForbiddenHeader,
+    BadStatus,
+    HugeResponse,
+    ReadFile,
+    ReadEnv,
+    OpenSocket,
     Ok,
 }
 
@@ -38,6 +79,24 @@ enum Phase {
     Response,
 }
 
+/// Where `stack-overflow` puts its frames.
+#[derive(Deserialize, Clone, Copy, PartialEq, Default)]
+#[serde(rename_all = "kebab-case")]
+enum Stack {
+    #[default]
+    Wasm,
+    LinearMemory,
+}
+
+/// What `huge-response` makes huge.
+#[derive(Deserialize, Clone, Copy, PartialEq, Default)]
+#[serde(rename_all = "lowercase")]
+enum Huge {
+    #[default]
+    Body,
+    Headers,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
@@ -46,41 +105,263 @@ struct Config {
     phase: Phase,
     #[serde(default = "default_prefix")]
     trigger_prefix: String,
+    /// `forbidden-header`: the host-managed header to set.
+    #[serde(default = "default_forbidden")]
+    header: String,
+    /// `open-socket`: the `ip:port` to dial.
+    address: Option<String>,
+    #[serde(default)]
+    stack: Stack,
+    #[serde(default)]
+    huge: Huge,
 }
 
 fn default_prefix() -> String {
     "/boom".into()
 }
 
-fn config() -> Config {
-    serde_json::from_str(&config::get()).expect("config accepted at load")
+fn default_forbidden() -> String {
+    "content-length".into()
 }
 
-fn misbehave(mode: Mode) {
-    match mode {
+impl Config {
+    fn parse(json: &str) -> Result<Config, String> {
+        let config: Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        if config.mode == Mode::OpenSocket && config.address.is_none() {
+            return Err("mode open-socket needs `address`".into());
+        }
+        Ok(config)
+    }
+
+    fn get() -> Config {
+        Config::parse(&config::get()).expect("config accepted at load")
+    }
+}
+
+/// Misbehaviour that never returns: the host must stop it.
+fn run_away(config: &Config) {
+    match config.mode {
         Mode::Trap => panic!("hostile plugin: deliberate trap"),
         Mode::Loop => {
             let mut n: u64 = 0;
             loop {
-                n = std::hint::black_box(n.wrapping_add(1));
+                n = black_box(n.wrapping_add(1));
             }
         }
+        Mode::StackOverflow => {
+            black_box(match config.stack {
+                Stack::Wasm => recurse_on_wasm_stack(0),
+                Stack::LinearMemory => recurse_in_linear_memory(0),
+            });
+        }
+        Mode::HostCallFlood => flood_host_calls(),
         Mode::Memory => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
                 hoard.push(vec![1u8; 16 << 20]);
-                std::hint::black_box(&hoard);
+                black_box(&hoard);
             }
         }
-        Mode::Ok => {}
+        _ => {}
     }
+}
+
+/// Recursion whose base case is never reached (the compiler cannot know
+/// that: it asks the host). Not a tail call (another host call follows the
+/// recursive one), so it cannot become a loop. Its frames live on the wasm
+/// stack, which the engine bounds (`max_wasm_stack`).
+#[inline(never)]
+fn recurse_on_wasm_stack(depth: u64) -> u64 {
+    if clock::monotonic_ns() == u64::MAX {
+        return depth;
+    }
+    let below = recurse_on_wasm_stack(depth + 1);
+    below ^ clock::monotonic_ns()
+}
+
+/// The same, but every frame also holds an array in linear memory (Rust's
+/// shadow stack), which overflows first: the shadow stack pointer wraps
+/// below address 0, out of bounds.
+#[inline(never)]
+fn recurse_in_linear_memory(depth: u64) -> u64 {
+    if black_box(depth) == u64::MAX {
+        return 0;
+    }
+    let frame = black_box([depth; 16]);
+    let below = recurse_in_linear_memory(black_box(depth + 1));
+    below.wrapping_add(frame[(depth % 16) as usize])
+}
+
+/// Call cheap host imports forever. Each call returns promptly; only the
+/// epoch check the guest runs between calls (on the loop back-edge) can end
+/// this.
+fn flood_host_calls() {
+    let mut sum: u64 = 0;
+    loop {
+        log::log(log::Level::Trace, "hostile: flood");
+        sum = black_box(sum.wrapping_add(clock::now_ms()));
+    }
+}
+
+fn unchanged() -> RequestChanges {
+    RequestChanges {
+        method: None,
+        path: None,
+        query: None,
+        headers: Vec::new(),
+        upstream: None,
+        properties: Vec::new(),
+        cache: None,
+        body: None,
+    }
+}
+
+/// The header operation an invalid-header mode sends.
+fn bad_header(config: &Config) -> Option<HeaderOp> {
+    let (name, value) = match config.mode {
+        Mode::BadHeaderName => ("x-bad name\r\nx-injected", "1"),
+        Mode::BadHeaderValue => ("x-hostile", "ok\r\nx-injected: 1"),
+        Mode::ForbiddenHeader => (config.header.as_str(), "0"),
+        _ => return None,
+    };
+    Some(HeaderOp::Set((name.to_owned(), value.to_owned())))
+}
+
+/// A local response too big to be reasonable.
+fn huge_response(huge: Huge) -> Response {
+    match huge {
+        Huge::Body => Response {
+            status: 200,
+            headers: Vec::new(),
+            body: vec![b'x'; 50 << 20],
+        },
+        Huge::Headers => Response {
+            status: 200,
+            headers: (0..100_000)
+                .map(|i| (format!("x-huge-{i}"), "1".to_owned()))
+                .collect(),
+            body: Vec::new(),
+        },
+    }
+}
+
+/// Try to escape the sandbox and describe what happened.
+fn escape(config: &Config) -> Option<String> {
+    let attempts = match config.mode {
+        Mode::ReadFile => read_files(),
+        Mode::ReadEnv => read_env(),
+        Mode::OpenSocket => open_sockets(config.address.as_deref().unwrap_or_default()),
+        _ => return None,
+    };
+    let leaks: Vec<&String> = attempts.iter().filter_map(|a| a.as_ref().err()).collect();
+    let text = if leaks.is_empty() {
+        let denials: Vec<&str> = attempts
+            .iter()
+            .filter_map(|a| a.as_ref().ok().map(String::as_str))
+            .collect();
+        format!("denied: {}", denials.join("; "))
+    } else {
+        let leaks: Vec<&str> = leaks.into_iter().map(String::as_str).collect();
+        format!("LEAK {}", leaks.join("; "))
+    };
+    Some(header_safe(&text))
+}
+
+/// One escape attempt: `Ok(why it was denied)` or `Err(what leaked)`.
+type Attempt = Result<String, String>;
+
+fn read_files() -> Vec<Attempt> {
+    let read = |path: &str| match std::fs::read_to_string(path) {
+        Ok(data) => Err(format!("read {path}: {}", first_line(&data))),
+        Err(err) => Ok(format!("read {path}: {err}")),
+    };
+    let list = |path: &str| match std::fs::read_dir(path) {
+        Ok(entries) => Err(format!("listed {path}: {} entries", entries.count())),
+        Err(err) => Ok(format!("list {path}: {err}")),
+    };
+    let write = match std::fs::write("/tmp/hostile-was-here", b"1") {
+        Ok(()) => Err("wrote /tmp/hostile-was-here".to_owned()),
+        Err(err) => Ok(format!("write /tmp: {err}")),
+    };
+    vec![
+        read("/etc/passwd"),
+        read("etc/passwd"),
+        list("/"),
+        list("."),
+        write,
+    ]
+}
+
+fn read_env() -> Vec<Attempt> {
+    let home = match std::env::var("HOME") {
+        Ok(value) => Err(format!("HOME={value}")),
+        Err(err) => Ok(format!("HOME: {err}")),
+    };
+    let vars: Vec<String> = std::env::vars().map(|(name, _)| name).collect();
+    let vars = if vars.is_empty() {
+        Ok("0 variables".to_owned())
+    } else {
+        Err(format!("variables {}", vars.join(",")))
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let args = if args.is_empty() {
+        Ok("0 arguments".to_owned())
+    } else {
+        Err(format!("arguments {}", args.join(" ")))
+    };
+    let cwd = match std::env::current_dir() {
+        Ok(dir) if dir.as_os_str() != "/" && !dir.as_os_str().is_empty() => {
+            Err(format!("cwd {}", dir.display()))
+        }
+        Ok(dir) => Ok(format!("cwd {:?}", dir.display().to_string())),
+        Err(err) => Ok(format!("cwd: {err}")),
+    };
+    vec![home, vars, args, cwd]
+}
+
+fn open_sockets(address: &str) -> Vec<Attempt> {
+    use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+    let tcp = match TcpStream::connect(address) {
+        Ok(_) => Err(format!("tcp connected to {address}")),
+        Err(err) => Ok(format!("tcp {address}: {err}")),
+    };
+    let udp = match UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"hostile", address)) {
+        Ok(sent) => Err(format!("udp sent {sent} bytes to {address}")),
+        Err(err) => Ok(format!("udp {address}: {err}")),
+    };
+    let dns = match "localhost:80".to_socket_addrs() {
+        Ok(mut found) => match found.next() {
+            Some(addr) => Err(format!("resolved localhost to {addr}")),
+            None => Ok("dns: no answer".to_owned()),
+        },
+        Err(err) => Ok(format!("dns: {err}")),
+    };
+    vec![tcp, udp, dns]
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// Make `text` a valid header value: printable ASCII only, bounded length.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(2000)
+        .collect()
 }
 
 struct Hostile;
 
 impl Guest for Hostile {
     fn validate_config(config: String) -> Result<PluginInfo, String> {
-        serde_json::from_str::<Config>(&config).map_err(|e| e.to_string())?;
+        Config::parse(&config)?;
         Ok(PluginInfo {
             on_request: true,
             on_response: true,
@@ -90,32 +371,64 @@ impl Guest for Hostile {
     }
 
     fn on_request(req: Request) -> RequestAction {
-        let config = config();
-        if config.phase == Phase::Request && req.path.starts_with(&config.trigger_prefix) {
-            misbehave(config.mode);
+        let config = Config::get();
+        if config.phase != Phase::Request || !req.path.starts_with(&config.trigger_prefix) {
+            return RequestAction::Continue(unchanged());
         }
-        RequestAction::Continue(RequestChanges {
-            method: None,
-            path: None,
-            query: None,
-            headers: Vec::new(),
-            upstream: None,
-            properties: Vec::new(),
-            cache: None,
-            body: None,
-        })
+        run_away(&config);
+        if let Some(op) = bad_header(&config) {
+            return RequestAction::Continue(RequestChanges {
+                headers: vec![op],
+                ..unchanged()
+            });
+        }
+        if let Some(result) = escape(&config) {
+            return RequestAction::Respond(Response {
+                status: 200,
+                headers: vec![(RESULT_HEADER.to_owned(), result)],
+                body: Vec::new(),
+            });
+        }
+        match config.mode {
+            Mode::BadStatus => RequestAction::Respond(Response {
+                status: 99,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }),
+            Mode::HugeResponse => RequestAction::Respond(huge_response(config.huge)),
+            _ => RequestAction::Continue(unchanged()),
+        }
     }
 
     fn on_response(req: Request, _resp: ResponseHead) -> ResponseChanges {
-        let config = config();
-        if config.phase == Phase::Response && req.path.starts_with(&config.trigger_prefix) {
-            misbehave(config.mode);
-        }
-        ResponseChanges {
+        let mut changes = ResponseChanges {
             status: None,
             headers: Vec::new(),
             body: None,
+        };
+        let config = Config::get();
+        if config.phase != Phase::Response || !req.path.starts_with(&config.trigger_prefix) {
+            return changes;
         }
+        run_away(&config);
+        if let Some(op) = bad_header(&config) {
+            changes.headers.push(op);
+        }
+        if let Some(result) = escape(&config) {
+            changes
+                .headers
+                .push(HeaderOp::Set((RESULT_HEADER.to_owned(), result)));
+        }
+        match config.mode {
+            Mode::BadStatus => changes.status = Some(1000),
+            Mode::HugeResponse if config.huge == Huge::Headers => {
+                changes.headers = (0..100_000)
+                    .map(|i| HeaderOp::Append((format!("x-huge-{i}"), "1".to_owned())))
+                    .collect();
+            }
+            _ => {}
+        }
+        changes
     }
 }
 

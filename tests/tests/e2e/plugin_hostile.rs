@@ -1,23 +1,49 @@
-//! The test-only `hostile` plugin: a trap, an endless loop and a memory
-//! bomb each fail only their own request, per `on_error`, while requests
-//! running at the same time through the same plugin keep succeeding.
+//! The test-only `hostile` plugin: every kind of misbehaviour — a trap, an
+//! endless loop, a stack overflow, a flood of host calls, a memory bomb, an
+//! invalid answer, an escape attempt — is contained to its own request, per
+//! `on_error`, while requests running at the same time through the same
+//! plugin keep succeeding.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_tests::{client, hostile_plugin, TestProxy, Upstream};
+use http::HeaderMap;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use weir_tests::{client, config_file, hostile_plugin, respond, TestProxy, Upstream};
+
+/// `hostile` as the only plugin in front of the upstream `up`: `extra` goes
+/// into its plugin table, `config` into its config table (after `mode`).
+async fn proxy_in_front(upstream_toml: &str, mode: &str, extra: &str, config: &str) -> TestProxy {
+    let body = format!(
+        "default_upstream = \"up\"\nchain = [\"hostile\"]\n{upstream_toml}\n{}{config}\n",
+        hostile_plugin("hostile", mode, extra)
+    );
+    TestProxy::start(&body).await
+}
 
 async fn proxy_with(mode: &str, extra: &str) -> (TestProxy, Upstream) {
     let upstream = Upstream::echo().await;
-    let config = format!(
-        "default_upstream = \"up\"\nchain = [\"hostile\"]\n{}\n{}",
-        upstream.toml("up"),
-        hostile_plugin("hostile", mode, extra)
-    );
-    (TestProxy::start(&config).await, upstream)
+    let proxy = proxy_in_front(&upstream.toml("up"), mode, extra, "").await;
+    (proxy, upstream)
 }
 
-/// While `bad` requests fail, good ones through the same plugin succeed.
-async fn only_the_bad_request_fails(proxy: &TestProxy, expected_bad: u16) {
+fn plugin_errors(proxy: &TestProxy, kind: &str) -> u64 {
+    proxy.metrics().counter(
+        "weir_plugin_errors_total",
+        &[("plugin", "hostile"), ("kind", kind)],
+    )
+}
+
+/// Send `/boom` while 20 good requests run through the same plugin; every
+/// good one succeeds, and so does one sent after. Returns the bad answer.
+async fn bad_request_among_good_ones(proxy: &TestProxy) -> reqwest::Response {
     let client = client();
     let bad = {
         let client = client.clone();
@@ -36,10 +62,16 @@ async fn only_the_bad_request_fails(proxy: &TestProxy, expected_bad: u16) {
         assert_eq!(handle.await.unwrap().status(), 200);
     }
     let bad = bad.await.unwrap();
-    assert_eq!(bad.status(), expected_bad);
     // The proxy is still healthy after the failure.
     let after = client.get(proxy.url("/after")).send().await.unwrap();
     assert_eq!(after.status(), 200);
+    bad
+}
+
+/// While `bad` requests fail, good ones through the same plugin succeed.
+async fn only_the_bad_request_fails(proxy: &TestProxy, expected_bad: u16) {
+    let bad = bad_request_among_good_ones(proxy).await;
+    assert_eq!(bad.status(), expected_bad);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -51,12 +83,7 @@ async fn trap_with_deny_fails_only_its_request_with_500() {
         response.text().await.unwrap(),
         "500 Internal Server Error: plugin failed\n"
     );
-    assert!(
-        proxy.metrics().counter(
-            "weir_plugin_errors_total",
-            &[("plugin", "hostile"), ("kind", "trap")]
-        ) >= 2
-    );
+    assert!(plugin_errors(&proxy, "trap") >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,12 +100,7 @@ async fn endless_loop_is_stopped_by_the_deadline() {
     // Not a timing assertion on performance: a bound far above the 50 ms
     // deadline only proves the loop was interrupted at all.
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert!(
-        proxy.metrics().counter(
-            "weir_plugin_errors_total",
-            &[("plugin", "hostile"), ("kind", "timeout")]
-        ) >= 1
-    );
+    assert!(plugin_errors(&proxy, "timeout") >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,12 +118,7 @@ async fn endless_loop_in_pooled_instance_is_discarded() {
 async fn memory_bomb_hits_the_cap() {
     let (proxy, _up) = proxy_with("memory", "on_error = \"deny\"\nmemory_mb = 32").await;
     only_the_bad_request_fails(&proxy, 500).await;
-    assert!(
-        proxy.metrics().counter(
-            "weir_plugin_errors_total",
-            &[("plugin", "hostile"), ("kind", "memory")]
-        ) >= 1
-    );
+    assert!(plugin_errors(&proxy, "memory") >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,4 +133,358 @@ async fn failure_in_the_response_phase_is_contained_too() {
     );
     let proxy = TestProxy::start(&config).await;
     only_the_bad_request_fails(&proxy, 500).await;
+}
+
+/// Frames on the wasm stack hit the engine's stack limit; frames in Rust's
+/// shadow stack in linear memory run below address 0, out of bounds.
+#[tokio::test(flavor = "multi_thread")]
+async fn stack_overflow_traps_only_its_request() {
+    for stack in ["wasm", "linear-memory"] {
+        let upstream = Upstream::echo().await;
+        let config = format!("stack = {stack:?}");
+        let proxy = proxy_in_front(
+            &upstream.toml("up"),
+            "stack-overflow",
+            "on_error = \"deny\"",
+            &config,
+        )
+        .await;
+        only_the_bad_request_fails(&proxy, 500).await;
+        assert!(plugin_errors(&proxy, "trap") >= 1, "{stack}");
+    }
+}
+
+/// The guest calls `log` and `clock` forever. Each host call returns at
+/// once; the epoch check the guest runs between calls ends the loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_call_flood_is_stopped_by_the_deadline() {
+    let (proxy, _up) = proxy_with("host-call-flood", "on_error = \"deny\"\ntimeout_ms = 50").await;
+    let started = std::time::Instant::now();
+    only_the_bad_request_fails(&proxy, 503).await;
+    // A bound far above the deadline: proves only that it was interrupted.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(plugin_errors(&proxy, "timeout") >= 1);
+}
+
+// ----- Invalid answers ------------------------------------------------------
+
+/// An upstream that records the headers of every request it receives and
+/// answers `200 upstream ok`.
+async fn recording_upstream() -> (Upstream, Arc<Mutex<Vec<HeaderMap>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let upstream = Upstream::serve(move |req| {
+        record.lock().unwrap().push(req.headers().clone());
+        async { respond(200, "upstream ok") }
+    })
+    .await;
+    (upstream, seen)
+}
+
+/// Nothing a rejected answer tried to set is in `headers`: no injected
+/// header, no header named by the plugin, no framing header it forged.
+fn assert_untouched(headers: &HeaderMap, body_len: Option<usize>, whose: &str) {
+    for name in ["x-injected", "x-hostile", "x-bad name"] {
+        assert!(
+            !headers.contains_key(name),
+            "{whose} got {name}: {headers:?}"
+        );
+    }
+    assert!(
+        !headers.contains_key("transfer-encoding"),
+        "{whose}: {headers:?}"
+    );
+    assert_ne!(
+        headers.get("host").map(|v| v.as_bytes()),
+        Some(&b"0"[..]),
+        "{whose}: {headers:?}"
+    );
+    let length = headers
+        .get("content-length")
+        .map(|v| v.to_str().unwrap().to_owned());
+    match body_len {
+        Some(len) => assert!(
+            length.is_none() || length == Some(len.to_string()),
+            "{whose}: content-length {length:?} for {len} bytes"
+        ),
+        None => assert_eq!(length, None, "{whose}: a GET got a content-length"),
+    }
+}
+
+/// `mode` (with `config` lines) answers something the host must reject, in
+/// both phases. With `deny` the bad request fails with 500 and counts as
+/// `bad_output`; with `skip` it goes through unchanged. In every case the
+/// rejected change reaches neither the upstream nor the client.
+async fn invalid_answer_is_rejected(mode: &str, config: &str) {
+    for phase in ["request", "response"] {
+        let config = format!("{config}\nphase = {phase:?}");
+        let (upstream, seen) = recording_upstream().await;
+
+        let proxy =
+            proxy_in_front(&upstream.toml("up"), mode, "on_error = \"deny\"", &config).await;
+        let bad = bad_request_among_good_ones(&proxy).await;
+        assert_eq!(bad.status(), 500, "{mode} in the {phase} phase");
+        let headers = bad.headers().clone();
+        let body = bad.bytes().await.unwrap();
+        assert_untouched(&headers, Some(body.len()), "client");
+        assert_eq!(&body[..], b"500 Internal Server Error: plugin failed\n");
+        assert!(plugin_errors(&proxy, "bad_output") >= 1, "{mode} {phase}");
+        drop(proxy);
+
+        let proxy =
+            proxy_in_front(&upstream.toml("up"), mode, "on_error = \"skip\"", &config).await;
+        let response = client().get(proxy.url("/boom")).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "{mode} in the {phase} phase, skipped"
+        );
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap();
+        assert_eq!(&body[..], b"upstream ok");
+        assert_untouched(&headers, Some(body.len()), "client");
+        assert!(plugin_errors(&proxy, "bad_output") >= 1, "{mode} {phase}");
+
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty());
+        for request in seen.iter() {
+            assert_untouched(request, None, "upstream");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_header_name_is_rejected() {
+    invalid_answer_is_rejected("bad-header-name", "").await;
+}
+
+/// `x-hostile: ok\r\nx-injected: 1` must not split into two headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn header_value_with_crlf_cannot_inject_a_header() {
+    invalid_answer_is_rejected("bad-header-value", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn framing_headers_are_the_hosts() {
+    for header in ["content-length", "transfer-encoding", "host"] {
+        invalid_answer_is_rejected("forbidden-header", &format!("header = {header:?}")).await;
+    }
+}
+
+/// A local 99 in the request phase, a 1000 in the response phase.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_outside_200_to_599_is_rejected() {
+    invalid_answer_is_rejected("bad-status", "").await;
+}
+
+// ----- Escape attempts ------------------------------------------------------
+
+/// What the escape attempt reported, after checking it was denied.
+async fn escape_is_denied(proxy: &TestProxy) -> String {
+    let bad = bad_request_among_good_ones(proxy).await;
+    assert_eq!(bad.status(), 200);
+    let result = bad
+        .headers()
+        .get("x-hostile-result")
+        .expect("the plugin reports what happened")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(result.starts_with("denied: "), "{result}");
+    assert!(!result.contains("LEAK"), "{result}");
+    assert_eq!(plugin_errors(proxy, "trap"), 0, "a denial must not trap");
+    result
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_are_out_of_reach() {
+    for phase in ["request", "response"] {
+        let upstream = Upstream::echo().await;
+        let config = format!("phase = {phase:?}");
+        let proxy = proxy_in_front(&upstream.toml("up"), "read-file", "", &config).await;
+        let result = escape_is_denied(&proxy).await;
+        assert!(result.contains("read /etc/passwd: "), "{result}");
+        assert!(!result.contains("root:"), "{result}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_is_empty() {
+    for phase in ["request", "response"] {
+        let upstream = Upstream::echo().await;
+        let config = format!("phase = {phase:?}");
+        let proxy = proxy_in_front(&upstream.toml("up"), "read-env", "", &config).await;
+        let result = escape_is_denied(&proxy).await;
+        assert!(result.contains("HOME: "), "{result}");
+        assert!(result.contains("0 variables"), "{result}");
+    }
+}
+
+/// An HTTP/1 upstream that counts the TCP connections it accepts.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service =
+                    service_fn(|_req| async { Ok::<_, Infallible>(respond(200, "upstream ok")) });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, connections, server)
+}
+
+/// The plugin dials the proxy's own upstream (TCP, UDP) and resolves a
+/// name. It answers locally, so the proxy never contacts the upstream for
+/// that request: any connection the upstream sees would be the plugin's.
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_are_out_of_reach() {
+    let (addr, connections, server) = counting_upstream().await;
+    let upstream_toml = format!("[upstreams.up]\nendpoints = [\"{addr}\"]\n");
+    let config = format!("address = \"{addr}\"");
+    let proxy = proxy_in_front(&upstream_toml, "open-socket", "", &config).await;
+
+    let response = client().get(proxy.url("/boom")).send().await.unwrap();
+    let result = response.headers()["x-hostile-result"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(result.starts_with("denied: "), "{result}");
+    assert!(result.contains(&format!("tcp {addr}: ")), "{result}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "{result}");
+
+    // The counter works: a good request does reach the upstream.
+    let response = client().get(proxy.url("/fine")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "upstream ok");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+
+    escape_is_denied(&proxy).await;
+    server.abort();
+}
+
+// ----- Oversized answers ----------------------------------------------------
+
+/// A plugin's local response is bounded by its memory cap, not by the host:
+/// with room for it, a 50 MiB body is served whole; without, the plugin
+/// runs out of memory building it.
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_local_body_is_bounded_by_the_memory_cap() {
+    // A generous deadline: copying 50 MiB out of the guest in a debug build
+    // takes longer than the default 100 ms.
+    let (proxy, _up) = proxy_with(
+        "huge-response",
+        "on_error = \"deny\"\nmemory_mb = 128\ntimeout_ms = 10000",
+    )
+    .await;
+    let bad = bad_request_among_good_ones(&proxy).await;
+    assert_eq!(bad.status(), 200);
+    let body = bad.bytes().await.unwrap();
+    assert_eq!(body.len(), 50 << 20);
+    assert!(body.iter().all(|b| *b == b'x'));
+    drop(proxy);
+
+    let (proxy, _up) = proxy_with(
+        "huge-response",
+        "on_error = \"deny\"\nmemory_mb = 32\ntimeout_ms = 10000",
+    )
+    .await;
+    only_the_bad_request_fails(&proxy, 500).await;
+    assert!(plugin_errors(&proxy, "memory") >= 1);
+}
+
+/// 100 000 headers, in a local response or as response changes: rejected
+/// like any other invalid answer (more than 32 768 would make
+/// `http::HeaderMap` panic, so the host caps plugin header lists).
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_header_list_is_a_bad_answer() {
+    for phase in ["request", "response"] {
+        let upstream = Upstream::echo().await;
+        let config = format!("huge = \"headers\"\nphase = {phase:?}");
+        let proxy = proxy_in_front(
+            &upstream.toml("up"),
+            "huge-response",
+            "on_error = \"deny\"",
+            &config,
+        )
+        .await;
+        only_the_bad_request_fails(&proxy, 500).await;
+        assert!(plugin_errors(&proxy, "bad_output") >= 1, "{phase}");
+    }
+}
+
+// ----- What a trap looks like in the log ------------------------------------
+
+/// Run the real `weir` binary, trap the plugin, and read the warning: it
+/// names the plugin and carries wasmtime's backtrace with the plugin's own
+/// function names (release builds keep the name section).
+#[tokio::test(flavor = "multi_thread")]
+async fn trap_is_logged_with_the_plugin_name_and_a_backtrace() {
+    let upstream = Upstream::echo().await;
+    let (_dir, path) = config_file(&format!(
+        "default_upstream = \"up\"\nchain = [\"hostile\"]\n{}\n{}",
+        upstream.toml("up"),
+        hostile_plugin("hostile", "trap", "")
+    ));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir-e2e"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WEIR_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, address)) = line.split_once(" listening address=") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("weir exited before listening");
+    })
+    .await
+    .expect("weir listens");
+
+    let response = client()
+        .get(format!("http://{address}/boom"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    // The warning is written before the answer is sent.
+    child.start_kill().unwrap();
+    let mut log = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let _ = child.wait().await;
+
+    let warning = log
+        .split_once("plugin call failed")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no warning in:\n{log}"));
+    assert!(warning.starts_with(" plugin=hostile "), "{warning}");
+    assert!(warning.contains("plugin hostile: trapped"), "{warning}");
+    assert!(warning.contains("wasm backtrace:"), "{warning}");
+    assert!(
+        warning.contains("hostile.wasm!hostile::run_away"),
+        "{warning}"
+    );
+    assert!(warning.contains("on-request"), "{warning}");
+    assert!(
+        warning.contains("wasm `unreachable` instruction executed"),
+        "{warning}"
+    );
 }

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Builds the plugins written in other languages into Wasm components:
+#
+#   plugins/js/<name>/plugin.js       componentize-js (pinned by the plugin's
+#                                     package.json + package-lock.json)
+#   plugins/python/<name>/plugin.py   componentize-py (pinned by
+#                                     plugins/python/requirements.txt)
+#
+# into OUT_DIR/<name with - as _>.wasm. The toolchains are installed on first
+# use under target/foreign/ (npm ci, a Python venv), outside the source tree,
+# and reinstalled only when their pins change; a component is rebuilt only
+# when it is older than its sources, the WIT, the pins or this script.
+#
+# Needs node >= 18 with npm, and python3 >= 3.10 with venv and pip.
+#
+# Usage: plugins/build-foreign.sh OUT_DIR
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 OUT_DIR" >&2
+    exit 2
+fi
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+script="$root/plugins/build-foreign.sh"
+wit="$root/wit"
+work="$root/target/foreign"
+mkdir -p "$1" "$work"
+out="$(cd "$1" && pwd)"
+
+# One build at a time: tests, clippy and a hand-run may overlap.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$work/lock"
+    flock 9
+fi
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || {
+        echo "build-foreign.sh: \`$1\` not found; $2" >&2
+        exit 1
+    }
+}
+
+# True when $1 is missing or older than any of the other paths (files, or
+# every file under a directory).
+stale() {
+    local target="$1"
+    shift
+    [ -e "$target" ] || return 0
+    [ -n "$(find "$@" -newer "$target" -print -quit)" ]
+}
+
+# Write to a temp file and rename, so an interrupted build leaves no
+# half-written component that looks up to date.
+finish() {
+    mv -f "$1.tmp" "$1"
+    echo "built $1 ($(wc -c <"$1") bytes)"
+}
+
+build_js() {
+    local src="$1" name="$2"
+    local deps="$work/js/$name" wasm="$out/${name//-/_}.wasm"
+    if [ ! -f "$src/package-lock.json" ]; then
+        echo "build-foreign.sh: $src has no package-lock.json" >&2
+        exit 1
+    fi
+    stale "$wasm" "$src" "$wit" "$script" || return 0
+    need node "install Node.js >= 18 (with npm) to build $src"
+    need npm "install npm to build $src"
+    # node_modules lives under target/: copy the pins there and `npm ci`
+    # when they differ from the installed ones.
+    mkdir -p "$deps"
+    if ! cmp -s "$src/package-lock.json" "$deps/package-lock.json" \
+        || ! cmp -s "$src/package.json" "$deps/package.json" \
+        || [ ! -d "$deps/node_modules" ]; then
+        rm -rf "$deps/node_modules"
+        cp "$src/package.json" "$src/package-lock.json" "$deps/"
+        # A registry mirror that lacks other platforms' optional packages
+        # yields a lockfile without them, which `npm ci` calls out of sync;
+        # `npm install` then still installs exactly the locked versions.
+        (cd "$deps" && { npm ci --no-audit --no-fund >"$deps/npm-ci.log" 2>&1 \
+            || npm install --no-audit --no-fund --loglevel=error; })
+        # Compare against the committed pins next time, not npm's rewrite.
+        cp "$src/package-lock.json" "$deps/"
+    fi
+    # Everything the engine offers beyond the plugin world is left out
+    # (no stdio, random, clocks or http imports); `--aot` is not used: it
+    # downloads a compiler at build time.
+    "$deps/node_modules/.bin/componentize-js" "$src/plugin.js" \
+        --wit "$wit" --world-name plugin \
+        --disable stdio random clocks http fetch-event \
+        --out "$wasm.tmp" >/dev/null
+    finish "$wasm"
+}
+
+python_venv() {
+    local venv="$work/python"
+    local pins="$root/plugins/python/requirements.txt"
+    if ! cmp -s "$pins" "$venv/requirements.txt" || [ ! -x "$venv/bin/componentize-py" ]; then
+        need python3 "install Python >= 3.10 (with venv) to build the Python plugins"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$pins"
+        cp "$pins" "$venv/requirements.txt"
+    fi
+    componentize_py="$venv/bin/componentize-py"
+}
+
+build_python() {
+    local src="$1" name="$2"
+    local wasm="$out/${name//-/_}.wasm" stage="$work/python-src/$name"
+    stale "$wasm" "$src" "$wit" "$script" "$root/plugins/python/requirements.txt" || return 0
+    python_venv
+    # componentize-py writes __pycache__ next to the sources: build from a
+    # copy so the source tree stays clean.
+    rm -rf "$stage"
+    mkdir -p "$stage"
+    cp -R "$src/." "$stage/"
+    (cd "$stage" && "$componentize_py" --quiet --wit-path "$wit" --world plugin \
+        componentize --python-path "$stage" plugin --output "$wasm.tmp")
+    finish "$wasm"
+}
+
+shopt -s nullglob
+for dir in "$root"/plugins/js/*/; do
+    build_js "${dir%/}" "$(basename "$dir")"
+done
+for dir in "$root"/plugins/python/*/; do
+    build_python "${dir%/}" "$(basename "$dir")"
+done
