@@ -30,6 +30,8 @@ fn main() {
         plugins_dir.join("Cargo.lock").display()
     );
 
+    // The SDK every Rust sample builds on is a dependency, not a member.
+    println!("cargo:rerun-if-changed={}", plugins_dir.join("sdk").display());
     let members = plugin_crates(&plugins_dir);
     for member in &members {
         println!(

@@ -28,6 +28,9 @@ enum Command {
     Run {
         #[arg(long, short, default_value = "proxy.toml")]
         config: PathBuf,
+        /// Runtime worker threads (default: one per CPU core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Validate the configuration and every plugin (compile, check it
     /// implements the weir:plugin world, let it validate its config), then exit.
@@ -61,7 +64,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => run(config).await,
+            Command::Run { config, .. } => run(config).await,
             Command::Check { config } => check(config).await,
             Command::Echo { listen, name } => echo(listen, name).await,
         }

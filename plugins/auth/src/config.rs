@@ -200,7 +200,9 @@ pub struct Rule {
     pub claims: BTreeMap<String, Value>,
 }
 
-/// The validated config.
+/// The validated config, read through [`RawConfig`].
+#[derive(Deserialize)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     pub methods: Vec<Method>,
     pub realm: String,
@@ -231,9 +233,10 @@ const RESERVED_HEADERS: &[&str] = &[
 /// HS256 secrets shorter than the hash output are refused (RFC 7518 §3.2).
 const MIN_HS256_SECRET_BYTES: usize = 32;
 
-impl Config {
-    pub fn parse(json: &str) -> Result<Self, String> {
-        let raw: RawConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Self, String> {
         let RawConfig {
             methods,
             realm,

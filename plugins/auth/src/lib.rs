@@ -81,34 +81,11 @@ mod jwt;
 mod path;
 mod reply;
 
-use std::sync::OnceLock;
-
 use serde_json::{Map, Value};
-
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
+use weir_plugin::{clock, log, metrics, Action, Changes, Info, Plugin, Request};
 
 use config::{Config, Identity, Method};
-use exports::weir::plugin::guest::Guest;
 use reply::Denial;
-use weir::plugin::types::{
-    HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, ResponseChanges, ResponseHead,
-    Value as Property,
-};
-use weir::plugin::{clock, config as host_config, log, metrics};
-
-/// The config, parsed once per instance (pooled instances reuse it).
-fn current_config() -> &'static Config {
-    static CONFIG: OnceLock<Config> = OnceLock::new();
-    // `validate-config` accepted this text at load time, so failing here
-    // means the host broke its promise.
-    CONFIG.get_or_init(|| {
-        Config::parse(&host_config::get())
-            .unwrap_or_else(|e| panic!("config changed under us: {e}"))
-    })
-}
 
 /// An authenticated request: who, how, and (for JWTs) the claims.
 struct Authenticated {
@@ -119,31 +96,26 @@ struct Authenticated {
 
 struct Auth;
 
-impl Guest for Auth {
-    fn validate_config(config: String) -> Result<PluginInfo, String> {
-        Config::parse(&config)?;
-        Ok(PluginInfo {
-            on_request: true,
-            on_response: false,
-            request_body: false,
-            response_body: false,
-        })
+impl Plugin for Auth {
+    type Config = Config;
+
+    fn info(_: &Config) -> Info {
+        Info::request_phase()
     }
 
-    fn on_request(req: Request) -> RequestAction {
-        let config = current_config();
-        let mut headers = Vec::new();
+    fn on_request(config: &Config, req: &Request) -> Action {
+        let mut changes = Action::next();
         if let Some(name) = &config.identity_header {
-            headers.push(HeaderOp::Remove(name.clone()));
+            changes = changes.remove_header(name);
         }
 
         let path = path::normalize(&req.path);
         if config.public_prefixes.iter().any(|p| path::under(&path, p)) {
             count("public", None);
-            return RequestAction::Continue(changes(headers, vec![], None));
+            return changes.into();
         }
 
-        let auth = match authenticate(config, &req).and_then(|auth| {
+        let auth = match authenticate(config, req).and_then(|auth| {
             authorize(config, &path, &auth)?;
             Ok(auth)
         }) {
@@ -156,11 +128,13 @@ impl Guest for Auth {
                     _ => None,
                 };
                 count(denial.kind(), method);
-                log::log(
-                    log::Level::Info,
-                    &format!("denied {} {}: {}", req.method, req.path, denial.kind()),
-                );
-                return RequestAction::Respond(reply::deny(config, &denial));
+                log::info(format!(
+                    "denied {} {}: {}",
+                    req.method,
+                    req.path,
+                    denial.kind()
+                ));
+                return reply::deny(config, &denial).into();
             }
         };
         count("ok", Some(auth.method));
@@ -171,53 +145,23 @@ impl Guest for Auth {
             scopes,
         } = auth.identity;
         if let Some(name) = &config.identity_header {
-            headers.push(HeaderOp::Set((name.clone(), user.clone())));
+            changes = changes.set_header(name, &user);
         }
-        let mut query = None;
         if config.strip_credentials {
-            strip_credentials(config, &req, &mut headers, &mut query);
+            changes = strip_credentials(config, req, changes);
         }
-        let mut properties = vec![
-            ("user".to_string(), Property::Text(user)),
-            ("scopes".to_string(), Property::Texts(scopes)),
-            (
-                "auth-method".to_string(),
-                Property::Text(auth.method.name().to_string()),
-            ),
-        ];
+        changes = changes
+            .set_property("user", user)
+            .set_property("scopes", scopes)
+            .set_property("auth-method", auth.method.name());
         if let Some(tenant) = tenant {
-            properties.push(("tenant".to_string(), Property::Text(tenant)));
+            changes = changes.set_property("tenant", tenant);
         }
-        RequestAction::Continue(changes(headers, properties, query))
-    }
-
-    fn on_response(_req: Request, _resp: ResponseHead) -> ResponseChanges {
-        ResponseChanges {
-            status: None,
-            headers: vec![],
-            body: None,
-        }
+        changes.into()
     }
 }
 
-export!(Auth);
-
-fn changes(
-    headers: Vec<HeaderOp>,
-    properties: Vec<(String, Property)>,
-    query: Option<String>,
-) -> RequestChanges {
-    RequestChanges {
-        method: None,
-        path: None,
-        query,
-        headers,
-        upstream: None,
-        properties,
-        cache: None,
-        body: None,
-    }
-}
+weir_plugin::export_plugin!(Auth);
 
 fn count(result: &str, method: Option<Method>) {
     let method = method.map_or("none", Method::name);
@@ -250,14 +194,12 @@ type Outcome = Option<Result<Authenticated, &'static str>>;
 
 fn api_key(config: &Config, req: &Request) -> Outcome {
     let keys = config.api_key.as_ref()?;
-    let from_header = keys.header.as_ref().and_then(|name| header(req, name));
+    let from_header = keys.header.as_ref().and_then(|name| req.header(name));
     let presented = match from_header {
         Some(value) => value.trim().to_string(),
         None => {
             let param = keys.query.as_deref()?;
-            let raw = query_pairs(req.query.as_deref())
-                .find(|(name, _)| *name == param)?
-                .1;
+            let raw = req.query_param(param)?;
             match credentials::percent_decode(raw) {
                 Some(value) => value,
                 None => return Some(Err("malformed api key")),
@@ -377,18 +319,15 @@ fn authorize(config: &Config, path: &str, auth: &Authenticated) -> Result<(), De
 
 /// Remove the credential carriers of every enabled method, so the upstream
 /// never sees a secret meant for the edge.
-fn strip_credentials(
-    config: &Config,
-    req: &Request,
-    headers: &mut Vec<HeaderOp>,
-    query: &mut Option<String>,
-) {
+fn strip_credentials(config: &Config, req: &Request, mut changes: Changes) -> Changes {
     if !config.basic.is_empty() || config.jwt.is_some() {
-        headers.push(HeaderOp::Remove("authorization".to_string()));
+        changes = changes.remove_header("authorization");
     }
-    let Some(keys) = &config.api_key else { return };
+    let Some(keys) = &config.api_key else {
+        return changes;
+    };
     if let Some(name) = &keys.header {
-        headers.push(HeaderOp::Remove(name.clone()));
+        changes = changes.remove_header(name);
     }
     if let (Some(param), Some(original)) = (&keys.query, &req.query) {
         let kept: Vec<&str> = original
@@ -397,34 +336,115 @@ fn strip_credentials(
             .collect();
         if kept.len() != original.split('&').count() {
             // The empty string removes the query altogether.
-            *query = Some(kept.join("&"));
+            changes = changes.query(kept.join("&"));
         }
     }
-}
-
-/// The first value of a header.
-fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+    changes
 }
 
 /// The credentials of the first `Authorization` header using `scheme`.
 fn authorization<'a>(req: &'a Request, scheme: &str) -> Option<&'a str> {
-    req.headers
-        .iter()
-        .filter(|(name, _)| name == "authorization")
-        .find_map(|(_, value)| {
-            let (found, rest) = value.trim().split_once(' ')?;
-            found.eq_ignore_ascii_case(scheme).then(|| rest.trim())
-        })
+    req.headers("authorization").find_map(|value| {
+        let (found, rest) = value.trim().split_once(' ')?;
+        found.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+    })
 }
 
-fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+#[cfg(test)]
+mod tests {
+    use weir_plugin::testing::{self, request};
+    use weir_plugin::{Action, Plugin, Request, Value};
+
+    use super::Auth;
+
+    /// One API key, "sesame", accepted in a header or the query.
+    const CONFIG: &str = r#"{
+        "methods": ["api_key"],
+        "public_prefixes": ["/health"],
+        "identity_header": "x-user",
+        "strip_credentials": true,
+        "api_key": {
+            "header": "x-api-key",
+            "query": "api_key",
+            "keys": [{"sha256": "d0c04f4b1951e4aeaaec8223ed2039e542f3aae805a6fa7f6d794e5afff5d272",
+                      "user": "ci", "tenant": "acme", "scopes": ["read"]}]
+        },
+        "rules": [{"prefix": "/admin", "scopes": ["admin"]}]
+    }"#;
+
+    fn answer(req: Request) -> Action {
+        Auth::on_request(&testing::config::<Auth>(CONFIG), &req)
+    }
+
+    fn status(req: Request) -> u16 {
+        match answer(req) {
+            Action::Continue(_) => 200,
+            Action::Respond(response) => response.status,
+        }
+    }
+
+    #[test]
+    fn keeps_the_contract() {
+        let requests = [
+            request("GET", "/health").build(),
+            request("GET", "/data").build(),
+            request("GET", "/data")
+                .header("x-api-key", "sesame")
+                .build(),
+            request("GET", "/data?api_key=sesame&x=1").build(),
+            request("GET", "/admin")
+                .header("x-api-key", "sesame")
+                .build(),
+        ];
+        testing::check_conformance::<Auth>(CONFIG, &requests);
+    }
+
+    #[test]
+    fn statuses_follow_the_credential_and_the_rules() {
+        assert_eq!(status(request("GET", "/health/live").build()), 200);
+        assert_eq!(status(request("GET", "/data").build()), 401);
+        let wrong = request("GET", "/data").header("x-api-key", "nope").build();
+        assert_eq!(status(wrong), 401);
+        let admin = request("GET", "/admin")
+            .header("x-api-key", "sesame")
+            .build();
+        assert_eq!(status(admin), 403);
+    }
+
+    #[test]
+    fn a_good_key_becomes_properties_and_is_stripped() {
+        let Action::Continue(changes) = answer(request("GET", "/data?api_key=sesame&x=1").build())
+        else {
+            panic!("the key is good");
+        };
+        assert_eq!(changes.query.as_deref(), Some("x=1"));
+        let user = changes.properties.iter().find(|(name, _)| name == "user");
+        assert_eq!(user, Some(&("user".to_string(), Value::Text("ci".into()))));
+    }
+
+    #[test]
+    fn refusals_are_json_with_a_challenge() {
+        let Action::Respond(response) = answer(request("GET", "/data").build()) else {
+            panic!("no credential");
+        };
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("www-authenticate"), Some("ApiKey realm=\"weir\""));
+        assert_eq!(header("cache-control"), Some("no-store"));
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["error"], "unauthorized");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_at_any_depth() {
+        let message = testing::check_config_rejected::<Auth>(
+            r#"{"methods":["basic"],"basic":{"users":[],"extra":1}}"#,
+        );
+        assert!(message.contains("unknown field `extra`"), "{message}");
+    }
 }

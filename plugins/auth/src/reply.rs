@@ -2,8 +2,9 @@
 //! or bad credentials, 403 for a valid identity a rule does not admit.
 //! Bodies are short JSON naming the failed check, never internals.
 
+use weir_plugin::{json_error, Response};
+
 use crate::config::{Config, Method};
-use crate::weir::plugin::types::Response;
 
 pub enum Denial {
     /// No credential for any enabled method.
@@ -77,21 +78,11 @@ pub fn deny(config: &Config, denial: &Denial) -> Response {
             (403, vec![], "forbidden", format!("requires claim {claim}"))
         }
     };
-    let mut headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("cache-control".to_string(), "no-store".to_string()),
-    ];
-    headers.extend(
-        challenges
-            .into_iter()
-            .map(|c| ("www-authenticate".to_string(), c)),
-    );
-    let body = serde_json::json!({ "error": error, "detail": detail });
-    Response {
-        status,
-        headers,
-        body: body.to_string().into_bytes(),
-    }
+    challenges
+        .into_iter()
+        .fold(json_error(status, error, &detail), |response, challenge| {
+            response.header("www-authenticate", challenge)
+        })
 }
 
 fn challenge(method: Method, realm: &str, params: Option<&str>) -> String {

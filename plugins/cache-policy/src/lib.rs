@@ -23,18 +23,7 @@
 //! defaults untouched.
 
 use serde::Deserialize;
-
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::weir::plugin::guest::Guest;
-use weir::plugin::config;
-use weir::plugin::types::{
-    CacheDirectives, PluginInfo, Request, RequestAction, RequestChanges, ResponseChanges,
-    ResponseHead, Value,
-};
+use weir_plugin::{Action, CacheDirectives, Info, Plugin, Request};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,9 +50,33 @@ struct Rule {
     share_authenticated: bool,
 }
 
-impl Config {
-    fn parse(json: &str) -> Result<Config, String> {
-        let config: Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
+impl Rule {
+    fn directives(&self, req: &Request) -> CacheDirectives {
+        let mut cache = CacheDirectives::default().share_authenticated(self.share_authenticated);
+        cache.bypass = self.bypass;
+        cache.ttl_cap = self.ttl_cap;
+        for name in &self.key_properties {
+            let value = req.property(name).map(ToString::to_string);
+            cache = cache.key_part(format!("{name}={}", value.unwrap_or_default()));
+        }
+        for name in &self.key_headers {
+            let values: Vec<&str> = req.headers(name).collect();
+            cache = cache.key_part(format!("{name}:{}", values.join(",")));
+        }
+        cache
+    }
+}
+
+struct CachePolicy;
+
+impl Plugin for CachePolicy {
+    type Config = Config;
+
+    fn info(_: &Config) -> Info {
+        Info::request_phase()
+    }
+
+    fn validate(config: &Config) -> Result<(), String> {
         for (i, rule) in config.rules.iter().enumerate() {
             if !rule.prefix.starts_with('/') {
                 return Err(format!(
@@ -81,88 +94,77 @@ impl Config {
                 ));
             }
         }
-        Ok(config)
-    }
-}
-
-fn property_text(req: &Request, name: &str) -> String {
-    req.properties
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, value)| match value {
-            Value::Text(text) => text.clone(),
-            Value::Integer(n) => n.to_string(),
-            Value::Float(f) => f.to_string(),
-            Value::Flag(b) => b.to_string(),
-            Value::Texts(list) => list.join(","),
-            Value::Bytes(bytes) => format!("{bytes:?}"),
-        })
-        .unwrap_or_default()
-}
-
-fn header_text(req: &Request, name: &str) -> String {
-    let values: Vec<&str> = req
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    values.join(",")
-}
-
-struct CachePolicy;
-
-impl Guest for CachePolicy {
-    fn validate_config(config: String) -> Result<PluginInfo, String> {
-        Config::parse(&config)?;
-        Ok(PluginInfo {
-            on_request: true,
-            on_response: false,
-            request_body: false,
-            response_body: false,
-        })
+        Ok(())
     }
 
-    fn on_request(req: Request) -> RequestAction {
-        let config = Config::parse(&config::get()).unwrap_or(Config { rules: Vec::new() });
-        let cache = config
+    fn on_request(config: &Config, req: &Request) -> Action {
+        let rule = config
             .rules
             .iter()
-            .find(|rule| req.path.starts_with(&rule.prefix))
-            .map(|rule| {
-                let mut extra_key = Vec::new();
-                for name in &rule.key_properties {
-                    extra_key.push(format!("{name}={}", property_text(&req, name)));
-                }
-                for name in &rule.key_headers {
-                    extra_key.push(format!("{name}:{}", header_text(&req, name)));
-                }
-                CacheDirectives {
-                    bypass: rule.bypass,
-                    ttl_cap: rule.ttl_cap,
-                    extra_key,
-                    share_authenticated: rule.share_authenticated,
-                }
-            });
-        RequestAction::Continue(RequestChanges {
-            method: None,
-            path: None,
-            query: None,
-            headers: Vec::new(),
-            upstream: None,
-            properties: Vec::new(),
-            cache,
-            body: None,
-        })
-    }
-
-    fn on_response(_req: Request, _resp: ResponseHead) -> ResponseChanges {
-        ResponseChanges {
-            status: None,
-            headers: Vec::new(),
-            body: None,
+            .find(|rule| req.path.starts_with(&rule.prefix));
+        match rule {
+            Some(rule) => Action::next().cache(rule.directives(req)).into(),
+            None => Action::next().into(),
         }
     }
 }
 
-export!(CachePolicy);
+weir_plugin::export_plugin!(CachePolicy);
+
+#[cfg(test)]
+mod tests {
+    use weir_plugin::testing::{self, request};
+    use weir_plugin::{Action, CacheDirectives, Plugin};
+
+    use super::CachePolicy;
+
+    const CONFIG: &str = r#"{"rules":[
+        {"prefix":"/api/private","bypass":true},
+        {"prefix":"/api","ttl_cap":30,"key_properties":["tenant"],"key_headers":["accept-language"]}
+    ]}"#;
+
+    fn cache_of(req: weir_plugin::Request) -> Option<CacheDirectives> {
+        let config = testing::config::<CachePolicy>(CONFIG);
+        match CachePolicy::on_request(&config, &req) {
+            Action::Continue(changes) => changes.cache,
+            Action::Respond(_) => panic!("cache-policy never answers itself"),
+        }
+    }
+
+    #[test]
+    fn keeps_the_contract() {
+        let requests = [
+            request("GET", "/api/private/x").build(),
+            request("GET", "/api/x").property("tenant", "acme").build(),
+            request("GET", "/elsewhere").build(),
+        ];
+        testing::check_conformance::<CachePolicy>(CONFIG, &requests);
+    }
+
+    #[test]
+    fn first_matching_rule_decides() {
+        assert_eq!(
+            cache_of(request("GET", "/api/private/x").build()),
+            Some(CacheDirectives::bypass())
+        );
+        let req = request("GET", "/api/x")
+            .property("tenant", "acme")
+            .header("accept-language", "en")
+            .header("accept-language", "fr")
+            .build();
+        let expected = CacheDirectives::default()
+            .ttl_cap(30)
+            .key_part("tenant=acme")
+            .key_part("accept-language:en,fr");
+        assert_eq!(cache_of(req), Some(expected));
+        assert_eq!(cache_of(request("GET", "/other").build()), None);
+    }
+
+    #[test]
+    fn bypass_with_key_parts_is_refused() {
+        let message = testing::check_config_rejected::<CachePolicy>(
+            r#"{"rules":[{"prefix":"/a","bypass":true,"ttl_cap":5}]}"#,
+        );
+        assert!(message.contains("rules[0]: bypass = true"), "{message}");
+    }
+}

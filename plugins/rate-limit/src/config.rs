@@ -154,17 +154,19 @@ pub struct Limit {
     pub overrides: BTreeMap<String, Quota>,
 }
 
-/// The checked config.
-#[derive(Debug)]
+/// The checked config, read through [`RawConfig`].
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     pub limits: Vec<Limit>,
     pub on_store_error: StoreErrorPolicy,
     pub headers_on_success: bool,
 }
 
-impl Config {
-    pub fn parse(json: &str) -> Result<Self, String> {
-        let raw: RawConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Self, String> {
         if raw.limits.is_empty() {
             return Err("limits: at least one limit is required".into());
         }
@@ -252,10 +254,12 @@ fn is_token(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use weir_plugin::testing::parse;
+
     use super::*;
 
     fn limit(fields: &str) -> Result<Config, String> {
-        Config::parse(&format!(r#"{{"limits":[{{"name":"burst",{fields}}}]}}"#))
+        parse(&format!(r#"{{"limits":[{{"name":"burst",{fields}}}]}}"#))
     }
 
     #[test]
@@ -306,7 +310,7 @@ mod tests {
             assert!(err.contains("limits[0] (\"burst\")"), "{err}");
             assert!(err.contains(expected), "{fields}: {err}");
         }
-        assert!(Config::parse(r#"{"limits":[]}"#)
+        assert!(parse::<Config>(r#"{"limits":[]}"#)
             .unwrap_err()
             .contains("at least one"));
     }

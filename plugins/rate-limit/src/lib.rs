@@ -66,17 +66,8 @@ mod config;
 mod gcra;
 mod limiter;
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::weir::plugin::guest::Guest;
-use weir::plugin::types::{
-    HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
-    ResponseHead, Value,
-};
-use weir::plugin::{clock, config as host_config, log, metrics};
+use serde_json::json;
+use weir_plugin::{log, metrics, Action, Info, Plugin, Request, ResponseChanges, ResponseHead};
 
 use config::{Config, StoreErrorPolicy};
 use limiter::{Outcome, Report};
@@ -84,14 +75,6 @@ use limiter::{Outcome, Report};
 /// The property carrying `[RateLimit-Policy, RateLimit]` from the request
 /// phase to the response phase.
 const HEADERS_PROPERTY: &str = "ratelimit.headers";
-
-impl Config {
-    /// The config of the running instance. `validate-config` accepted it at
-    /// load time, so a failure here means the host broke its promise.
-    fn current() -> Self {
-        Self::parse(&host_config::get()).unwrap_or_else(|e| panic!("config changed under us: {e}"))
-    }
-}
 
 /// `RateLimit-Policy`: each policy's quota and window.
 fn policy_field(reports: &[Report]) -> String {
@@ -123,62 +106,36 @@ fn ratelimit_field(reports: &[Report]) -> String {
     members.join(", ")
 }
 
-fn proceed(properties: Vec<(String, Value)>) -> RequestAction {
-    RequestAction::Continue(RequestChanges {
-        method: None,
-        path: None,
-        query: None,
-        headers: vec![],
-        upstream: None,
-        properties,
-        cache: None,
-        body: None,
-    })
-}
-
-fn too_many_requests(limit: &str, retry_after_ns: u64, reports: &[Report]) -> RequestAction {
-    RequestAction::Respond(Response {
-        status: 429,
-        headers: vec![
-            ("content-type".into(), "application/json".into()),
-            (
-                "retry-after".into(),
-                gcra::ceil_secs(retry_after_ns).to_string(),
-            ),
-            ("ratelimit-policy".into(), policy_field(reports)),
-            ("ratelimit".into(), ratelimit_field(reports)),
-        ],
-        // `limit` is a checked token: nothing in it needs escaping.
-        body: format!(r#"{{"error":"rate_limited","limit":"{limit}"}}"#).into_bytes(),
-    })
+fn too_many_requests(limit: &str, retry_after_ns: u64, reports: &[Report]) -> Action {
+    Action::respond(429)
+        .header("retry-after", gcra::ceil_secs(retry_after_ns).to_string())
+        .header("ratelimit-policy", policy_field(reports))
+        .header("ratelimit", ratelimit_field(reports))
+        .json(&json!({ "error": "rate_limited", "limit": limit }))
+        .into()
 }
 
 struct RateLimit;
 
-impl Guest for RateLimit {
-    fn validate_config(config: String) -> Result<PluginInfo, String> {
-        let config = Config::parse(&config)?;
-        Ok(PluginInfo {
-            on_request: true,
-            on_response: config.headers_on_success,
-            request_body: false,
-            response_body: false,
-        })
+impl Plugin for RateLimit {
+    type Config = Config;
+
+    fn info(config: &Config) -> Info {
+        Info::request_phase().with_response_phase(config.headers_on_success)
     }
 
-    fn on_request(req: Request) -> RequestAction {
-        let config = Config::current();
-        let checks = limiter::checks(&config, &req);
+    fn on_request(config: &Config, req: &Request) -> Action {
+        let checks = limiter::checks(config, req);
         if checks.is_empty() {
-            return proceed(vec![]);
+            return Action::next().into();
         }
-        let now_ns = clock::now_ms().saturating_mul(1_000_000);
+        let now_ns = weir_plugin::clock::now_ms().saturating_mul(1_000_000);
         match limiter::run(&checks, now_ns) {
-            Ok(Outcome::Allowed(reports)) if config.headers_on_success => proceed(vec![(
-                HEADERS_PROPERTY.into(),
-                Value::Texts(vec![policy_field(&reports), ratelimit_field(&reports)]),
-            )]),
-            Ok(Outcome::Allowed(_)) => proceed(vec![]),
+            Ok(Outcome::Allowed(reports)) if config.headers_on_success => {
+                let fields = vec![policy_field(&reports), ratelimit_field(&reports)];
+                Action::next().set_property(HEADERS_PROPERTY, fields).into()
+            }
+            Ok(Outcome::Allowed(_)) => Action::next().into(),
             Ok(Outcome::Limited {
                 limit,
                 retry_after_ns,
@@ -189,57 +146,101 @@ impl Guest for RateLimit {
                     &[("limit".into(), limit.clone())],
                     1,
                 );
-                log::log(
-                    log::Level::Debug,
-                    &format!("limit {limit} refused the request"),
-                );
+                log::debug(format!("limit {limit} refused the request"));
                 too_many_requests(&limit, retry_after_ns, &reports)
             }
             Err(why) => {
                 metrics::counter_add("ratelimit_store_errors_total", &[], 1);
                 match config.on_store_error {
                     StoreErrorPolicy::Allow => {
-                        log::log(
-                            log::Level::Warn,
-                            &format!("{why}; allowing the request unlimited"),
-                        );
-                        proceed(vec![])
+                        log::warn(format!("{why}; allowing the request unlimited"));
+                        Action::next().into()
                     }
                     StoreErrorPolicy::Deny => {
-                        log::log(log::Level::Warn, &format!("{why}; refusing the request"));
-                        RequestAction::Respond(Response {
-                            status: 503,
-                            headers: vec![("content-type".into(), "application/json".into())],
-                            body: br#"{"error":"rate_limit_unavailable"}"#.to_vec(),
-                        })
+                        log::warn(format!("{why}; refusing the request"));
+                        Action::respond(503)
+                            .json(&json!({ "error": "rate_limit_unavailable" }))
+                            .into()
                     }
                 }
             }
         }
     }
 
-    fn on_response(req: Request, _resp: ResponseHead) -> ResponseChanges {
-        let fields = req
-            .properties
-            .iter()
-            .find_map(|(name, value)| match (name.as_str(), value) {
-                (HEADERS_PROPERTY, Value::Texts(fields)) => Some(fields.as_slice()),
-                _ => None,
-            });
-        let headers = match fields {
-            Some([policy, ratelimit]) => vec![
-                HeaderOp::Append(("ratelimit-policy".into(), policy.clone())),
-                HeaderOp::Append(("ratelimit".into(), ratelimit.clone())),
-            ],
+    fn on_response(_: &Config, req: &Request, _resp: &ResponseHead) -> ResponseChanges {
+        match req.property_texts(HEADERS_PROPERTY) {
+            Some([policy, ratelimit]) => ResponseChanges::new()
+                .append_header("ratelimit-policy", policy)
+                .append_header("ratelimit", ratelimit),
             // Skipped by every limit, or refused (then this phase does not run).
-            _ => vec![],
-        };
-        ResponseChanges {
-            status: None,
-            headers,
-            body: None,
+            _ => ResponseChanges::new(),
         }
     }
 }
 
-export!(RateLimit);
+weir_plugin::export_plugin!(RateLimit);
+
+#[cfg(test)]
+mod tests {
+    use weir_plugin::testing::{self, request};
+    use weir_plugin::{Action, Plugin, Request, ResponseHead};
+
+    use super::RateLimit;
+
+    const CONFIG: &str = r#"{
+        "headers_on_success": true,
+        "limits": [{"name": "burst", "key": "client-ip", "requests": 2, "window": "10s"}]
+    }"#;
+
+    fn status(config: &super::Config, req: &Request) -> u16 {
+        match RateLimit::on_request(config, req) {
+            Action::Continue(_) => 200,
+            Action::Respond(response) => response.status,
+        }
+    }
+
+    #[test]
+    fn keeps_the_contract() {
+        testing::clear_kv();
+        let requests = [request("GET", "/").build(), request("GET", "/").build()];
+        testing::check_conformance::<RateLimit>(CONFIG, &requests);
+    }
+
+    #[test]
+    fn refuses_past_the_quota_until_it_refills() {
+        testing::clear_kv();
+        testing::set_now_ms(Some(1_000_000));
+        let config = testing::config::<RateLimit>(CONFIG);
+        let alice = request("GET", "/").client_ip("203.0.113.1").build();
+        let bob = request("GET", "/").client_ip("203.0.113.2").build();
+        assert_eq!(status(&config, &alice), 200);
+        assert_eq!(status(&config, &alice), 200);
+        assert_eq!(status(&config, &alice), 429);
+        assert_eq!(status(&config, &bob), 200, "keys are separate");
+        // One request comes back every window / requests = 5 s.
+        testing::set_now_ms(Some(1_005_000));
+        assert_eq!(status(&config, &alice), 200);
+        assert_eq!(status(&config, &alice), 429);
+        testing::set_now_ms(None);
+    }
+
+    #[test]
+    fn hands_the_headers_to_the_response_phase() {
+        testing::clear_kv();
+        let config = testing::config::<RateLimit>(CONFIG);
+        let Action::Continue(changes) =
+            RateLimit::on_request(&config, &request("GET", "/").build())
+        else {
+            panic!("the first request is allowed");
+        };
+        let mut req = request("GET", "/").build();
+        req.properties = changes.properties;
+        let head = ResponseHead {
+            status: 200,
+            headers: vec![],
+            body: None,
+        };
+        let changes = RateLimit::on_response(&config, &req, &head);
+        assert_eq!(changes.headers.len(), 2);
+    }
+}

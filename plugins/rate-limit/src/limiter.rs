@@ -7,10 +7,10 @@
 //! swap (another request got there first) re-reads and decides again, a
 //! bounded number of times.
 
+use weir_plugin::{kv, Request, Value};
+
 use crate::config::{Config, KeySource, Limit, MissingKey, Quota};
 use crate::gcra::{self, Decision, Status};
-use crate::weir::plugin::kv;
-use crate::weir::plugin::types::{Request, Value};
 
 /// Lost swaps tolerated per key before the store counts as failing: under
 /// that much contention on one key, waiting longer would only add latency.
@@ -75,28 +75,19 @@ pub fn checks<'a>(config: &'a Config, req: &Request) -> Vec<Check<'a>> {
 }
 
 fn client_ip(req: &Request) -> String {
-    req.connection.client_ip.clone()
+    req.client_ip().to_owned()
 }
 
 /// The value `source` takes for this request, if it has one.
 fn key_value(source: &KeySource, req: &Request) -> Option<String> {
     let value = match source {
         KeySource::ClientIp => Some(client_ip(req)),
-        KeySource::Header(name) => req
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.trim().to_owned()),
-        KeySource::Property(name) => {
-            req.properties
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, value)| match value {
-                    Value::Text(text) => Some(text.clone()),
-                    Value::Integer(n) => Some(n.to_string()),
-                    _ => None,
-                })
-        }
+        KeySource::Header(name) => req.header(name).map(|v| v.trim().to_owned()),
+        KeySource::Property(name) => match req.property(name) {
+            Some(Value::Text(text)) => Some(text.clone()),
+            Some(Value::Integer(n)) => Some(n.to_string()),
+            _ => None,
+        },
         KeySource::Route => req.route.clone(),
         KeySource::PathSegments(n) => Some(
             req.path

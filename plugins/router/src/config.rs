@@ -78,7 +78,9 @@ struct RawRespond {
     content_type: Option<String>,
 }
 
-/// The checked config.
+/// The checked config, read through [`RawConfig`].
+#[derive(Deserialize)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     pub rules: Vec<Rule>,
     pub default_upstream: Option<String>,
@@ -150,9 +152,10 @@ pub enum Piece {
     Query,
 }
 
-impl Config {
-    pub fn parse(json: &str) -> Result<Config, String> {
-        let raw: RawConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Config, String> {
         if let Some(upstream) = &raw.default_upstream {
             check_upstream_name(upstream).map_err(|e| format!("default_upstream: {e}"))?;
         }
@@ -438,7 +441,7 @@ mod tests {
     use super::*;
 
     fn refused(json: &str) -> String {
-        match Config::parse(json) {
+        match weir_plugin::testing::parse::<Config>(json) {
             Ok(_) => panic!("accepted {json}"),
             Err(e) => e,
         }

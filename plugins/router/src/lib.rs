@@ -44,18 +44,10 @@
 mod config;
 mod path;
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
+use serde_json::json;
+use weir_plugin::{Action, Changes, Info, Plugin, Request, Response};
 
-use exports::weir::plugin::guest::Guest;
-use weir::plugin::types::{
-    HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
-    ResponseHead, Value,
-};
-
-use config::{Action, Config, HostMatch, Piece, Rule};
+use config::{Config, HostMatch, Piece, Rule};
 
 /// The request facts rules look at, computed once per request.
 struct Facts<'a> {
@@ -92,34 +84,14 @@ impl Rule {
     }
 }
 
-fn continue_with(
-    path: Option<String>,
-    upstream: String,
-    headers: Vec<HeaderOp>,
-    properties: Vec<(String, Value)>,
-) -> RequestAction {
-    RequestAction::Continue(RequestChanges {
-        method: None,
-        path,
-        // `None` keeps the query as the client sent it.
-        query: None,
-        headers,
-        upstream: Some(upstream),
-        properties,
-        cache: None,
-        body: None,
-    })
-}
-
-fn respond(status: u16, content_type: Option<&str>, body: Vec<u8>) -> RequestAction {
-    let headers = content_type
-        .map(|ct| vec![("content-type".to_owned(), ct.to_owned())])
-        .unwrap_or_default();
-    RequestAction::Respond(Response {
-        status,
-        headers,
-        body,
-    })
+/// Forward to `upstream`, with `path` when it changed (the query is kept
+/// as the client sent it).
+fn forward(path: Option<String>, upstream: &str) -> Changes {
+    let changes = Action::next().upstream(upstream);
+    match path {
+        Some(path) => changes.path(path),
+        None => changes,
+    }
 }
 
 fn location(pieces: &[Piece], rule: &Rule, facts: &Facts) -> String {
@@ -153,46 +125,40 @@ fn location(pieces: &[Piece], rule: &Rule, facts: &Facts) -> String {
 
 struct Router;
 
-impl Guest for Router {
-    fn validate_config(config: String) -> Result<PluginInfo, String> {
-        Config::parse(&config)?;
-        Ok(PluginInfo {
-            on_request: true,
-            on_response: false,
-            request_body: false,
-            response_body: false,
-        })
+impl Plugin for Router {
+    type Config = Config;
+
+    fn info(_: &Config) -> Info {
+        Info::request_phase()
     }
 
-    fn on_request(req: Request) -> RequestAction {
-        // `validate-config` accepted this exact text at load time.
-        let config = Config::parse(&weir::plugin::config::get())
-            .unwrap_or_else(|e| panic!("config changed under us: {e}"));
+    fn on_request(config: &Config, req: &Request) -> Action {
         let facts = Facts {
             host: path::host_of(&req.authority),
             path: path::normalize(&req.path),
-            req: &req,
+            req,
         };
         // Forward the path the rules saw, unless it is what the client sent.
         let normalized = (facts.path != req.path).then(|| facts.path.clone());
 
         let Some(rule) = config.rules.iter().find(|rule| rule.matches(&facts)) else {
-            return match config.default_upstream {
+            return match &config.default_upstream {
                 Some(upstream) => {
+                    let mut changes = forward(normalized, upstream);
                     // A client must not be able to claim a route.
-                    let headers = config.route_header.into_iter().map(HeaderOp::Remove);
-                    continue_with(normalized, upstream, headers.collect(), vec![])
+                    if let Some(name) = &config.route_header {
+                        changes = changes.remove_header(name);
+                    }
+                    changes.into()
                 }
-                None => respond(
-                    404,
-                    Some("application/json"),
-                    br#"{"error":"no route"}"#.to_vec(),
-                ),
+                None => Action::respond(404)
+                    .json(&json!({ "error": "no route" }))
+                    .into(),
             };
         };
 
         match &rule.action {
-            Action::Forward { upstream, rewrite } => {
+            config::Action::Forward { upstream, rewrite } => {
                 let path = match rewrite {
                     Some(rewrite) => Some(path::replace_prefix(
                         &facts.path,
@@ -202,23 +168,19 @@ impl Guest for Router {
                     .filter(|rewritten| *rewritten != req.path),
                     None => normalized,
                 };
-                let headers = config
-                    .route_header
-                    .map(|name| HeaderOp::Set((name, rule.name.clone())))
-                    .into_iter()
-                    .collect();
-                let properties = vec![("route".to_owned(), Value::Text(rule.name.clone()))];
-                continue_with(path, upstream.clone(), headers, properties)
+                let mut changes = forward(path, upstream);
+                if let Some(name) = &config.route_header {
+                    changes = changes.set_header(name, &rule.name);
+                }
+                changes.set_property("route", rule.name.as_str()).into()
             }
-            Action::Redirect {
+            config::Action::Redirect {
                 status,
                 location: pieces,
-            } => RequestAction::Respond(Response {
-                status: *status,
-                headers: vec![("location".to_owned(), location(pieces, rule, &facts))],
-                body: vec![],
-            }),
-            Action::Respond {
+            } => Action::respond(*status)
+                .header("location", location(pieces, rule, &facts))
+                .into(),
+            config::Action::Respond {
                 status,
                 body,
                 content_type,
@@ -226,18 +188,88 @@ impl Guest for Router {
                 let content_type = content_type
                     .as_deref()
                     .or((!body.is_empty()).then_some("text/plain; charset=utf-8"));
-                respond(*status, content_type, body.clone().into_bytes())
+                let response = Response::new(*status).body(body.as_bytes());
+                match content_type {
+                    Some(content_type) => response.header("content-type", content_type),
+                    None => response,
+                }
+                .into()
             }
-        }
-    }
-
-    fn on_response(_req: Request, _resp: ResponseHead) -> ResponseChanges {
-        ResponseChanges {
-            status: None,
-            headers: vec![],
-            body: None,
         }
     }
 }
 
-export!(Router);
+weir_plugin::export_plugin!(Router);
+
+#[cfg(test)]
+mod tests {
+    use weir_plugin::testing::{self, request};
+    use weir_plugin::{Action, Plugin, Value};
+
+    use super::Router;
+
+    const CONFIG: &str = r#"{
+        "default_upstream": "web",
+        "route_header": "x-route",
+        "rules": [
+            {"name": "api", "host": "*.example.com", "path_prefix": "/api/v1",
+             "upstream": "api", "rewrite": {"replace_prefix": "/api/v1", "with": "/v1"}},
+            {"name": "old", "path_prefix": "/old",
+             "redirect": {"status": 308, "location": "https://new.example{rest}{query}"}},
+            {"name": "gone", "path_pattern": "/internal/**", "respond": {"status": 410}}
+        ]
+    }"#;
+
+    fn answer(req: weir_plugin::Request) -> Action {
+        let config = testing::config::<Router>(CONFIG);
+        Router::on_request(&config, &req)
+    }
+
+    #[test]
+    fn keeps_the_contract() {
+        let requests = [
+            request("GET", "/api/v1/users")
+                .authority("a.example.com")
+                .build(),
+            request("GET", "/old/page?x=1").build(),
+            request("GET", "/internal/x").build(),
+            request("GET", "/%61pi//v1/./x")
+                .authority("a.example.com")
+                .build(),
+            request("GET", "/").header("x-route", "forged").build(),
+        ];
+        testing::check_conformance::<Router>(CONFIG, &requests);
+    }
+
+    #[test]
+    fn forwards_with_the_rewritten_path_and_route() {
+        let req = request("GET", "/api/v1/users")
+            .authority("a.example.com:8443")
+            .build();
+        let Action::Continue(changes) = answer(req) else {
+            panic!("expected a forward");
+        };
+        assert_eq!(changes.upstream.as_deref(), Some("api"));
+        assert_eq!(changes.path.as_deref(), Some("/v1/users"));
+        assert_eq!(
+            changes.properties,
+            vec![("route".to_string(), Value::Text("api".into()))]
+        );
+    }
+
+    #[test]
+    fn redirects_and_answers() {
+        let Action::Respond(redirect) = answer(request("GET", "/old/a?b=c").build()) else {
+            panic!("expected a redirect");
+        };
+        assert_eq!(redirect.status, 308);
+        assert_eq!(
+            redirect.headers,
+            vec![("location".into(), "https://new.example/a?b=c".into())]
+        );
+        let Action::Respond(gone) = answer(request("GET", "/internal/x").build()) else {
+            panic!("expected a local answer");
+        };
+        assert_eq!((gone.status, gone.headers.len()), (410, 0));
+    }
+}

@@ -16,18 +16,8 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::weir::plugin::guest::Guest;
-use weir::plugin::types::{
-    HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
-    ResponseHead, Value,
-};
-use weir::plugin::{config, log};
+use serde_json::json;
+use weir_plugin::{log, Action, Info, Plugin, Request, ResponseChanges, ResponseHead};
 
 /// The plugin's config table from `proxy.toml`.
 #[derive(Deserialize)]
@@ -43,9 +33,20 @@ struct Config {
     deny_prefixes: Vec<String>,
 }
 
-impl Config {
-    fn parse(json: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
+struct Tagger;
+
+impl Plugin for Tagger {
+    type Config = Config;
+
+    fn info(_: &Config) -> Info {
+        Info::both_phases()
+    }
+
+    fn validate(config: &Config) -> Result<(), String> {
         if config.tag.is_empty() || !config.tag.bytes().all(is_token_byte) {
             return Err(format!(
                 "tag {:?} must be a non-empty HTTP token (letters, digits, -_.)",
@@ -64,101 +65,101 @@ impl Config {
         if let Some(bad) = config.deny_prefixes.iter().find(|p| !p.starts_with('/')) {
             return Err(format!("deny_prefixes entry {bad:?} must start with '/'"));
         }
-        Ok(config)
+        Ok(())
     }
 
-    /// The config of the running instance. `validate-config` accepted it at
-    /// load time, so a failure here means the host broke its promise.
-    fn current() -> Self {
-        Self::parse(&config::get()).unwrap_or_else(|e| panic!("config changed under us: {e}"))
-    }
-}
-
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
-}
-
-fn set_all(headers: &BTreeMap<String, String>) -> impl Iterator<Item = HeaderOp> + '_ {
-    headers
-        .iter()
-        .map(|(name, value)| HeaderOp::Set((name.to_ascii_lowercase(), value.clone())))
-}
-
-struct Tagger;
-
-impl Guest for Tagger {
-    fn validate_config(config: String) -> Result<PluginInfo, String> {
-        Config::parse(&config)?;
-        Ok(PluginInfo {
-            on_request: true,
-            on_response: true,
-            request_body: false,
-            response_body: false,
-        })
-    }
-
-    fn on_request(req: Request) -> RequestAction {
-        let config = Config::current();
+    fn on_request(config: &Config, req: &Request) -> Action {
         if let Some(prefix) = config
             .deny_prefixes
             .iter()
             .find(|prefix| req.path.starts_with(prefix.as_str()))
         {
-            log::log(
-                log::Level::Info,
-                &format!("denying {} (prefix {prefix})", req.path),
-            );
-            return RequestAction::Respond(Response {
-                status: 403,
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("x-weir-denied-by".into(), config.tag.clone()),
-                ],
-                body: br#"{"error":"forbidden"}"#.to_vec(),
-            });
+            log::info(format!("denying {} (prefix {prefix})", req.path));
+            return Action::respond(403)
+                .header("x-weir-denied-by", &config.tag)
+                .json(&json!({ "error": "forbidden" }))
+                .into();
         }
 
-        let mut chain = req
-            .properties
-            .iter()
-            .find_map(|(name, value)| match (name.as_str(), value) {
-                ("chain", Value::Texts(tags)) => Some(tags.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let mut headers: Vec<HeaderOp> = set_all(&config.request_headers).collect();
-        headers.push(HeaderOp::Append((
-            "x-weir-chain".into(),
-            config.tag.clone(),
-        )));
-        headers.push(HeaderOp::Set((
-            format!("x-weir-saw-{}", config.tag),
-            chain.join(","),
-        )));
-        chain.push(config.tag);
-
-        RequestAction::Continue(RequestChanges {
-            method: None,
-            path: None,
-            query: None,
-            headers,
-            upstream: None,
-            properties: vec![("chain".into(), Value::Texts(chain))],
-            cache: None,
-            body: None,
-        })
+        let mut chain = req.property_texts("chain").unwrap_or_default().to_vec();
+        let mut changes = Action::next();
+        for (name, value) in &config.request_headers {
+            changes = changes.set_header(name, value);
+        }
+        changes = changes
+            .append_header("x-weir-chain", &config.tag)
+            .set_header(format!("x-weir-saw-{}", config.tag), chain.join(","));
+        chain.push(config.tag.clone());
+        changes.set_property("chain", chain).into()
     }
 
-    fn on_response(_req: Request, _resp: ResponseHead) -> ResponseChanges {
-        let config = Config::current();
-        let mut headers: Vec<HeaderOp> = set_all(&config.response_headers).collect();
-        headers.push(HeaderOp::Append(("x-weir-chain".into(), config.tag)));
-        ResponseChanges {
-            status: None,
-            headers,
-            body: None,
+    fn on_response(config: &Config, _req: &Request, _resp: &ResponseHead) -> ResponseChanges {
+        let mut changes = ResponseChanges::new();
+        for (name, value) in &config.response_headers {
+            changes = changes.set_header(name, value);
         }
+        changes.append_header("x-weir-chain", &config.tag)
     }
 }
 
-export!(Tagger);
+weir_plugin::export_plugin!(Tagger);
+
+#[cfg(test)]
+mod tests {
+    use weir_plugin::testing::{self, request};
+    use weir_plugin::{Action, Plugin, Value};
+
+    use super::Tagger;
+
+    const CONFIG: &str =
+        r#"{"tag":"edge","request_headers":{"X-Env":"demo"},"deny_prefixes":["/admin"]}"#;
+
+    #[test]
+    fn keeps_the_contract() {
+        let requests = [
+            request("GET", "/").build(),
+            request("GET", "/admin/users").build(),
+            request("POST", "/a")
+                .property("chain", vec!["a".to_string()])
+                .build(),
+        ];
+        testing::check_conformance::<Tagger>(CONFIG, &requests);
+    }
+
+    #[test]
+    fn refuses_bad_tags_and_prefixes() {
+        let message = testing::check_config_rejected::<Tagger>(r#"{"tag":"a b"}"#);
+        assert!(
+            message.contains("must be a non-empty HTTP token"),
+            "{message}"
+        );
+        let message =
+            testing::check_config_rejected::<Tagger>(r#"{"tag":"a","deny_prefixes":["admin"]}"#);
+        assert!(message.contains("must start with '/'"), "{message}");
+    }
+
+    #[test]
+    fn extends_the_chain_property() {
+        let config = testing::config::<Tagger>(CONFIG);
+        let req = request("GET", "/")
+            .property("chain", vec!["a".to_string()])
+            .build();
+        let Action::Continue(changes) = Tagger::on_request(&config, &req) else {
+            panic!("expected the request to go on");
+        };
+        let chain = Value::Texts(vec!["a".into(), "edge".into()]);
+        assert_eq!(changes.properties, vec![("chain".to_string(), chain)]);
+    }
+
+    #[test]
+    fn denies_configured_prefixes() {
+        let config = testing::config::<Tagger>(CONFIG);
+        let Action::Respond(response) =
+            Tagger::on_request(&config, &request("GET", "/admin/x").build())
+        else {
+            panic!("expected a local answer");
+        };
+        assert_eq!(response.status, 403);
+        assert_eq!(response.body, br#"{"error":"forbidden"}"#);
+    }
+}
