@@ -432,6 +432,10 @@ impl ResponseCache {
             .map_err(|e| e.to_string())
     }
 
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.entry_count()

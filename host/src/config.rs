@@ -43,7 +43,7 @@ pub enum KvSettings {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheSettings {
     pub capacity_bytes: u64,
     pub max_entry_bytes: usize,
@@ -106,11 +106,12 @@ pub struct ProxySettings {
     pub via_name: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeSettings {
     pub cache_dir: PathBuf,
     pub max_instances: u32,
     pub max_memory_bytes: u64,
+    pub reload_check: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +360,8 @@ impl Validator<'_> {
                 cache_dir: base.join(&raw.runtime.cache_dir),
                 max_instances: raw.runtime.max_instances,
                 max_memory_bytes: raw.runtime.max_memory_mb << 20,
+                reload_check: (raw.runtime.reload_check_ms > 0)
+                    .then(|| Duration::from_millis(raw.runtime.reload_check_ms)),
             },
             upstreams,
             default_upstream,

@@ -29,6 +29,8 @@ pub enum StartError {
     Kv(crate::kv::KvError),
     #[error(transparent)]
     Tls(crate::tls::TlsError),
+    #[error("{0}")]
+    Config(crate::config::ConfigErrors),
 }
 
 /// Process-wide pieces that outlive a configuration generation.
@@ -60,6 +62,16 @@ impl Weir {
     /// Load every plugin of the chain: compile, link, `validate-config`.
     /// Reports every broken plugin, not just the first.
     pub async fn load(&self, config: Config) -> Result<Generation, StartError> {
+        self.load_next(config, None).await
+    }
+
+    /// Like [`Weir::load`], keeping the previous generation's response cache
+    /// when its settings did not change (a reload need not go cold).
+    pub async fn load_next(
+        &self,
+        config: Config,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, StartError> {
         let mut plugins = Vec::new();
         let mut errors = Vec::new();
         for spec in &config.chain {
@@ -80,10 +92,12 @@ impl Weir {
         Ok(Generation {
             chain: Chain::new(plugins, names),
             upstreams,
-            cache: config
-                .cache
-                .clone()
-                .map(|settings| Arc::new(ResponseCache::new(settings))),
+            cache: config.cache.clone().map(|settings| {
+                previous
+                    .and_then(|p| p.cache.clone())
+                    .filter(|cache| *cache.settings() == settings)
+                    .unwrap_or_else(|| Arc::new(ResponseCache::new(settings)))
+            }),
             config,
         })
     }
@@ -97,6 +111,7 @@ pub struct Running {
     pub proxy: Arc<Proxy>,
     /// Keeps the engine and its epoch ticker alive while serving.
     pub weir: Weir,
+    config_path: std::path::PathBuf,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -114,16 +129,94 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
     }
 
+    /// Reload `proxy.toml` and every plugin: compiled and validated aside,
+    /// then swapped in atomically; in-flight requests finish on the old
+    /// chain. On any error the old generation keeps serving. Listeners,
+    /// the runtime and the KV backend are fixed at start (restart to change
+    /// them).
+    pub async fn reload(&self) -> Result<(), StartError> {
+        reload(&self.weir, &self.proxy, &self.config_path).await
+    }
+
+    /// A handle that reloads from elsewhere (signal handler, file watcher).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            weir: self.weir.clone(),
+            proxy: self.proxy.clone(),
+            config_path: self.config_path.clone(),
+        }
+    }
+
     /// A handle that can trigger shutdown from elsewhere.
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.clone()
     }
 }
 
+/// Reloads a running proxy; see [`Running::reload`].
+#[derive(Clone)]
+pub struct Reloader {
+    weir: Weir,
+    proxy: Arc<Proxy>,
+    config_path: std::path::PathBuf,
+}
+
+impl Reloader {
+    pub async fn reload(&self) -> Result<(), StartError> {
+        reload(&self.weir, &self.proxy, &self.config_path).await
+    }
+
+    /// Reload whenever the config file or a chain plugin's file changes,
+    /// checking every `every`. Runs until aborted.
+    pub async fn watch(self, every: std::time::Duration) {
+        let mut seen = self.fingerprint();
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let now = self.fingerprint();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match self.reload().await {
+                Ok(()) => tracing::info!(config = %self.config_path.display(), "reloaded"),
+                Err(err) => tracing::error!(error = %err, "reload refused; the previous configuration keeps serving"),
+            }
+        }
+    }
+
+    /// Modification times of the config and of every plugin it loads.
+    fn fingerprint(&self) -> Vec<Option<std::time::SystemTime>> {
+        let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let generation = self.proxy.current();
+        std::iter::once(mtime(&self.config_path))
+            .chain(generation.config.chain.iter().map(|spec| mtime(&spec.file)))
+            .collect()
+    }
+}
+
+async fn reload(weir: &Weir, proxy: &Proxy, path: &std::path::Path) -> Result<(), StartError> {
+    let config = Config::load(path).map_err(StartError::Config)?;
+    let current = proxy.current();
+    if config.runtime != current.config.runtime {
+        tracing::warn!("[runtime] changes take effect at the next restart");
+    }
+    let listeners: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
+    let serving: Vec<_> = current.config.listeners.iter().map(|l| l.address).collect();
+    if listeners != serving {
+        tracing::warn!("[[listeners]] changes take effect at the next restart");
+    }
+    let generation = weir.load_next(config, Some(&current)).await?;
+    proxy.swap(generation);
+    Ok(())
+}
+
 /// Load the config's plugins, bind every listener and start serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let weir = Weir::new(&config)?;
     let listeners = config.listeners.clone();
+    let config_path = config.path.clone();
+    let reload_check = config.runtime.reload_check;
     let admin = config.admin;
     let limits = config.limits.clone();
     let generation = weir.load(config).await?;
@@ -172,12 +265,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             crate::admin::serve(listener, proxy, signal).await;
         });
     }
-    Ok(Running {
+    let mut running = Running {
         addrs,
         admin_addr,
+        config_path,
         proxy,
         weir,
         stop,
         tasks,
-    })
+    };
+    if let Some(every) = reload_check {
+        let watcher = running.reloader().watch(every);
+        let mut stopped = running.stop.subscribe();
+        running.tasks.spawn(async move {
+            tokio::select! {
+                () = watcher => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+        });
+    }
+    Ok(running)
 }

@@ -49,14 +49,18 @@ pub fn runtime_section() -> String {
 pub fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("proxy.toml");
+    write_config(&path, body);
+    (dir, path)
+}
+
+fn write_config(path: &Path, body: &str) {
     // Top-level keys of `body` must precede any table, so the test
     // listener goes after it: a body's own [[listeners]] come first.
     let text = format!(
         "{body}\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{}",
         runtime_section()
     );
-    std::fs::write(&path, text).expect("write proxy.toml");
-    (dir, path)
+    std::fs::write(path, text).expect("write proxy.toml");
 }
 
 /// A running Weir proxy on an ephemeral port.
@@ -67,6 +71,7 @@ pub struct TestProxy {
     /// The admin listener, when the config has `[admin]`.
     pub admin: Option<SocketAddr>,
     running: Option<weir::Running>,
+    path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -89,6 +94,7 @@ impl TestProxy {
             addrs: running.addrs.clone(),
             admin: running.admin_addr,
             running: Some(running),
+            path,
             _dir: dir,
         })
     }
@@ -112,6 +118,18 @@ impl TestProxy {
             .as_ref()
             .map(|r| r.proxy.metrics())
             .expect("proxy running")
+    }
+
+    /// Write a new config body to the proxy's file, without reloading
+    /// (the file watcher, or [`TestProxy::reload`], picks it up).
+    pub fn rewrite(&self, body: &str) {
+        write_config(&self.path, body);
+    }
+
+    /// Reload the proxy from its file, as SIGHUP would.
+    pub async fn reload(&self) -> Result<(), String> {
+        let running = self.running.as_ref().expect("proxy running");
+        running.reload().await.map_err(|e| e.to_string())
     }
 
     /// Graceful shutdown: stop accepting, drain in-flight requests.

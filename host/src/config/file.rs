@@ -167,6 +167,9 @@ pub struct RuntimeFile {
     pub max_instances: u32,
     /// Largest linear memory any plugin may be given, in MiB.
     pub max_memory_mb: u64,
+    /// How often `proxy.toml` and the chain's plugin files are checked for
+    /// changes (then reloaded); 0 turns the watcher off (SIGHUP still works).
+    pub reload_check_ms: u64,
 }
 
 impl Default for RuntimeFile {
@@ -175,6 +178,7 @@ impl Default for RuntimeFile {
             cache_dir: ".weir/cache".into(),
             max_instances: 1000,
             max_memory_mb: 256,
+            reload_check_ms: 2_000,
         }
     }
 }

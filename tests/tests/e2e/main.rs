@@ -18,6 +18,7 @@ mod plugin_router;
 mod plugin_security_headers;
 mod plugin_tagger;
 mod proxying;
+mod reload;
 mod tls;
 mod upstreams;
 

@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""Weir against nginx and haproxy, interleaved, on one machine.
+
+Every proxy and the origin run on core 0, the load generator alone on
+core 1; nginx with one worker, Weir with one runtime thread, haproxy with
+one thread. Each round measures every configuration once (HTTP/1.1 with
+wrk, HTTP/2 cleartext with h2load); the table reports medians over rounds
+and the ratio of each Weir row to the row it competes with.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIR = ROOT / "target" / "release" / "weir"
+PLUGINS = ROOT / "plugins" / "target" / "wasm32-wasip2" / "release"
+API_KEY = "demo-key"
+API_KEY_SHA256 = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"
+
+PORTS = {
+    "origin": 18000, "origin-h2": 18100,
+    "nginx": 18001, "nginx-h2": 18101,
+    "haproxy": 18002, "haproxy-h2": 18102,
+    "nginx-cache": 18003, "nginx-cache-h2": 18103,
+    "weir": 18004,
+    "weir-chain": 18005,
+    "weir-cache": 18006,
+}
+
+# name, port key (h1), port key (h2), path, competes with
+ROWS = [
+    ("direct to origin", "origin", "origin-h2", "/13", None),
+    ("nginx proxy_pass (keep-alive)", "nginx", "nginx-h2", "/13", None),
+    ("haproxy", "haproxy", "haproxy-h2", "/13", None),
+    ("Weir, no plugins", "weir", "weir", "/13", "nginx proxy_pass (keep-alive)"),
+    ("Weir, 4-plugin chain", "weir-chain", "weir-chain", "/13", "nginx proxy_pass (keep-alive)"),
+    ("nginx proxy_cache hit", "nginx-cache", "nginx-cache-h2", "/cache.json", None),
+    ("Weir cache hit", "weir-cache", "weir-cache", "/cache.json", "nginx proxy_cache hit"),
+    ("direct to origin, 64 KiB", "origin", "origin-h2", "/64k", None),
+    ("nginx proxy_pass, 64 KiB", "nginx", "nginx-h2", "/64k", None),
+    ("Weir, no plugins, 64 KiB", "weir", "weir", "/64k", "nginx proxy_pass, 64 KiB"),
+]
+
+
+def write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def origin_conf(work):
+    body64 = work / "64k"
+    body64.write_bytes(b"x" * 65536)
+    return write(work / "origin.conf", f"""
+        worker_processes 1;
+        pid {work}/origin.pid;
+        error_log {work}/origin-error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            keepalive_requests 1000000;
+            server {{
+                listen 127.0.0.1:{PORTS['origin']};
+                listen 127.0.0.1:{PORTS['origin-h2']} http2;
+                location = /13 {{ default_type text/plain; return 200 "Hello, world!"; }}
+                location = /64k {{ default_type application/octet-stream; alias {body64}; }}
+                location = /cache.json {{
+                    default_type application/json;
+                    add_header Cache-Control "public, max-age=3600" always;
+                    return 200 '{{"cached":true}}';
+                }}
+            }}
+        }}
+    """)
+
+
+def nginx_conf(work):
+    origin = f"127.0.0.1:{PORTS['origin']}"
+    return write(work / "nginx.conf", f"""
+        worker_processes 1;
+        pid {work}/nginx.pid;
+        error_log {work}/nginx-error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            keepalive_requests 1000000;
+            upstream origin {{ server {origin}; keepalive 64; }}
+            proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=c:10m;
+            server {{
+                listen 127.0.0.1:{PORTS['nginx']};
+                listen 127.0.0.1:{PORTS['nginx-h2']} http2;
+                location / {{
+                    proxy_pass http://origin;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_set_header Host $host;
+                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                }}
+            }}
+            server {{
+                listen 127.0.0.1:{PORTS['nginx-cache']};
+                listen 127.0.0.1:{PORTS['nginx-cache-h2']} http2;
+                location / {{
+                    proxy_pass http://origin;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_cache c;
+                    add_header X-Cache-Status $upstream_cache_status;
+                }}
+            }}
+        }}
+    """)
+
+
+def haproxy_conf(work):
+    origin = f"127.0.0.1:{PORTS['origin']}"
+    return write(work / "haproxy.cfg", f"""
+        global
+            nbthread 1
+            maxconn 10000
+        defaults
+            mode http
+            timeout connect 5s
+            timeout client 30s
+            timeout server 30s
+            option http-keep-alive
+            http-reuse always
+        frontend fe
+            bind 127.0.0.1:{PORTS['haproxy']}
+            bind 127.0.0.1:{PORTS['haproxy-h2']} proto h2
+            option forwardfor
+            default_backend be
+        backend be
+            server origin {origin}
+    """)
+
+
+def weir_conf(work, name, chain):
+    origin = f"127.0.0.1:{PORTS['origin']}"
+    text = f"""
+        default_upstream = "origin"
+        chain = [{', '.join(f'"{p}"' for p in chain)}]
+
+        [[listeners]]
+        address = "127.0.0.1:{PORTS[name]}"
+
+        [limits]
+        max_connections = 100000
+
+        [runtime]
+        cache_dir = "{work}/weir-cache-dir"
+
+        [upstreams.origin]
+        endpoints = ["{origin}"]
+        max_idle_per_endpoint = 256
+    """
+    if name == "weir-cache":
+        text += """
+        [cache]
+        capacity_bytes = 67108864
+        """
+    if chain:
+        text += f"""
+        [plugins.auth]
+        file = "{PLUGINS}/auth.wasm"
+        [plugins.auth.config]
+        methods = ["api_key"]
+        api_key = {{ header = "x-api-key", keys = [{{ sha256 = "{API_KEY_SHA256}", user = "bench", tenant = "bench" }}] }}
+
+        [plugins.ratelimit]
+        file = "{PLUGINS}/rate_limit.wasm"
+        [plugins.ratelimit.config]
+        [[plugins.ratelimit.config.limits]]
+        name = "tenant"
+        key = "property:tenant"
+        requests = 30000
+        window = "1s"
+
+        [plugins.cache]
+        file = "{PLUGINS}/cache_policy.wasm"
+        [[plugins.cache.config.rules]]
+        prefix = "/"
+        key_properties = ["tenant"]
+
+        [plugins.router]
+        file = "{PLUGINS}/router.wasm"
+        [plugins.router.config]
+        default_upstream = "origin"
+        [[plugins.router.config.rules]]
+        name = "api"
+        path_prefix = "/api"
+        upstream = "origin"
+        """
+    return write(work / f"{name}.toml", text)
+
+
+def cpu_idle_fraction(seconds=1.0):
+    def snapshot():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)
+    idle1, total1 = snapshot()
+    time.sleep(seconds)
+    idle2, total2 = snapshot()
+    return (idle2 - idle1) / max(1, total2 - total1)
+
+
+def wrk(port, path, duration, connections):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+         "-H", f"x-api-key: {API_KEY}", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, to_ms(lat.get("50")), to_ms(lat.get("99")), int(errors.group(1)) if errors else 0
+
+
+def h2load(port, path, duration, connections):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "h2load", "-D", str(duration), "-c", str(connections), "-m", "10",
+         "-t", "1", "-H", f"x-api-key: {API_KEY}", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    # h2load reports min/max/mean/sd per request; no percentiles.
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    non2xx = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors = failed + (int(non2xx.group(3)) + int(non2xx.group(4)) if non2xx else 0)
+    return rps, to_ms(mean.group(1)) if mean else None, None, errors
+
+
+def to_ms(text):
+    if not text:
+        return None
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def peak_rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+
+
+def wait_port(port, timeout=60):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="weir-bench-"))
+    procs = []
+
+    def start(cmd, **kw):
+        p = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL,
+                             stderr=open(work / f"{len(procs)}.log", "w"), **kw)
+        procs.append(p)
+        return p
+
+    try:
+        start(["nginx", "-c", str(origin_conf(work)), "-g", "daemon off;"])
+        start(["nginx", "-c", str(nginx_conf(work)), "-g", "daemon off;"])
+        start(["haproxy", "-f", str(haproxy_conf(work))])
+        weirs = {}
+        for name, chain in [("weir", []), ("weir-chain", ["auth", "ratelimit", "cache", "router"]),
+                            ("weir-cache", [])]:
+            conf = weir_conf(work, name, chain)
+            weirs[name] = start([str(WEIR), "run", "--threads", "1", "--config", str(conf)],
+                                env={**os.environ, "WEIR_LOG": "warn"})
+        for port in PORTS.values():
+            wait_port(port)
+        # Warm up caches, pools and plugin instances.
+        for _, h1, _, path, _ in ROWS:
+            wrk(PORTS[h1], path, 1, 10)
+
+        results = {}
+        for round_no in range(1, args.rounds + 1):
+            idle = cpu_idle_fraction()
+            print(f"round {round_no}: machine {idle:.0%} idle before the round"
+                  + ("" if idle > 0.9 else "  (WARNING: not idle; figures are suspect)"), flush=True)
+            for label, h1, h2, path, _ in ROWS:
+                r1 = wrk(PORTS[h1], path, args.duration, args.connections)
+                r2 = h2load(PORTS[h2], path, args.duration, args.connections)
+                results.setdefault(label, []).append((r1, r2))
+                print(f"  {label:32} h1 {r1[0]:>9.0f} req/s   h2 {r2[0]:>9.0f} req/s", flush=True)
+
+        rss = {name: peak_rss_mib(p.pid) for name, p in weirs.items()}
+        table = render(results, args, rss)
+        print(table)
+        if args.out:
+            args.out.write_text(table)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, unit=""):
+    return "–" if value is None else f"{value:,.0f}{unit}" if value >= 100 else f"{value:.2f}{unit}"
+
+
+def render(results, args, rss):
+    lines = [
+        f"{args.rounds} rounds × {args.duration} s, {args.connections} connections; "
+        "proxy + origin on core 0, load generator on core 1; medians over rounds.",
+        "",
+        "| configuration | h1 req/s | h1 p50 ms | h1 p99 ms | h1 errors | h2c req/s | h2c mean ms | h2c errors | ratio h1 | ratio h2c |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    med = {}
+    for label, runs in results.items():
+        h1 = [median([r[0][i] for r in runs]) for i in range(4)]
+        h2 = [median([r[1][i] for r in runs]) for i in range(4)]
+        med[label] = (h1, h2)
+    for label, _, _, _, rival in ROWS:
+        h1, h2 = med[label]
+        r1 = r2 = ""
+        if rival:
+            r1 = f"{h1[0] / med[rival][0][0]:.2f}× {rival}"
+            r2 = f"{h2[0] / med[rival][1][0]:.2f}×"
+        lines.append(
+            f"| {label} | {fmt(h1[0])} | {fmt(h1[1])} | {fmt(h1[2])} | {h1[3]:.0f} | "
+            f"{fmt(h2[0])} | {fmt(h2[1])} | {h2[3]:.0f} | {r1} | {r2} |")
+    lines.append("")
+    lines.append("Peak RSS (VmHWM) of each Weir process: " + ", ".join(
+        f"{k} {v:.1f} MiB" for k, v in rss.items() if v is not None))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
