@@ -180,7 +180,9 @@ impl Reloader {
             seen = now;
             match self.reload().await {
                 Ok(()) => tracing::info!(config = %self.config_path.display(), "reloaded"),
-                Err(err) => tracing::error!(error = %err, "reload refused; the previous configuration keeps serving"),
+                Err(err) => {
+                    tracing::error!(error = %err, "reload refused; the previous configuration keeps serving")
+                }
             }
         }
     }

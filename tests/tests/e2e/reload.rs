@@ -16,7 +16,10 @@ fn config(upstream: &Upstream, tag: &str, extra: &str) -> String {
 
 async fn tag_of(proxy: &TestProxy, path: &str) -> String {
     let response = client().get(proxy.url(path)).send().await.unwrap();
-    response.headers()["x-weir-chain"].to_str().unwrap().to_owned()
+    response.headers()["x-weir-chain"]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
