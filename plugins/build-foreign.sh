@@ -5,13 +5,19 @@
 #                                     package.json + package-lock.json)
 #   plugins/python/<name>/plugin.py   componentize-py (pinned by
 #                                     plugins/python/requirements.txt)
+#   plugins/c/<name>/*.c              clang for wasm32-wasi + wasi-libc, with
+#                                     tools/build-c (wit-bindgen's C
+#                                     bindings, wit-component; pinned by the
+#                                     root Cargo.lock)
 #
 # into OUT_DIR/<name with - as _>.wasm. The toolchains are installed on first
 # use under target/foreign/ (npm ci, a Python venv), outside the source tree,
 # and reinstalled only when their pins change; a component is rebuilt only
 # when it is older than its sources, the WIT, the pins or this script.
 #
-# Needs node >= 18 with npm, and python3 >= 3.10 with venv and pip.
+# Needs node >= 18 with npm, python3 >= 3.10 with venv and pip, and clang
+# with the wasm32-wasi target (Debian: clang lld wasi-libc
+# libclang-rt-14-dev-wasm32).
 #
 # Usage: plugins/build-foreign.sh OUT_DIR
 set -euo pipefail
@@ -120,10 +126,30 @@ build_python() {
     finish "$wasm"
 }
 
+build_c() {
+    local src="$1" name="$2"
+    local wasm="$out/${name//-/_}.wasm" tools="$work/tools"
+    local tool="$tools/release/weir-build-c"
+    stale "$wasm" "$src" "$wit" "$script" "$root/tools/build-c" "$root/Cargo.lock" || return 0
+    need "${WASI_CC:-clang}" "install clang, lld, wasi-libc and libclang-rt-14-dev-wasm32 to build $src"
+    # The build tool is a member of the root workspace, built into a target
+    # dir of its own (the caller may hold the workspace's).
+    env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
+        -u CARGO_MAKEFLAGS -u RUSTC_WRAPPER -u RUSTC_WORKSPACE_WRAPPER \
+        "${CARGO:-cargo}" build --quiet --release --locked \
+        --manifest-path "$root/Cargo.toml" -p weir-build-c --target-dir "$tools"
+    "$tool" --wit "$wit" --world plugin --work "$work/c/$name" \
+        --out "$wasm.tmp" "$src" >/dev/null
+    finish "$wasm"
+}
+
 shopt -s nullglob
 for dir in "$root"/plugins/js/*/; do
     build_js "${dir%/}" "$(basename "$dir")"
 done
 for dir in "$root"/plugins/python/*/; do
     build_python "${dir%/}" "$(basename "$dir")"
+done
+for dir in "$root"/plugins/c/*/; do
+    build_c "${dir%/}" "$(basename "$dir")"
 done

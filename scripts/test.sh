@@ -13,6 +13,13 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 # (componentize-js from npm, componentize-py from PyPI), which need these.
 command -v node >/dev/null || need_apt+=(nodejs npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The C sample plugin: clang for wasm32-wasi, its linker, wasi-libc and the
+# wasm32 compiler builtins.
+command -v clang >/dev/null || need_apt+=(clang)
+command -v wasm-ld >/dev/null || need_apt+=(lld)
+[ -f /usr/lib/wasm32-wasi/libc.a ] || need_apt+=(wasi-libc)
+compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a' >/dev/null \
+  || need_apt+=(libclang-rt-dev-wasm32)
 if ((${#need_apt[@]})); then
   echo "==> installing ${need_apt[*]} (apt)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

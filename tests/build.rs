@@ -1,6 +1,7 @@
 //! Compiles every plugin in `plugins/` for `wasm32-wasip2` into its own
-//! target dir, builds the JavaScript and Python plugins (`plugins/js/<name>`,
-//! `plugins/python/<name>`) with `plugins/build-foreign.sh`, and generates
+//! target dir, builds the JavaScript, Python and C plugins (`plugins/js/<name>`,
+//! `plugins/python/<name>`, `plugins/c/<name>`) with
+//! `plugins/build-foreign.sh`, and generates
 //! `artifacts.rs`: one path constant per plugin, plus a compile-time check
 //! that the e2e suite has a module named `plugin_<name>` for every plugin — a
 //! plugin without a test does not build.
@@ -31,7 +32,10 @@ fn main() {
     );
 
     // The SDK every Rust sample builds on is a dependency, not a member.
-    println!("cargo:rerun-if-changed={}", plugins_dir.join("sdk").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        plugins_dir.join("sdk").display()
+    );
     let members = plugin_crates(&plugins_dir);
     for member in &members {
         println!(
@@ -75,9 +79,14 @@ fn main() {
     );
 
     let foreign = foreign_plugins(&plugins_dir);
-    for dir in ["js", "python"] {
+    for dir in FOREIGN_LANGUAGES {
         println!("cargo:rerun-if-changed={}", plugins_dir.join(dir).display());
     }
+    // The C plugins' build tool.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tools").join("build-c").display()
+    );
     let script = plugins_dir.join("build-foreign.sh");
     println!("cargo:rerun-if-changed={}", script.display());
     let foreign_dir = root.join("target").join("foreign-plugins");
@@ -88,7 +97,7 @@ fn main() {
         .expect("failed to run bash for plugins/build-foreign.sh");
     assert!(
         status.success(),
-        "{} failed building the JavaScript and Python plugins",
+        "{} failed building the JavaScript, Python and C plugins",
         script.display()
     );
 
@@ -112,7 +121,7 @@ fn main() {
         assert!(file.is_file(), "plugin {name} built no {}", file.display());
         let constant = name.to_uppercase().replace('-', "_");
         generated.push_str(&format!(
-            "/// The compiled `{name}` plugin (JavaScript or Python).\npub const {constant}: &str = {:?};\n",
+            "/// The compiled `{name}` plugin (JavaScript, Python or C).\npub const {constant}: &str = {:?};\n",
             file.display().to_string()
         ));
     }
@@ -152,11 +161,14 @@ fn plugin_crates(plugins_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The plugins in other languages: one directory each under `plugins/js/`
-/// and `plugins/python/`, built by `plugins/build-foreign.sh`.
+/// Where the plugins in other languages live, one directory each.
+const FOREIGN_LANGUAGES: [&str; 3] = ["js", "python", "c"];
+
+/// The plugins in other languages: one directory each under `plugins/js/`,
+/// `plugins/python/` and `plugins/c/`, built by `plugins/build-foreign.sh`.
 fn foreign_plugins(plugins_dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
-    for language in ["js", "python"] {
+    for language in FOREIGN_LANGUAGES {
         let Ok(entries) = fs::read_dir(plugins_dir.join(language)) else {
             continue;
         };

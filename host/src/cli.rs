@@ -1,4 +1,4 @@
-//! The `weir` command line: `run`, `check`, `echo`. The only place `anyhow`
+//! The `weir` command line: `run`, `check`, `echo`, `plugin new|build`. The only place `anyhow`
 //! is used: errors here are printed for a person, not matched on.
 
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::runner::{self, StartError, Weir};
+use crate::scaffold::{self, Lang};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,34 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+    /// Start a plugin project from a template, or build one.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create DIR/NAME: sources, a README, and NAME.toml that serves the
+    /// plugin in front of a `weir echo` upstream.
+    New {
+        /// Lower-case letters, digits and '-'.
+        name: String,
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// Where the project directory is created.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+    },
+    /// Compile the project in DIR into NAME.wasm beside it (or in --out).
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Directory for NAME.wasm (default: the project's parent).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the `weir` binary.
@@ -67,6 +96,8 @@ pub fn main() -> ExitCode {
             Command::Run { config, .. } => run(config).await,
             Command::Check { config } => check(config).await,
             Command::Echo { listen, name } => echo(listen, name).await,
+            // Drives compilers in child processes; nothing async.
+            Command::Plugin { command } => plugin(command),
         }
     });
     match result {
@@ -108,6 +139,24 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         tracing::info!("shutdown requested");
         let _ = stopper.send(true);
     });
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let reloader = running.reloader();
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    match reloader.reload().await {
+                        Ok(()) => tracing::info!("reloaded on SIGHUP"),
+                        Err(err) => tracing::error!(
+                            error = %err,
+                            "reload refused; the previous configuration keeps serving"
+                        ),
+                    }
+                }
+            });
+        }
+    }
     running.wait().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -136,6 +185,28 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
         Err(err) => Err(err.into()),
     }
+}
+
+fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::New { name, lang, dir } => {
+            let project = scaffold::new_project(&name, lang, &dir)?;
+            println!("created {} ({lang} plugin)", project.display());
+            println!("  build it:  weir plugin build {}", project.display());
+            println!(
+                "  serve it:  weir echo & weir run --config {}",
+                project.join(format!("{name}.toml")).display()
+            );
+        }
+        PluginCommand::Build { dir, out } => {
+            let wasm = scaffold::build_project(&dir, out.as_deref())?;
+            let bytes = std::fs::metadata(&wasm)
+                .with_context(|| format!("no component at {}", wasm.display()))?
+                .len();
+            println!("built {} ({bytes} bytes)", wasm.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn echo(listen: SocketAddr, name: String) -> anyhow::Result<ExitCode> {

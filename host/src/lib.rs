@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 pub mod runner;
+pub mod scaffold;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -183,6 +183,16 @@ impl Generation {
         let authority = authority(&head)?;
         let version = head.version;
         headers::strip_hop_by_hop(&mut head.headers);
+        // Plugins and the upstream see the id this request is logged under:
+        // the client's when it was sane, else the one generated for it
+        // (a plugin may still replace it).
+        if let Some(sent) = head.headers.get(X_REQUEST_ID) {
+            if sent.as_bytes() != id.as_bytes() {
+                if let Ok(value) = HeaderValue::from_str(&id) {
+                    head.headers.insert(X_REQUEST_ID, value);
+                }
+            }
+        }
         let scheme = if conn.tls.is_some() { "https" } else { "http" };
         let body: Body = Limited::new(incoming, limits.max_request_body_bytes as usize).boxed();
 

@@ -14,11 +14,13 @@ mod plugin_cors;
 mod plugin_hostile;
 mod plugin_inspector;
 mod plugin_rate_limit;
+mod plugin_request_id;
 mod plugin_router;
 mod plugin_security_headers;
 mod plugin_tagger;
 mod proxying;
 mod reload;
+mod scaffold;
 mod tls;
 mod upstreams;
 

@@ -80,3 +80,74 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
     }
     assert_eq!(seen, "two", "the watcher never reloaded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_real_binary() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let upstream = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    // The file watcher is off: only the signal can reload.
+    let write = |tag: &str| {
+        let runtime = weir_tests::runtime_section()
+            .replace("[runtime]\n", "[runtime]\nreload_check_ms = 0\n");
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n[[listeners]]\naddress = \"127.0.0.1:0\"\n{runtime}",
+                config(&upstream, tag, "")
+            ),
+        )
+        .unwrap();
+    };
+    write("one");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir-e2e"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WEIR_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, address)) = line.split_once(" listening address=") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("weir exited before listening");
+    })
+    .await
+    .expect("weir listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let url = format!("http://{address}/");
+    let tag = |url: String| async move {
+        let response = client().get(url).send().await.unwrap();
+        response.headers()["x-weir-chain"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(tag(url.clone()).await, "one");
+
+    write("two");
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = tag(url.clone()).await;
+        if seen == "two" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, "two");
+    let _ = child.kill().await;
+}
