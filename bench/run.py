@@ -126,7 +126,7 @@ def haproxy_conf(work):
     return write(work / "haproxy.cfg", f"""
         global
             nbthread 1
-            maxconn 10000
+            maxconn 8000
         defaults
             mode http
             timeout connect 5s
@@ -278,6 +278,8 @@ def main():
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="weir-bench-"))
+    # nginx workers drop to www-data: let them read the 64 KiB body.
+    work.chmod(0o755)
     procs = []
 
     def start(cmd, **kw):

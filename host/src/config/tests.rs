@@ -1,1 +1,95 @@
+//! Config error messages: each names the file, the line where the parser
+//! knows it, the key path, and what was expected.
 
+use std::path::Path;
+
+use super::Config;
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::parse(Path::new("/etc/weir/proxy.toml"), text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
+
+#[test]
+fn a_typo_names_the_key_path_and_line() {
+    let errs = errors(&format!(
+        "{LISTENER}[upstreams.api]\nendpoints = [\"127.0.0.1:80\"]\nresponse_timout_ms = 5\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "/etc/weir/proxy.toml:5: upstreams.api.response_timout_ms: unknown field `response_timout_ms`"
+        ),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].contains("expected one of"), "{}", errs[0]);
+}
+
+#[test]
+fn broken_toml_is_located() {
+    let errs = errors("[[listeners]\naddress = 1\n");
+    assert!(
+        errs[0].starts_with("/etc/weir/proxy.toml:1:"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn a_wrong_type_names_the_key() {
+    let errs = errors(&format!("{LISTENER}[limits]\nmax_headers = \"many\"\n"));
+    assert!(errs[0].contains("limits.max_headers"), "{}", errs[0]);
+    assert!(errs[0].contains(":4:"), "{}", errs[0]);
+}
+
+#[test]
+fn every_semantic_problem_is_reported_with_its_key() {
+    let errs = errors(
+        "default_upstream = \"nope\"\nchain = [\"ghost\", \"ghost\"]\n\
+         [[listeners]]\naddress = \"localhost:80\"\n\
+         [upstreams.up]\nendpoints = [\"host-without-port\", \"user@h:1\"]\n",
+    );
+    let all = errs.join("\n");
+    for expected in [
+        "proxy.toml:4: listeners[0].address: \"localhost:80\" is not an IP:PORT address",
+        "proxy.toml:6: upstreams.up.endpoints[0]: \"host-without-port\" has no port",
+        "upstreams.up.endpoints[1]: \"user@h:1\"",
+        "proxy.toml:1: default_upstream: unknown upstream \"nope\" (configured: up)",
+        "proxy.toml:2: chain[0]: unknown plugin \"ghost\" (configured: none)",
+        "chain[1]: plugin \"ghost\" appears twice in the chain",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn a_missing_plugin_file_is_named_relative_to_the_config() {
+    let errs = errors(&format!(
+        "chain = [\"auth\"]\n{LISTENER}[plugins.auth]\nfile = \"plugins/auth.wasm\"\n"
+    ));
+    assert_eq!(
+        errs[0],
+        "/etc/weir/proxy.toml:5: plugins.auth.file: no such file /etc/weir/plugins/auth.wasm"
+    );
+}
+
+#[test]
+fn a_valid_minimal_config_gets_defaults() {
+    let config = Config::parse(
+        Path::new("/srv/proxy.toml"),
+        &format!("default_upstream = \"up\"\n{LISTENER}[upstreams.up]\nendpoints = [\"10.0.0.1:8080\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.default_upstream.as_deref(), Some("up"));
+    let up = &config.upstreams["up"];
+    assert_eq!(up.retries, 2);
+    assert_eq!(up.max_fails, 3);
+    assert!(config.cache.is_none());
+    assert!(config.chain.is_empty());
+}

@@ -143,6 +143,16 @@ pub fn check_path_and_query(
     if !path.starts_with('/') {
         return Err(format!("path {path:?} must start with '/'"));
     }
+    // A '?' or '#' in the path would silently move part of it into the
+    // query (or fragment) the upstream sees: found by fuzzing.
+    if path.contains(['?', '#']) {
+        return Err(format!(
+            "path {path:?} must not contain '?' or '#' (set the query separately)"
+        ));
+    }
+    if query.is_some_and(|q| q.contains('#')) {
+        return Err("query must not contain '#'".into());
+    }
     let text = match query {
         Some(q) if !q.is_empty() => format!("{path}?{q}"),
         _ => path.to_owned(),
@@ -159,4 +169,33 @@ pub fn check_path_and_query(
 /// Check a method from a plugin.
 pub fn check_method(method: &str) -> Result<http::Method, String> {
     http::Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_question_mark_in_the_path_cannot_move_into_the_query() {
+        assert!(check_path_and_query("/a?p", None).is_err());
+        assert!(check_path_and_query("/admin?x", Some("y=1")).is_err());
+        assert!(check_path_and_query("/a#frag", None).is_err());
+        let pq = check_path_and_query("/a/b", Some("x=1&y=2")).unwrap();
+        assert_eq!((pq.path(), pq.query()), ("/a/b", Some("x=1&y=2")));
+        assert_eq!(check_path_and_query("/a", Some("")).unwrap().query(), None);
+    }
+
+    #[test]
+    fn framing_headers_and_injection_are_refused() {
+        for name in ["content-length", "Transfer-Encoding", "host", "connection"] {
+            let op = HeaderOp::Set((name.into(), "1".into()));
+            assert!(check_header_ops(vec![op]).is_err(), "{name}");
+        }
+        let op = HeaderOp::Set(("x-ok".into(), "a\r\nx-injected: 1".into()));
+        assert!(check_header_ops(vec![op]).is_err());
+        let many = (0..MAX_PLUGIN_HEADERS + 1)
+            .map(|i| HeaderOp::Append((format!("x-{i}"), "v".into())))
+            .collect();
+        assert!(check_header_ops(many).is_err());
+    }
 }
