@@ -16,5 +16,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::weir::plugin::guest;
-pub use weir::plugin::types;
+pub use self::exports::weir::plugin::guest;
+pub use self::weir::plugin::types;
