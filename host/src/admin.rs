@@ -4,15 +4,11 @@
 //! `host[:port]/path?query`, lower-case host, as the cache builds them.
 //! Bind it to loopback or a private network: it has no authentication.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
@@ -92,27 +88,9 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
 
 /// Serve the admin endpoints until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin: accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
+    let handler = move |req| {
         let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(handle(&proxy, req).await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { handle(&proxy, req).await }
+    };
+    crate::server::serve_simple(listener, "admin", handler, shutdown).await;
 }

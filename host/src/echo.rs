@@ -13,9 +13,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -92,33 +89,10 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
 
 /// Serve the echo upstream, labelling answers with `name`.
 pub async fn serve_named(listener: TcpListener, name: &str, shutdown: impl Future<Output = ()>) {
-    let name: std::sync::Arc<str> = name.into();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "echo: accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let builder = builder.clone();
+    let name: Arc<str> = name.into();
+    let handler = move |req| {
         let name = name.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let name = name.clone();
-                async move { Ok::<_, std::convert::Infallible>(echo(req, &name).await) }
-            });
-            if let Err(err) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %err, "echo: connection error");
-            }
-        });
-    }
+        async move { echo(req, &name).await }
+    };
+    crate::server::serve_simple(listener, "echo", handler, shutdown).await;
 }

@@ -190,3 +190,46 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
+
+/// Serve a small internal HTTP service (the admin listener, `weir echo`)
+/// until `shutdown` resolves: HTTP/1.1 or h2c, no proxy limits, `handler`
+/// per request.
+pub async fn serve_simple<F, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<crate::body::Body>> + Send + 'static,
+{
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(service = name, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let builder = builder.clone();
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+            if let Err(err) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(service = name, error = %err, "connection error");
+            }
+        });
+    }
+}

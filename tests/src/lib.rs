@@ -322,3 +322,46 @@ pub fn hostile_plugin(name: &str, mode: &str, extra: &str) -> String {
         file = artifacts::HOSTILE
     )
 }
+
+/// The real binary running `weir run`, its log (stderr) and its address.
+pub struct WeirProcess {
+    pub child: tokio::process::Child,
+    /// The first listener's `IP:PORT`, read from the "listening" log line.
+    pub address: String,
+    /// The rest of its log, line by line.
+    pub log: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+}
+
+/// Start `binary run --config config` (pass `env!("CARGO_BIN_EXE_weir-e2e")`)
+/// with an info-level, colourless log, and wait until it listens.
+pub async fn run_weir_binary(binary: &str, config: &Path) -> WeirProcess {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(binary)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("WEIR_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn weir");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut log = tokio::io::BufReader::new(stderr).lines();
+    let address = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = log.next_line().await.expect("read log") {
+            if let Some((_, address)) = line.split_once(" listening address=") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("weir exited before listening");
+    })
+    .await
+    .expect("weir listens");
+    WeirProcess {
+        child,
+        address,
+        log,
+    }
+}

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +13,6 @@ use std::time::Duration;
 use http::HeaderMap;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use weir_tests::{client, config_file, hostile_plugin, respond, TestProxy, Upstream};
 
@@ -433,28 +431,11 @@ async fn trap_is_logged_with_the_plugin_name_and_a_backtrace() {
         upstream.toml("up"),
         hostile_plugin("hostile", "trap", "")
     ));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir-e2e"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("WEIR_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some((_, address)) = line.split_once(" listening address=") {
-                return address.trim().to_owned();
-            }
-        }
-        panic!("weir exited before listening");
-    })
-    .await
-    .expect("weir listens");
+    let weir_tests::WeirProcess {
+        mut child,
+        address,
+        log: mut lines,
+    } = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
 
     let response = client()
         .get(format!("http://{address}/boom"))

@@ -83,8 +83,6 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_the_real_binary() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let upstream = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
@@ -102,26 +100,11 @@ async fn sighup_reloads_the_real_binary() {
         .unwrap();
     };
     write("one");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir-e2e"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("WEIR_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some((_, address)) = line.split_once(" listening address=") {
-                return address.trim().to_owned();
-            }
-        }
-        panic!("weir exited before listening");
-    })
-    .await
-    .expect("weir listens");
+    let weir_tests::WeirProcess {
+        mut child,
+        address,
+        log: mut lines,
+    } = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let url = format!("http://{address}/");
     let tag = |url: String| async move {
