@@ -70,7 +70,10 @@ impl Runtime {
         let linker = Self::build_linker(&engine).map_err(|e| PluginError::Runtime {
             message: format!("linker: {e:#}"),
         })?;
-        let ticker = EpochTicker::start(engine.clone());
+        // Without the ticker no deadline would ever fire: refuse to start.
+        let ticker = EpochTicker::start(engine.clone()).map_err(|e| PluginError::Runtime {
+            message: format!("cannot start the epoch ticker thread: {e}"),
+        })?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -115,7 +118,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<EpochTicker> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -125,9 +128,11 @@ impl EpochTicker {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
-            })
-            .ok();
-        EpochTicker { stop, thread }
+            })?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
