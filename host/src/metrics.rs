@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Histogram bucket upper bounds (seconds-friendly, also fine for counts).
@@ -17,7 +18,12 @@ const BUCKETS: [f64; 12] = [
 #[derive(Clone, Default)]
 pub struct Metrics {
     inner: Arc<Mutex<Series>>,
+    /// `weir_requests_total` by status class: counted for every request,
+    /// so lock-free and allocation-free.
+    requests: Arc<[AtomicU64; 5]>,
 }
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 type Labels = Vec<(String, String)>;
 
@@ -63,6 +69,12 @@ impl Metrics {
     fn with<R>(&self, f: impl FnOnce(&mut Series) -> R) -> R {
         let mut series = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut series)
+    }
+
+    /// Count one served request by its status.
+    pub fn request_served(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Add to a host counter.
@@ -124,6 +136,13 @@ impl Metrics {
     /// Render every series in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        for (class, count) in STATUS_CLASSES.iter().zip(self.requests.iter()) {
+            let _ = writeln!(
+                out,
+                "weir_requests_total{{status=\"{class}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
         self.with(|s| {
             for ((name, labels), value) in &s.counters {
                 let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));

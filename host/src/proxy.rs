@@ -117,11 +117,7 @@ impl Proxy {
                 response.headers_mut().insert(X_REQUEST_ID, value);
             }
             let status = response.status();
-            self.metrics.counter_add(
-                "weir_requests_total",
-                &[("status", status_class(status.as_u16()))],
-                1,
-            );
+            self.metrics.request_served(status.as_u16());
             tracing::info!(
                 status = status.as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64,
@@ -151,16 +147,6 @@ fn cache_directives(wit: Option<&types::CacheDirectives>) -> cache::Directives {
             extra_key: d.extra_key.clone(),
             share_authenticated: d.share_authenticated,
         },
-    }
-}
-
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
     }
 }
 
