@@ -6,20 +6,9 @@ use serde::Deserialize;
 
 use crate::path::{self, Pattern};
 
-/// Headers the host owns; setting one fails the plugin call, so refuse it
-/// as `route_header` up front.
-const HOST_OWNED_HEADERS: [&str; 10] = [
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "http2-settings",
-];
+// Headers the host owns; setting one fails the plugin call, so refuse it
+// as `route_header` up front.
+use weir_plugin::HOST_OWNED_HEADERS;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

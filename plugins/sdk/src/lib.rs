@@ -60,6 +60,22 @@ pub use bindings::weir::plugin::types::{
 };
 pub use request::Request;
 
+/// Headers the host owns (they frame the message or the connection): a
+/// plugin that sets or removes one fails its call. Mirrors the host's list
+/// in `host/src/plugin/convert.rs`.
+pub const HOST_OWNED_HEADERS: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+];
+
 use serde::de::DeserializeOwned;
 
 /// A Weir plugin. Every function is called without `self`: the plugin's state

@@ -259,27 +259,13 @@ fn check_ops(ops: &[HeaderOp]) {
     }
 }
 
-/// Headers the host owns: a plugin setting or removing one fails its call.
-const HOST_OWNED: [&str; 10] = [
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "http2-settings",
-];
-
 fn check_header(name: &str, value: Option<&str>) {
     assert!(
         is_token(name) && !name.bytes().any(|b| b.is_ascii_uppercase()),
         "header name {name:?} must be a lower-case token"
     );
     assert!(
-        !HOST_OWNED.contains(&name),
+        !crate::HOST_OWNED_HEADERS.contains(&name),
         "header {name} is managed by the host"
     );
     if let Some(value) = value {
