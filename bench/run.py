@@ -275,7 +275,11 @@ def main():
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", action="append", default=[],
+                        help="measure only rows whose label contains this text (repeatable; "
+                             "for quick checks while optimising, not for published figures)")
     args = parser.parse_args()
+    rows = [r for r in ROWS if not args.only or any(o in r[0] for o in args.only)]
 
     work = Path(tempfile.mkdtemp(prefix="weir-bench-"))
     # nginx workers drop to www-data: let them read the 64 KiB body.
@@ -309,7 +313,7 @@ def main():
             idle = cpu_idle_fraction()
             print(f"round {round_no}: machine {idle:.0%} idle before the round"
                   + ("" if idle > 0.9 else "  (WARNING: not idle; figures are suspect)"), flush=True)
-            for label, h1, h2, path, _ in ROWS:
+            for label, h1, h2, path, _ in rows:
                 r1 = wrk(PORTS[h1], path, args.duration, args.connections)
                 r2 = h2load(PORTS[h2], path, args.duration, args.connections)
                 results.setdefault(label, []).append((r1, r2))
@@ -354,9 +358,11 @@ def render(results, args, rss):
         h2 = [median([r[1][i] for r in runs]) for i in range(4)]
         med[label] = (h1, h2)
     for label, _, _, _, rival in ROWS:
+        if label not in med:
+            continue
         h1, h2 = med[label]
         r1 = r2 = ""
-        if rival:
+        if rival in med:
             r1 = f"{h1[0] / med[rival][0][0]:.2f}× {rival}"
             r2 = f"{h2[0] / med[rival][1][0]:.2f}×"
         lines.append(

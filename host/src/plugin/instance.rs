@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
 
 use super::bindings::{self, types};
-use super::engine::{Runtime, EPOCH_TICK};
+use super::engine::{Calls, Runtime, EPOCH_TICK};
 use super::outbound;
 use super::state::{HostState, PluginShared};
 use super::PluginError;
@@ -31,6 +31,7 @@ pub struct Plugin {
     timeout: Duration,
     strategy: Strategy,
     pool: Mutex<Vec<Warm>>,
+    calls: Calls,
 }
 
 /// An instance and its store.
@@ -98,6 +99,7 @@ impl Plugin {
             timeout: spec.timeout,
             strategy: spec.strategy,
             pool: Mutex::new(Vec::new()),
+            calls: runtime.calls(),
         };
         let answer = plugin
             .invoke("load", Call::ValidateConfig(spec.config_json.clone()))
@@ -181,6 +183,7 @@ impl Plugin {
 
     /// Run one call in a bounded instance.
     pub(super) async fn invoke(&self, request_id: &str, call: Call) -> Result<Answer, PluginError> {
+        let _in_flight = self.calls.start();
         let mut warm = self.acquire().await?;
         request_id.clone_into(&mut warm.store.data_mut().request_id);
         warm.store.set_epoch_deadline(self.deadline_ticks());
