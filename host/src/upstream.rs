@@ -4,29 +4,24 @@
 //! checks, retries where safe, and the classification of failures into
 //! connect (→ 502), timeout (→ 504) and protocol (→ 502).
 
+mod conn;
 mod endpoint;
 mod retry;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Scheme;
-use http::{request, Method, Request, Response, StatusCode, Uri};
+use http::{request, Method, Request, Response, StatusCode};
 use http_body_util::LengthLimitError;
-use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::task::JoinHandle;
 
 use crate::body::{self, Body};
 use crate::config::{LoadBalancing, UpstreamSpec};
 use crate::metrics::Metrics;
 use crate::tls::{self, TlsError};
+use conn::{Connector, ExchangeError};
 use endpoint::{Endpoint, InFlight};
 use retry::Budget;
 
@@ -69,8 +64,6 @@ pub enum Replay {
     Streamed,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
-
 /// Every configured pool, by name. Dropping it stops the health checkers.
 pub struct Upstreams {
     pools: BTreeMap<String, Arc<Pool>>,
@@ -87,10 +80,9 @@ impl Drop for Upstreams {
 
 struct Pool {
     spec: UpstreamSpec,
-    scheme: Scheme,
     endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
-    client: HttpClient,
+    connector: Arc<Connector>,
     budget: Budget,
     metrics: Metrics,
 }
@@ -113,8 +105,8 @@ impl Upstreams {
                 Some(tokio::spawn(endpoint::check_health(
                     name.clone(),
                     pool.endpoints.clone(),
-                    pool.client.clone(),
-                    pool.scheme.clone(),
+                    pool.connector.clone(),
+                    pool.spec.max_idle_per_endpoint,
                     check,
                 )))
             })
@@ -148,52 +140,27 @@ impl Upstreams {
         };
         let response = pool.send(head, body, replay).await?;
         let idle = pool.spec.idle_timeout;
-        Ok(response.map(|incoming| body::idle_timeout(body::boxed(incoming), idle)))
+        Ok(response.map(|body| body::idle_timeout(body, idle)))
     }
 }
 
 impl Pool {
     fn new(spec: &UpstreamSpec, metrics: Metrics) -> Result<Pool, TlsError> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(spec.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let (connector, scheme) = match &spec.tls {
+        let connector = match &spec.tls {
             Some(tls) => {
-                let builder = HttpsConnectorBuilder::new()
-                    .with_tls_config(tls::client_config(tls)?)
-                    .https_only();
-                let builder = match &tls.server_name {
-                    Some(name) => {
-                        let name = rustls::pki_types::ServerName::try_from(name.clone())
-                            .map_err(|e| TlsError::Rustls(format!("server_name {name:?}: {e}")))?;
-                        builder.with_server_name_resolver(FixedServerNameResolver::new(name))
-                    }
-                    None => builder,
+                let server_name = match &tls.server_name {
+                    Some(name) => Some(
+                        rustls::pki_types::ServerName::try_from(name.clone())
+                            .map_err(|e| TlsError::Rustls(format!("server_name {name:?}: {e}")))?,
+                    ),
+                    None => None,
                 };
-                (builder.enable_http1().wrap_connector(http), Scheme::HTTPS)
+                Connector::tls(spec.connect_timeout, tls::client_config(tls)?, server_name)
             }
-            None => {
-                // Plain pools never use TLS, but share the connector type.
-                let connector = HttpsConnectorBuilder::new()
-                    .with_tls_config(tls::plain_client_config()?)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http);
-                (connector, Scheme::HTTP)
-            }
+            None => Connector::plain(spec.connect_timeout),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(spec.max_idle_per_endpoint)
-            // Keep the Host header the proxy set; do not derive it from the
-            // endpoint address.
-            .set_host(false)
-            .build(connector);
         Ok(Pool {
             spec: spec.clone(),
-            scheme,
             // Checked by config validation; anything unparsable is skipped.
             endpoints: spec
                 .endpoints
@@ -202,7 +169,7 @@ impl Pool {
                 .map(|authority| Arc::new(Endpoint::new(authority)))
                 .collect(),
             next: AtomicUsize::new(0),
-            client,
+            connector: Arc::new(connector),
             budget: Budget::new(spec.retry_budget_percent),
             metrics,
         })
@@ -240,7 +207,7 @@ impl Pool {
         head: request::Parts,
         body: Body,
         replay: Replay,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         self.budget.deposit();
         let idempotent = is_idempotent(&head.method);
         let mut first_body = Some(body);
@@ -265,12 +232,18 @@ impl Pool {
                     Replay::Streamed => unreachable_replay(),
                 },
             };
-            let request = self.request_for(&head, endpoint, body)?;
+            let request = request_for(&head, body);
             let can_retry = attempt < self.spec.retries && !matches!(replay, Replay::Streamed);
 
             let outcome = {
                 let _in_flight = InFlight::start(endpoint);
-                tokio::time::timeout(self.spec.response_timeout, self.client.request(request)).await
+                let exchange = conn::exchange(
+                    &self.connector,
+                    &endpoint.authority,
+                    endpoint.home(self.spec.max_idle_per_endpoint),
+                    request,
+                );
+                tokio::time::timeout(self.spec.response_timeout, exchange).await
             };
             match outcome {
                 Ok(Ok(response)) => {
@@ -290,7 +263,7 @@ impl Pool {
                     self.note_retry(endpoint, &status.to_string());
                     tokio::time::sleep(delay).await;
                 }
-                Ok(Err(err)) if err.is_connect() && is_timeout(&err) => {
+                Ok(Err(ExchangeError::ConnectTimeout)) => {
                     endpoint.record_failure(&self.spec, &self.metrics);
                     if !(can_retry && self.budget.try_spend()) {
                         return Err(UpstreamError::Timeout {
@@ -301,9 +274,8 @@ impl Pool {
                     }
                     self.note_retry(endpoint, "connect_timeout");
                 }
-                Ok(Err(err)) if err.is_connect() => {
+                Ok(Err(ExchangeError::Connect(message))) => {
                     endpoint.record_failure(&self.spec, &self.metrics);
-                    let message = error_chain(&err);
                     // Nothing was sent: any method may move on, if the body
                     // can be produced again.
                     if !(can_retry && self.budget.try_spend()) {
@@ -311,22 +283,29 @@ impl Pool {
                     }
                     self.note_retry(endpoint, "connect");
                 }
-                Ok(Err(err)) if caused_by::<LengthLimitError>(&err) => {
+                Ok(Err(ExchangeError::Http(err))) if caused_by::<LengthLimitError>(&err) => {
                     return Err(UpstreamError::RequestBodyTooLarge {
                         upstream: self.spec.name.clone(),
                     });
                 }
-                Ok(Err(err)) if is_user_body_error(&err) => {
+                Ok(Err(ExchangeError::Http(err))) if is_user_body_error(&err) => {
                     return Err(UpstreamError::RequestBody {
                         upstream: self.spec.name.clone(),
                         message: error_chain(&err),
                     });
                 }
-                Ok(Err(err)) => {
+                Ok(Err(ExchangeError::Http(err))) => {
                     return Err(UpstreamError::Protocol {
                         upstream: self.spec.name.clone(),
                         endpoint: endpoint.authority.to_string(),
                         message: error_chain(&err),
+                    });
+                }
+                Ok(Err(ExchangeError::Closed)) => {
+                    return Err(UpstreamError::Protocol {
+                        upstream: self.spec.name.clone(),
+                        endpoint: endpoint.authority.to_string(),
+                        message: conn::Closed.to_string(),
                     });
                 }
                 Err(_elapsed) => {
@@ -367,32 +346,20 @@ impl Pool {
             message: message.to_owned(),
         }
     }
+}
 
-    fn request_for(
-        &self,
-        head: &request::Parts,
-        endpoint: &Endpoint,
-        body: Body,
-    ) -> Result<Request<Body>, UpstreamError> {
-        let mut parts = head.uri.clone().into_parts();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(endpoint.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        let uri = Uri::from_parts(parts).map_err(|e| UpstreamError::Protocol {
-            upstream: self.spec.name.clone(),
-            endpoint: endpoint.authority.to_string(),
-            message: e.to_string(),
-        })?;
-        let mut request = Request::new(body);
-        *request.method_mut() = head.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = head.headers.clone();
-        // The upstream is spoken to in HTTP/1.1, whatever the client spoke.
-        *request.version_mut() = http::Version::HTTP_11;
-        Ok(request)
+/// The request for one attempt: origin-form target (the connection already
+/// goes to the endpoint), the head as prepared, HTTP/1.1 whatever the
+/// client spoke.
+fn request_for(head: &request::Parts, body: Body) -> Request<Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method.clone();
+    if let Some(target) = head.uri.path_and_query() {
+        *request.uri_mut() = http::Uri::from(target.clone());
     }
+    *request.headers_mut() = head.headers.clone();
+    *request.version_mut() = http::Version::HTTP_11;
+    request
 }
 
 /// `Replay::Streamed` requests are never retried (`can_retry` is false), so
@@ -423,20 +390,6 @@ fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
     while let Some(e) = current {
         if e.is::<E>() {
             return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-/// A connect that failed by timing out (not refused, not unreachable).
-fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
         }
         current = e.source();
     }

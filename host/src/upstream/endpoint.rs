@@ -6,9 +6,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::uri::Authority;
-use http::{Request, Uri};
+use http::Request;
 
-use super::HttpClient;
+use super::conn::{self, Connector, Home, IdleConns};
 use crate::body;
 use crate::config::{HealthCheck, UpstreamSpec};
 use crate::metrics::Metrics;
@@ -28,6 +28,8 @@ pub struct Endpoint {
     ejected_until_ms: AtomicU64,
     /// Set by the active checker when the endpoint fails its check.
     down: AtomicBool,
+    /// Open connections waiting for a request.
+    idle: Arc<IdleConns>,
 }
 
 impl Endpoint {
@@ -39,6 +41,15 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            idle: Arc::default(),
+        }
+    }
+
+    /// Where a response's connection goes when its body ends.
+    pub fn home(&self, max_idle: usize) -> Home {
+        Home {
+            idle: self.idle.clone(),
+            max_idle,
         }
     }
 
@@ -105,8 +116,8 @@ impl Drop for InFlight<'_> {
 pub async fn check_health(
     upstream: String,
     endpoints: Vec<Arc<Endpoint>>,
-    client: HttpClient,
-    scheme: http::uri::Scheme,
+    connector: Arc<Connector>,
+    max_idle: usize,
     check: HealthCheck,
 ) {
     let mut ticker = tokio::time::interval(check.interval);
@@ -114,7 +125,7 @@ pub async fn check_health(
     loop {
         ticker.tick().await;
         for endpoint in &endpoints {
-            let healthy = probe(&client, &scheme, endpoint, &check).await;
+            let healthy = probe(&connector, max_idle, endpoint, &check).await;
             let was_down = endpoint.down.swap(!healthy, Ordering::Relaxed);
             if was_down == healthy {
                 tracing::warn!(
@@ -129,24 +140,25 @@ pub async fn check_health(
 }
 
 async fn probe(
-    client: &HttpClient,
-    scheme: &http::uri::Scheme,
+    connector: &Connector,
+    max_idle: usize,
     endpoint: &Endpoint,
     check: &HealthCheck,
 ) -> bool {
-    let uri = Uri::builder()
-        .scheme(scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(check.path.as_str())
-        .build();
-    let Ok(uri) = uri else {
+    let Ok(target) = http::Uri::try_from(check.path.as_str()) else {
         return false;
     };
     let mut request = Request::new(body::empty());
-    *request.uri_mut() = uri;
+    *request.uri_mut() = target;
     if let Ok(host) = http::HeaderValue::from_str(endpoint.authority.as_str()) {
         request.headers_mut().insert(http::header::HOST, host);
     }
-    let answer = tokio::time::timeout(check.timeout, client.request(request)).await;
+    let exchange = conn::exchange(
+        connector,
+        &endpoint.authority,
+        endpoint.home(max_idle),
+        request,
+    );
+    let answer = tokio::time::timeout(check.timeout, exchange).await;
     matches!(answer, Ok(Ok(response)) if response.status().is_success())
 }

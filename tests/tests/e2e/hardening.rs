@@ -65,12 +65,19 @@ async fn upstream_reset_mid_body_aborts_the_client_connection() {
             .await;
     let proxy = TestProxy::start(&with_upstream(&upstream.to_string(), "")).await;
     let baseline = alive_tasks();
-    let response = client().get(proxy.url("/")).send().await.unwrap();
-    assert_eq!(response.status(), 200, "the head had been sent");
-    assert!(
-        response.bytes().await.is_err(),
-        "a truncated body was delivered as a success"
-    );
+    // The proxy may have flushed the head before the body failed, or not
+    // (the failure can be known before the first write): either way the
+    // client must see a failure, never a truncated success.
+    match client().get(proxy.url("/")).send().await {
+        Ok(response) => {
+            assert_eq!(response.status(), 200);
+            assert!(
+                response.bytes().await.is_err(),
+                "a truncated body was delivered as a success"
+            );
+        }
+        Err(err) => assert!(!err.is_status(), "unexpected error: {err}"),
+    }
     assert!(
         settles_to(baseline).await,
         "tasks leaked: {} > {baseline}",
