@@ -95,8 +95,12 @@ pub struct Directives {
 
 /// The outcome of a lookup.
 pub enum Lookup {
-    /// Fresh: serve this.
-    Hit(http::Response<Bytes>),
+    /// Fresh: serve this; `ttl` is its remaining freshness, for
+    /// `Cache-Status: ttl=` (none once past a plugin's cap).
+    Hit {
+        response: http::Response<Bytes>,
+        ttl: Option<Duration>,
+    },
     /// Stale but revalidatable: send this conditional request upstream.
     Revalidate {
         stored: Arc<Stored>,
@@ -230,13 +234,20 @@ impl ResponseCache {
                     let mut response = http::Response::new(stored.body.clone());
                     *response.status_mut() = stored.status;
                     *response.headers_mut() = parts.headers;
+                    let mut ttl = None;
                     if judged_at == now {
                         let age = stored.policy.age(now).as_secs();
                         if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
                             response.headers_mut().insert(header::AGE, age);
                         }
+                        ttl = Some(
+                            stored
+                                .policy
+                                .time_to_live(now)
+                                .min(stored.fresh_until.duration_since(now).unwrap_or_default()),
+                        );
                     }
-                    return Lookup::Hit(response);
+                    return Lookup::Hit { response, ttl };
                 }
                 BeforeRequest::Stale {
                     request,
@@ -251,25 +262,6 @@ impl ResponseCache {
             }
         }
         Lookup::Miss
-    }
-
-    /// Remaining freshness of a hit, for `Cache-Status: ttl=`.
-    pub fn ttl_of(&self, key: &str, req: &request::Parts) -> Option<Duration> {
-        let now = SystemTime::now();
-        let variants = self.entries.get(key)?;
-        variants
-            .0
-            .iter()
-            .find(|s| {
-                s.policy
-                    .before_request(req, now)
-                    .satisfies_without_revalidation()
-            })
-            .map(|s| {
-                s.policy
-                    .time_to_live(now)
-                    .min(s.fresh_until.duration_since(now).unwrap_or_default())
-            })
     }
 
     /// Become the leader for `key`, or wait for the current leader to finish

@@ -187,7 +187,12 @@ impl Generation {
             route: None,
             scheme,
             authority,
-            connection: connection_info(conn, version),
+            // Only plugins read it: the plain path skips formatting addresses.
+            connection: if self.chain.is_empty() {
+                no_connection_info()
+            } else {
+                connection_info(conn, version)
+            },
             head,
             properties: Vec::new(),
             upstream: None,
@@ -312,8 +317,7 @@ impl Generation {
         let mut revalidating = None;
         for attempt in 0..2 {
             match cache.lookup(&key, &policy_req) {
-                Lookup::Hit(response) => {
-                    let ttl = cache.ttl_of(&key, &policy_req);
+                Lookup::Hit { response, ttl } => {
                     let (mut parts, bytes) = response.into_parts();
                     set_cache_status(&mut parts, cache::Status::Hit, ttl);
                     let body = if is_head {
@@ -516,6 +520,18 @@ fn authority(head: &http::request::Parts) -> Result<String, ProxyError> {
         Some(_) => Err(ProxyError::BadRequest("invalid Host header")),
         None if head.version == Version::HTTP_10 => Ok(String::new()),
         None => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+/// A placeholder that allocates nothing, for requests no plugin sees.
+fn no_connection_info() -> types::ConnectionInfo {
+    types::ConnectionInfo {
+        client_ip: String::new(),
+        client_port: 0,
+        local_ip: String::new(),
+        local_port: 0,
+        http_version: types::HttpVersion::Http11,
+        tls: None,
     }
 }
 

@@ -137,7 +137,7 @@ impl Chain {
             let span = tracing::debug_span!("on_request", plugin = %plugin.name);
             let req = ex.to_wit(plugin.info.request_body);
             let answer = plugin
-                .invoke(&ex.id, Call::Request(req))
+                .invoke(&ex.id, Call::Request(&req))
                 .instrument(span)
                 .await;
             let action = match answer {
@@ -181,7 +181,7 @@ impl Chain {
                 continue;
             }
             let span = tracing::debug_span!("on_response", plugin = %plugin.name);
-            let req = req.get_or_insert_with(|| ex.to_wit(false)).clone();
+            let req = req.get_or_insert_with(|| ex.to_wit(false));
             let head = types::ResponseHead {
                 status: resp.head.status.as_u16(),
                 headers: convert::headers_to_wit(&resp.head.headers),
@@ -192,7 +192,7 @@ impl Chain {
                 },
             };
             let answer = plugin
-                .invoke(&ex.id, Call::Response(req, head))
+                .invoke(&ex.id, Call::Response(req, &head))
                 .instrument(span)
                 .await;
             match answer {
@@ -248,10 +248,12 @@ impl Chain {
             ex.head.uri =
                 http::Uri::from_parts(parts).map_err(|e| format!("invalid path rewrite: {e}"))?;
         }
-        // Apply to a copy: a failure half-way must change nothing.
-        let mut headers = ex.head.headers.clone();
-        convert::apply_header_ops(&mut headers, ops)?;
-        ex.head.headers = headers;
+        if !ops.is_empty() {
+            // Apply to a copy: a failure half-way must change nothing.
+            let mut headers = ex.head.headers.clone();
+            convert::apply_header_ops(&mut headers, ops)?;
+            ex.head.headers = headers;
+        }
         if let Some(upstream) = changes.upstream {
             ex.upstream = Some(upstream);
         }
@@ -280,12 +282,15 @@ fn apply_response_changes(
     if changes.body.is_some() && resp.body.is_none() {
         return Err("replaced the body without asking to buffer it".into());
     }
-    let mut headers = resp.head.headers.clone();
-    convert::apply_header_ops(&mut headers, ops)?;
+    if !ops.is_empty() {
+        // Apply to a copy: a failure half-way must change nothing.
+        let mut headers = resp.head.headers.clone();
+        convert::apply_header_ops(&mut headers, ops)?;
+        resp.head.headers = headers;
+    }
     if let Some(status) = status {
         resp.head.status = status;
     }
-    resp.head.headers = headers;
     if let Some(body) = changes.body {
         resp.body = Some(Bytes::from(body));
     }

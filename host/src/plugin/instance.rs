@@ -42,10 +42,10 @@ struct Warm {
 }
 
 /// The calls a plugin answers.
-pub(super) enum Call {
-    ValidateConfig(String),
-    Request(types::Request),
-    Response(types::Request, types::ResponseHead),
+pub(super) enum Call<'a> {
+    ValidateConfig(&'a str),
+    Request(&'a types::Request),
+    Response(&'a types::Request, &'a types::ResponseHead),
 }
 
 pub(super) enum Answer {
@@ -102,7 +102,7 @@ impl Plugin {
             calls: runtime.calls(),
         };
         let answer = plugin
-            .invoke("load", Call::ValidateConfig(spec.config_json.clone()))
+            .invoke("load", Call::ValidateConfig(&spec.config_json))
             .await?;
         match answer {
             Answer::ValidateConfig(Ok(info)) => plugin.info = info,
@@ -182,7 +182,11 @@ impl Plugin {
     }
 
     /// Run one call in a bounded instance.
-    pub(super) async fn invoke(&self, request_id: &str, call: Call) -> Result<Answer, PluginError> {
+    pub(super) async fn invoke(
+        &self,
+        request_id: &str,
+        call: Call<'_>,
+    ) -> Result<Answer, PluginError> {
         let _in_flight = self.calls.start();
         let mut warm = self.acquire().await?;
         request_id.clone_into(&mut warm.store.data_mut().request_id);
@@ -192,15 +196,12 @@ impl Plugin {
         let run = async move {
             match call {
                 Call::ValidateConfig(json) => guest
-                    .call_validate_config(store, &json)
+                    .call_validate_config(store, json)
                     .await
                     .map(Answer::ValidateConfig),
-                Call::Request(req) => guest
-                    .call_on_request(store, &req)
-                    .await
-                    .map(Answer::Request),
+                Call::Request(req) => guest.call_on_request(store, req).await.map(Answer::Request),
                 Call::Response(req, resp) => guest
-                    .call_on_response(store, &req, &resp)
+                    .call_on_response(store, req, resp)
                     .await
                     .map(Answer::Response),
             }
