@@ -1,0 +1,220 @@
+//! Criterion benchmarks of the host's own per-request work around the
+//! plugins, without sockets:
+//!
+//! * `cache hit`: what `proxy::Generation::fetch` does for a request the
+//!   cache answers — the bypass check, the policy request, the primary key,
+//!   the lookup (asserted to be a fresh hit, with its remaining TTL) and the
+//!   `Cache-Status` header. The entry is stored beforehand through the path
+//!   the proxy uses (`storable`, then `store_on_completion` with the body
+//!   streamed to its end), for the JSON `bench/run.py`'s origin serves.
+//! * `headers to WIT`: `convert::headers_to_wit` on a 10-header browser
+//!   request, as every plugin call pays for the request head (and each
+//!   response-phase call again for the response head).
+//! * `header ops from WIT`: a plugin's answer coming back — `check_header_ops`
+//!   then `apply_header_ops` onto a copy of the request headers (set, append,
+//!   two removes), as the chain applies a `continue` with header changes.
+//! * `header list from WIT`: `check_header_list` on a local response's
+//!   headers, as the chain builds a plugin's `respond` answer (a 401 here).
+//!
+//! Run: `cargo bench -p weir-tests --bench hot_paths`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{request, response};
+use http_body_util::BodyExt;
+use weir::cache::{self, Directives, Lookup, ResponseCache};
+use weir::config::CacheSettings;
+use weir::plugin::bindings::types::{self, HeaderOp};
+use weir::plugin::convert;
+
+const AUTHORITY: &str = "bench.local";
+const CACHED_BODY: &str = r#"{"cached":true}"#;
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// A browser-like API request: ten headers, one of them a bearer token.
+fn browser_request(path: &str) -> request::Parts {
+    let (head, ()) = http::Request::builder()
+        .uri(path)
+        .header("host", AUTHORITY)
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        )
+        .header("accept", "application/json, text/plain, */*")
+        .header("accept-language", "en-GB,en;q=0.9")
+        .header("accept-encoding", "gzip, deflate, br, zstd")
+        .header(
+            "authorization",
+            "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCIsInRlbmFudCI6ImFjbWUifQ.c2lnbmF0dXJlLW9mLXRoZS1iZW5jaC10b2tlbg",
+        )
+        .header("cookie", "session=8f14e45fceea167a5a36dedd4bea2543; theme=dark")
+        .header("referer", "https://app.example.com/dashboard")
+        .header("x-request-id", "01J9Z3Q4V8R6N2K7M5T1W0XBCD")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(())
+        .expect("request")
+        .into_parts();
+    head
+}
+
+/// The cache as `[cache]` configures it by default (run.py sets only the
+/// capacity, to this same 64 MiB).
+fn settings() -> CacheSettings {
+    CacheSettings {
+        capacity_bytes: 64 << 20,
+        max_entry_bytes: 8 << 20,
+        max_ttl: Duration::from_secs(24 * 3600),
+        stale_keep: Duration::from_secs(600),
+        allow_shared_authenticated: false,
+        store_set_cookie: false,
+    }
+}
+
+/// The request the cache answers: run.py's `/cache.json`, without
+/// credentials (a shared cache does not store answers to `Authorization`).
+fn cacheable_request() -> request::Parts {
+    let mut head = browser_request("/cache.json");
+    head.headers.remove(http::header::AUTHORIZATION);
+    head
+}
+
+/// Store the origin's answer to `head` the way `fetch` does on a miss.
+fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &request::Parts) {
+    let directives = Directives::default();
+    let (parts, ()) = http::Response::builder()
+        .header("server", "nginx")
+        .header("content-type", "application/json")
+        .header("content-length", CACHED_BODY.len().to_string())
+        .header("cache-control", "public, max-age=3600")
+        .body(())
+        .expect("response")
+        .into_parts();
+    let policy_req = cache.policy_request(head, &directives);
+    let key = ResponseCache::key(AUTHORITY, head, &directives);
+    let policy = cache
+        .storable(&policy_req, &parts)
+        .expect("the origin's answer is storable");
+    let body = cache.store_on_completion(
+        key,
+        &policy_req,
+        policy,
+        &parts,
+        weir::body::full(CACHED_BODY),
+        &directives,
+        None,
+    );
+    // The entry is stored once its body has streamed to the client.
+    let streamed = rt
+        .block_on(body.collect())
+        .expect("body streams")
+        .to_bytes();
+    assert_eq!(streamed, CACHED_BODY);
+}
+
+/// `fetch`'s path for a request the cache answers, up to the response
+/// head and bytes it turns into the client's response.
+fn cache_hit(cache: &ResponseCache, head: &request::Parts) -> (response::Parts, bytes::Bytes) {
+    let directives = Directives::default();
+    assert!(cache.bypass_reason(&head.method, &directives).is_none());
+    let policy_req = cache.policy_request(head, &directives);
+    let key = ResponseCache::key(AUTHORITY, head, &directives);
+    let Lookup::Hit { response, ttl } = cache.lookup(&key, &policy_req) else {
+        panic!("expected a fresh cache hit for {key}");
+    };
+    let (mut parts, bytes) = response.into_parts();
+    parts
+        .headers
+        .insert(CACHE_STATUS, cache::Status::Hit.header_value(ttl));
+    (parts, bytes)
+}
+
+/// What a plugin such as auth hands back with `continue`: identity headers
+/// set, a chain marker appended, credentials stripped.
+fn header_ops() -> Vec<HeaderOp> {
+    vec![
+        HeaderOp::Set(("x-user".into(), "bench".into())),
+        HeaderOp::Append(("x-weir-chain".into(), "auth".into())),
+        HeaderOp::Remove("authorization".into()),
+        HeaderOp::Remove("cookie".into()),
+    ]
+}
+
+/// Check a plugin's header operations, then apply them to a copy of the
+/// request headers (a rejected answer must change nothing).
+fn apply_answer(headers: &HeaderMap, ops: Vec<HeaderOp>) -> HeaderMap {
+    let ops = convert::check_header_ops(ops).expect("valid ops");
+    let mut applied = headers.clone();
+    convert::apply_header_ops(&mut applied, ops).expect("ops apply");
+    applied
+}
+
+/// A plugin's local `401` answer.
+fn local_response_headers() -> types::Headers {
+    [
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+        (
+            "www-authenticate",
+            "Bearer realm=\"weir\", error=\"invalid_token\"",
+        ),
+        ("x-weir-denied-by", "auth"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .collect()
+}
+
+fn bench_cache(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let cache = Arc::new(ResponseCache::new(settings()));
+    let head = cacheable_request();
+    store(&rt, &cache, &head);
+    let (parts, bytes) = cache_hit(&cache, &head);
+    assert_eq!(bytes, CACHED_BODY);
+    assert!(parts.headers.contains_key(CACHE_STATUS));
+
+    c.bench_function(
+        "cache hit (key, policy request, lookup, Cache-Status)",
+        |b| b.iter(|| cache_hit(&cache, &head)),
+    );
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let headers = browser_request("/api/items?page=2").headers;
+    assert_eq!(headers.len(), 10);
+
+    c.bench_function("headers to WIT, 10 request headers", |b| {
+        b.iter(|| convert::headers_to_wit(&headers))
+    });
+
+    let applied = apply_answer(&headers, header_ops());
+    assert_eq!(
+        applied.get("x-user"),
+        Some(&HeaderValue::from_static("bench"))
+    );
+    assert!(!applied.contains_key("authorization"));
+
+    c.bench_function("header ops from WIT, check + apply 4 ops", |b| {
+        b.iter_batched(
+            header_ops,
+            |ops| apply_answer(&headers, ops),
+            BatchSize::SmallInput,
+        )
+    });
+
+    c.bench_function("header list from WIT, local response of 4 headers", |b| {
+        b.iter_batched(
+            local_response_headers,
+            |list| convert::check_header_list(list).expect("valid headers"),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench_cache, bench_headers);
+criterion_main!(benches);
