@@ -34,6 +34,7 @@ PORTS = {
     "nginx-cache": 18003, "nginx-cache-h2": 18103,
     "weir": 18004,
     "weir-chain": 18005,
+    "weir-chain-fresh": 18007,
     "weir-cache": 18006,
 }
 
@@ -44,6 +45,8 @@ ROWS = [
     ("haproxy", "haproxy", "haproxy-h2", "/13", None),
     ("Weir, no plugins", "weir", "weir", "/13", "nginx proxy_pass (keep-alive)"),
     ("Weir, 4-plugin chain", "weir-chain", "weir-chain", "/13", "nginx proxy_pass (keep-alive)"),
+    ("Weir, 4-plugin chain, fresh instances", "weir-chain-fresh", "weir-chain-fresh", "/13",
+     "nginx proxy_pass (keep-alive)"),
     ("nginx proxy_cache hit", "nginx-cache", "nginx-cache-h2", "/cache.json", None),
     ("Weir cache hit", "weir-cache", "weir-cache", "/cache.json", "nginx proxy_cache hit"),
     ("direct to origin, 64 KiB", "origin", "origin-h2", "/64k", None),
@@ -144,7 +147,7 @@ def haproxy_conf(work):
     """)
 
 
-def weir_conf(work, name, chain):
+def weir_conf(work, name, chain, instances="pooled"):
     origin = f"127.0.0.1:{PORTS['origin']}"
     text = f"""
         default_upstream = "origin"
@@ -172,13 +175,16 @@ def weir_conf(work, name, chain):
         text += f"""
         [plugins.auth]
         file = "{PLUGINS}/auth.wasm"
+        instances = "{instances}"
         [plugins.auth.config]
         methods = ["api_key"]
         api_key = {{ header = "x-api-key", keys = [{{ sha256 = "{API_KEY_SHA256}", user = "bench", tenant = "bench" }}] }}
 
         [plugins.ratelimit]
         file = "{PLUGINS}/rate_limit.wasm"
+        instances = "{instances}"
         [plugins.ratelimit.config]
+        headers_on_success = true
         [[plugins.ratelimit.config.limits]]
         name = "tenant"
         key = "property:tenant"
@@ -187,12 +193,14 @@ def weir_conf(work, name, chain):
 
         [plugins.cache]
         file = "{PLUGINS}/cache_policy.wasm"
+        instances = "{instances}"
         [[plugins.cache.config.rules]]
         prefix = "/"
         key_properties = ["tenant"]
 
         [plugins.router]
         file = "{PLUGINS}/router.wasm"
+        instances = "{instances}"
         [plugins.router.config]
         default_upstream = "origin"
         [[plugins.router.config.rules]]
@@ -297,9 +305,11 @@ def main():
         start(["nginx", "-c", str(nginx_conf(work)), "-g", "daemon off;"])
         start(["haproxy", "-f", str(haproxy_conf(work))])
         weirs = {}
-        for name, chain in [("weir", []), ("weir-chain", ["auth", "ratelimit", "cache", "router"]),
-                            ("weir-cache", [])]:
-            conf = weir_conf(work, name, chain)
+        sample = ["auth", "ratelimit", "cache", "router"]
+        for name, chain, instances in [("weir", [], None), ("weir-chain", sample, "pooled"),
+                                       ("weir-chain-fresh", sample, "fresh"),
+                                       ("weir-cache", [], None)]:
+            conf = weir_conf(work, name, chain, instances)
             weirs[name] = start([str(WEIR), "run", "--threads", "1", "--config", str(conf)],
                                 env={**os.environ, "WEIR_LOG": "warn"})
         for port in PORTS.values():

@@ -41,7 +41,7 @@ pub fn idle_timeout(inner: Body, timeout: std::time::Duration) -> Body {
     IdleTimeout {
         inner,
         timeout,
-        sleep: Box::pin(tokio::time::sleep(timeout)),
+        sleep: None,
     }
     .boxed()
 }
@@ -54,7 +54,9 @@ pub struct BodyIdle(std::time::Duration);
 struct IdleTimeout {
     inner: Body,
     timeout: std::time::Duration,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Armed the first time the body has to wait: a body whose frames are
+    /// all ready at once (most small responses) never touches the timer.
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for IdleTimeout {
@@ -70,14 +72,23 @@ impl http_body::Body for IdleTimeout {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + this.timeout;
-                this.sleep.as_mut().reset(deadline);
+                if let Some(sleep) = &mut this.sleep {
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.timeout);
+                }
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(this.timeout))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(timeout))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
