@@ -3,7 +3,9 @@
 //! enforced by the epoch ticker, and a memory cap. A failure — trap,
 //! deadline, memory cap — fails that call only; the instance is discarded.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap};
@@ -206,14 +208,14 @@ impl Plugin {
                     .map(Answer::Response),
             }
         };
-        let result = tokio::time::timeout(self.timeout + HOST_CALL_SLACK, run).await;
+        let result = within(self.timeout + HOST_CALL_SLACK, run).await;
         let error = match result {
             Ok(Ok(answer)) => {
                 self.release(warm);
                 return Ok(answer);
             }
             Ok(Err(err)) => self.classify(err, &warm.store),
-            Err(_elapsed) => PluginError::Timeout {
+            Err(Elapsed) => PluginError::Timeout {
                 plugin: self.name.clone(),
                 timeout_ms: self.timeout.as_millis() as u64,
             },
@@ -247,4 +249,29 @@ impl Plugin {
             message: format!("{err:#}"),
         }
     }
+}
+
+/// The wall-time limit of a call passed.
+struct Elapsed;
+
+/// `tokio::time::timeout`, with the timer armed only if the call has to
+/// wait (a host import awaiting KV or HTTP). Most calls finish in their
+/// first poll and never touch the timer wheel.
+async fn within<F: Future>(limit: Duration, call: F) -> Result<F::Output, Elapsed> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut call = std::pin::pin!(call);
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = call.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if timer.is_none() {
+            timer.set(Some(tokio::time::sleep_until(deadline)));
+        }
+        match timer.as_mut().as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| Err(Elapsed)),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
