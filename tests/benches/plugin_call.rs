@@ -6,8 +6,9 @@
 //! the plugin's changes — what a request pays.
 //!
 //! The sample chain is measured per request: the request phase, then the
-//! response phase exactly as `proxy::Generation::serve` runs it (only when a
-//! plugin that ran has one; as configured, none of the four does). Every
+//! response phase exactly as `proxy::Generation::serve` runs it (rate-limit
+//! has one: it adds `RateLimit` headers to every answer, as in
+//! `examples/proxy.toml`). Every
 //! iteration asserts the chain let the request through, so a refused API key
 //! or an exhausted rate limit fails the bench instead of timing a 401 or 429.
 //!
@@ -112,6 +113,7 @@ api_key = {{ header = "x-api-key", keys = [{{ sha256 = "{API_KEY_SHA256}", user 
 file = {rate_limit:?}
 instances = {instances:?}
 [plugins.ratelimit.config]
+headers_on_success = true
 [[plugins.ratelimit.config.limits]]
 name = "tenant"
 key = "property:tenant"

@@ -114,8 +114,15 @@ impl Connector {
             Some(tls) => {
                 let name = match &tls.server_name {
                     Some(name) => name.clone(),
-                    None => ServerName::try_from(authority.host().to_owned())
-                        .map_err(|e| ExchangeError::Connect(format!("server name: {e}")))?,
+                    // An IPv6 literal comes bracketed in an authority.
+                    None => ServerName::try_from(
+                        authority
+                            .host()
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_owned(),
+                    )
+                    .map_err(|e| ExchangeError::Connect(format!("server name: {e}")))?,
                 };
                 let handshake = tls.connector.connect(name, tcp);
                 let stream = tokio::time::timeout(self.connect_timeout, handshake)
@@ -213,14 +220,14 @@ pub async fn exchange(
     // An idle connection the upstream closed meanwhile refuses the request
     // before sending any of it; try the next one, then a new one.
     while let Some(mut conn) = home.idle.checkout() {
-        match drive(&mut conn, |sender| sender.try_send_request(request)).await {
+        match drive(&mut conn, request).await {
             Ok(response) => return Ok(with_home(response, conn, home)),
             Err(TryError::Unsent(returned)) => request = *returned,
             Err(TryError::Failed(err)) => return Err(err),
         }
     }
     let mut conn = connector.connect(authority).await?;
-    match drive(&mut conn, |sender| sender.try_send_request(request)).await {
+    match drive(&mut conn, request).await {
         Ok(response) => Ok(with_home(response, conn, home)),
         Err(TryError::Unsent(_)) => Err(ExchangeError::Connect(
             "connection closed before the request was sent".into(),
@@ -237,19 +244,13 @@ enum TryError {
 
 /// Poll the connection and the response future together until the response
 /// head arrives or the connection fails.
-async fn drive<F, Fut>(conn: &mut Conn, send: F) -> Result<Response<Incoming>, TryError>
-where
-    F: FnOnce(&mut http1::SendRequest<Body>) -> Fut,
-    Fut: Future<
-        Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>,
-    >,
-{
+async fn drive(conn: &mut Conn, request: Request<Body>) -> Result<Response<Incoming>, TryError> {
     let Conn {
         sender,
         driver,
         failed,
     } = conn;
-    let mut response = std::pin::pin!(send(sender));
+    let mut response = std::pin::pin!(sender.try_send_request(request));
     std::future::poll_fn(|cx| {
         if let Some(running) = driver {
             if let Poll::Ready(result) = Pin::new(running).poll(cx) {

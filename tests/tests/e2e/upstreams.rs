@@ -219,3 +219,81 @@ async fn active_health_check_takes_a_failing_endpoint_out() {
     }
     assert_eq!(sick_count.load(Ordering::SeqCst), 0);
 }
+
+/// A raw keep-alive upstream that counts the connections it accepts and
+/// answers every request on them; with `close_after`, it closes each
+/// connection that long after its first answer (an origin's keep-alive
+/// timeout expiring while the proxy holds the connection idle).
+async fn counting_upstream(close_after: Option<Duration>) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    // Every test request is a small GET: one read is one request.
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if let Some(after) = close_after {
+                        tokio::time::sleep(after).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn single_endpoint(addr: &str) -> String {
+    format!("default_upstream = \"up\"\n[upstreams.up]\nendpoints = [\"{addr}\"]\nretries = 0\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (addr, accepted) = counting_upstream(None).await;
+    let proxy = TestProxy::start(&single_endpoint(&addr)).await;
+    let client = client();
+    for _ in 0..20 {
+        let response = client.get(proxy.url("/")).send().await.expect("request");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.expect("body"), "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "20 sequential requests should share one upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connection_closed_by_the_upstream_is_not_reused() {
+    let (addr, accepted) = counting_upstream(Some(Duration::from_millis(50))).await;
+    let proxy = TestProxy::start(&single_endpoint(&addr)).await;
+    let client = client();
+    for round in 0..3 {
+        let response = client.get(proxy.url("/")).send().await.expect("request");
+        assert_eq!(response.status(), 200, "round {round}");
+        assert_eq!(response.text().await.expect("body"), "ok");
+        // Let the upstream close the connection the proxy now holds idle.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one fresh connection per round"
+    );
+}
