@@ -309,7 +309,7 @@ pub fn client_config(spec: &UpstreamTls) -> Result<ClientConfig, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_root_certificates(roots);
-    // ALPN is left to hyper-rustls (`enable_http1`), which insists on it.
+    // ALPN (`http/1.1`) is set by the upstream connector that uses it.
     let config = match (&spec.client_cert, &spec.client_key) {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
@@ -317,14 +317,4 @@ pub fn client_config(spec: &UpstreamTls) -> Result<ClientConfig, TlsError> {
         _ => builder.with_no_client_auth(),
     };
     Ok(config)
-}
-
-/// A client config that trusts nothing: for pools that never use TLS but
-/// share the connector type with those that do.
-pub fn plain_client_config() -> Result<ClientConfig, TlsError> {
-    Ok(ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth())
 }
