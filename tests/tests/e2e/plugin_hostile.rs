@@ -101,6 +101,27 @@ async fn endless_loop_is_stopped_by_the_deadline() {
     assert!(plugin_errors(&proxy, "timeout") >= 1);
 }
 
+/// The epoch ticker sleeps when no plugin call has run for a while; the
+/// next call must wake it, or a looping guest would never be interrupted
+/// (the wall-clock fallback cannot preempt wasm that never yields). Were
+/// that broken, the looping call would hold a runtime thread for good:
+/// the request below times out, and the test process then hangs on
+/// shutdown rather than ending cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_loop_after_an_idle_spell_is_still_stopped() {
+    let (proxy, _up) = proxy_with("loop", "on_error = \"deny\"\ntimeout_ms = 50").await;
+    // Well past the ticker's 100 idle ticks: it is parked now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        client().get(proxy.url("/boom")).send(),
+    )
+    .await
+    .expect("the loop was never interrupted: the ticker stayed asleep")
+    .expect("request");
+    assert_eq!(answer.status(), 503);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn endless_loop_in_pooled_instance_is_discarded() {
     let (proxy, _up) = proxy_with(
