@@ -16,6 +16,7 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
+source scripts/wasm-target.sh
 (cd plugins && cargo build --release --target wasm32-wasip2 --quiet)
 cargo build --release --quiet -p weir
 exec python3 bench/run.py "$@"

@@ -32,6 +32,9 @@ wit="$root/wit"
 work="$root/target/foreign"
 mkdir -p "$1" "$work"
 out="$(cd "$1" && pwd)"
+# Components built here may link Rust (the C bindings tool, guest crates):
+# the pinned toolchain must have its wasm32-wasip2 target.
+source "$root/scripts/wasm-target.sh"
 
 # One build at a time: tests, clippy and a hand-run may overlap.
 if command -v flock >/dev/null 2>&1; then

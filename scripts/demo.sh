@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "==> building the sample plugins (wasm32-wasip2; rust-toolchain.toml brings the target)"
+source scripts/wasm-target.sh
+echo "==> building the sample plugins (wasm32-wasip2)"
 (cd plugins && cargo build --release --target wasm32-wasip2 --quiet)
 for wasm in plugins/target/wasm32-wasip2/release/*.wasm; do
   cp "$wasm" plugins/

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for every test: formatting, lints, unit tests, the end-to-end
 # suite (which compiles the plugins for wasm32-wasip2 itself), and a compile
-# check of the benchmarks. Installs what it needs; rust-toolchain.toml brings
-# the wasm32-wasip2 target.
+# check of the benchmarks. Installs what it needs, the wasm32-wasip2 target
+# included (rustup adds rust-toolchain.toml's targets only to a toolchain it
+# installs itself, never to one already there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,16 @@ if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The plugins are built for wasm32-wasip2 by tests/build.rs, minutes into
+# the build: check the target now, not there.
+source scripts/wasm-target.sh
+sysroot="$(rustc --print sysroot)"
+if [ ! -d "$sysroot/lib/rustlib/wasm32-wasip2/lib" ]; then
+  echo "error: the wasm32-wasip2 target is still missing from $sysroot after 'rustup target add';" >&2
+  echo "       the sample plugins cannot be built. Run 'rustup target add wasm32-wasip2' here and look at its output." >&2
+  exit 1
 fi
 
 echo "==> fmt"

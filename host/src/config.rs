@@ -229,7 +229,11 @@ impl Config {
 
     /// Validate config text; `path` locates relative files and errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-        let located = Locator { path, text };
+        let located = Locator {
+            path,
+            text,
+            base: base_dir(path),
+        };
         let deserializer = toml::de::Deserializer::parse(text)
             .map_err(|e| ConfigErrors(vec![located.toml_error(String::new(), &e)]))?;
         let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -245,10 +249,24 @@ impl Config {
     }
 }
 
-/// Turns byte spans into line numbers for error messages.
+/// The folder every relative path in a config file is resolved against:
+/// the file's own, made absolute. `Path::parent` of a bare `proxy.toml` is
+/// the empty path, which `std::path::absolute` refuses, so that case (and
+/// `./proxy.toml`) means the working directory at load time.
+fn base_dir(config: &Path) -> PathBuf {
+    let parent = match config.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned())
+}
+
+/// Turns byte spans into line numbers for error messages, and knows the
+/// folder relative paths are resolved against.
 struct Locator<'a> {
     path: &'a Path,
     text: &'a str,
+    base: PathBuf,
 }
 
 impl Locator<'_> {
@@ -275,7 +293,7 @@ impl Locator<'_> {
     }
 
     fn base_dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
+        &self.base
     }
 }
 
@@ -335,8 +353,7 @@ impl Validator<'_> {
         let chain = self.chain(&raw);
 
         // wasmtime's cache wants an absolute directory; so do log lines.
-        let base = std::path::absolute(self.at.base_dir())
-            .unwrap_or_else(|_| self.at.base_dir().to_owned());
+        let base = self.at.base_dir().to_owned();
         let limits = &raw.limits;
         let config = Config {
             path: self.at.path.to_owned(),

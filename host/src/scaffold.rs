@@ -303,6 +303,7 @@ fn build_rust(project: &Path, name: &str, output: &Path) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| project.join("target"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    ensure_wasm_target(project)?;
     run(
         Command::new(cargo)
             .current_dir(project)
@@ -321,6 +322,51 @@ fn build_rust(project: &Path, name: &str, output: &Path) -> Result<()> {
     std::fs::copy(&built, output)
         .with_context(|| format!("copying {} to {}", built.display(), output.display()))?;
     Ok(())
+}
+
+/// Make sure the toolchain that builds `project` has the `wasm32-wasip2`
+/// target. rustup adds a `rust-toolchain.toml`'s targets only when it
+/// installs the toolchain itself, so a toolchain already present may lack
+/// it; `rustup target add` is idempotent and quick when it is there.
+fn ensure_wasm_target(project: &Path) -> Result<()> {
+    let listed = Command::new("rustup")
+        .current_dir(project)
+        .args(["target", "list", "--installed"])
+        .output();
+    match listed {
+        Ok(out) if out.status.success() => {
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|line| line.trim() == "wasm32-wasip2")
+            {
+                return Ok(());
+            }
+            run(
+                Command::new("rustup").current_dir(project).args([
+                    "target",
+                    "add",
+                    "wasm32-wasip2",
+                ]),
+                "rustup target add wasm32-wasip2",
+            )
+        }
+        // No rustup: the toolchain must bring the target itself, and cargo
+        // says so clearly enough if it does not.
+        _ => {
+            let sysroot = Command::new("rustc")
+                .args(["--print", "sysroot"])
+                .output()
+                .ok()
+                .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+            match sysroot {
+                Some(root) if root.join("lib/rustlib/wasm32-wasip2").is_dir() => Ok(()),
+                _ => bail!(
+                    "this Rust toolchain has no wasm32-wasip2 target and rustup was not found: \
+                     install rustup (https://rustup.rs) and run `rustup target add wasm32-wasip2`"
+                ),
+            }
+        }
+    }
 }
 
 fn build_js(project: &Path, output: &Path) -> Result<()> {

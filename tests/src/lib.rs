@@ -328,6 +328,8 @@ pub struct WeirProcess {
     pub child: tokio::process::Child,
     /// The first listener's `IP:PORT`, read from the "listening" log line.
     pub address: String,
+    /// What it logged before it listened.
+    pub startup: Vec<String>,
     /// The rest of its log, line by line.
     pub log: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
 }
@@ -335,10 +337,17 @@ pub struct WeirProcess {
 /// Start `binary run --config config` (pass `env!("CARGO_BIN_EXE_weir-e2e")`)
 /// with an info-level, colourless log, and wait until it listens.
 pub async fn run_weir_binary(binary: &str, config: &Path) -> WeirProcess {
+    let mut command = tokio::process::Command::new(binary);
+    command.args(["run", "--config"]).arg(config);
+    spawn_weir(command).await
+}
+
+/// Start a prepared `weir run` command (arguments and working directory
+/// set by the caller) with an info-level, colourless log, and wait until
+/// it listens.
+pub async fn spawn_weir(mut command: tokio::process::Command) -> WeirProcess {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(binary)
-        .args(["run", "--config"])
-        .arg(config)
+    let mut child = command
         .env("WEIR_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("RUST_BACKTRACE")
@@ -349,19 +358,22 @@ pub async fn run_weir_binary(binary: &str, config: &Path) -> WeirProcess {
         .expect("spawn weir");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut log = tokio::io::BufReader::new(stderr).lines();
+    let mut startup = Vec::new();
     let address = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         while let Some(line) = log.next_line().await.expect("read log") {
             if let Some((_, address)) = line.split_once(" listening address=") {
                 return address.trim().to_owned();
             }
+            startup.push(line);
         }
-        panic!("weir exited before listening");
+        panic!("weir exited before listening:\n{}", startup.join("\n"));
     })
     .await
     .expect("weir listens");
     WeirProcess {
         child,
         address,
+        startup,
         log,
     }
 }

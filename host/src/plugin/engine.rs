@@ -59,18 +59,7 @@ impl Runtime {
         pooling.table_keep_resident(64 << 10);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
 
-        std::fs::create_dir_all(&settings.cache_dir).map_err(|e| PluginError::Runtime {
-            message: format!(
-                "cannot create cache dir {}: {e}",
-                settings.cache_dir.display()
-            ),
-        })?;
-        let mut cache_config = CacheConfig::new();
-        cache_config.with_directory(&settings.cache_dir);
-        let cache = Cache::new(cache_config).map_err(|e| PluginError::Runtime {
-            message: format!("compilation cache: {e:#}"),
-        })?;
-        config.cache(Some(cache));
+        config.cache(compilation_cache(&settings.cache_dir));
 
         let engine = Engine::new(&config).map_err(|e| PluginError::Runtime {
             message: format!("engine: {e:#}"),
@@ -228,6 +217,39 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
             let _ = thread.join();
+        }
+    }
+}
+
+/// The on-disk compilation cache, or none. A cache only saves compile time,
+/// so a directory that cannot be created or used costs a warning, never the
+/// start: Weir then compiles every plugin at each load.
+fn compilation_cache(dir: &Path) -> Option<Cache> {
+    let made = std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        .and_then(|()| {
+            // create_dir_all succeeds on an existing read-only folder; the
+            // cache would then fail on every write, silently.
+            let probe = dir.join(".weir-write-probe");
+            std::fs::write(&probe, b"")
+                .map(|()| {
+                    let _ = std::fs::remove_file(&probe);
+                })
+                .map_err(|e| format!("cannot write to {}: {e}", dir.display()))
+        });
+    let cache = made.and_then(|()| {
+        let mut cache_config = CacheConfig::new();
+        cache_config.with_directory(dir);
+        Cache::new(cache_config).map_err(|e| format!("{e:#}"))
+    });
+    match cache {
+        Ok(cache) => Some(cache),
+        Err(why) => {
+            tracing::warn!(
+                "compilation cache disabled, plugins are compiled at every load: {why} \
+                 (set [runtime] cache_dir to a writable folder)"
+            );
+            None
         }
     }
 }

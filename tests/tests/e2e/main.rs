@@ -23,6 +23,7 @@ mod reload;
 mod scaffold;
 mod tls;
 mod upstreams;
+mod working_dir;
 
 // Fails to compile if a plugin in plugins/ has no `plugin_<name>` module.
 include!(concat!(env!("OUT_DIR"), "/every_plugin_tested.rs"));

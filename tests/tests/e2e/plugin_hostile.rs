@@ -456,6 +456,7 @@ async fn trap_is_logged_with_the_plugin_name_and_a_backtrace() {
         mut child,
         address,
         log: mut lines,
+        ..
     } = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
 
     let response = client()

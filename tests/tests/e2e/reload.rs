@@ -104,6 +104,7 @@ async fn sighup_reloads_the_real_binary() {
         mut child,
         address,
         log: mut lines,
+        ..
     } = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let url = format!("http://{address}/");
