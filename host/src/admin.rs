@@ -1,7 +1,9 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`, and
 //! cache purge — `POST /cache/purge?key=K` (one exact key) or
 //! `POST /cache/purge?prefix=P` (every key starting with P). Keys are
-//! `host[:port]/path?query`, lower-case host, as the cache builds them.
+//! `scheme://host[:port]/path?query` as the cache builds them (lower-case
+//! host, default port dropped, canonical path); without `scheme://` a key
+//! or prefix names both schemes.
 //! Bind it to loopback or a private network: it has no authentication.
 
 use std::future::Future;

@@ -93,6 +93,19 @@ pub struct Directives {
     pub share_authenticated: bool,
 }
 
+/// What the cache must know of a request beyond its head: the parts of
+/// its key the head does not carry, and how the client sent it.
+pub struct Facts<'a> {
+    pub scheme: &'a str,
+    /// Validated and normalised (see `canonical::authority`).
+    pub authority: &'a str,
+    /// The client sent credentials (`Authorization`), or a plugin consumed
+    /// one; judged before the chain, so a plugin stripping `Authorization`
+    /// does not make the response look shareable.
+    pub credentialed: bool,
+    pub directives: Directives,
+}
+
 /// The outcome of a lookup.
 pub enum Lookup {
     /// Fresh: serve this; `ttl` is its remaining freshness, for
@@ -192,27 +205,41 @@ impl ResponseCache {
         }
     }
 
-    /// The primary key: authority + path + query, plus plugin key parts.
-    /// Method is not part of it: only GET responses are stored and HEAD is
-    /// answered from them.
-    pub fn key(authority: &str, head: &request::Parts, directives: &Directives) -> String {
-        let mut key = format!("{}{}", authority.to_ascii_lowercase(), head.uri);
-        for part in &directives.extra_key {
+    /// The primary key, from typed parts encoded so that two distinct
+    /// requests never share one: `scheme://authority` (validated: no `/`,
+    /// `?`, `@` or controls), the canonical origin-form path and query
+    /// (no controls), then each plugin key part as U+001F, its byte length,
+    /// `:` and the part. Method is not part of it: only GET responses are
+    /// stored and HEAD is answered from them.
+    pub fn key(facts: &Facts<'_>, head: &request::Parts) -> String {
+        let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut key = format!("{}://{}{target}", facts.scheme, facts.authority);
+        for part in &facts.directives.extra_key {
             key.push('\u{1f}');
+            key.push_str(&part.len().to_string());
+            key.push(':');
             key.push_str(part);
         }
         key
     }
 
-    /// The request as the cache policy judges it: `Authorization` hidden when
-    /// sharing authenticated responses is both allowed and asked for.
-    pub fn policy_request(&self, head: &request::Parts, directives: &Directives) -> request::Parts {
+    /// The request as the cache policy judges it. A request the client sent
+    /// with credentials is judged as authenticated (RFC 9111 §3.5) even if
+    /// a plugin removed them; `Authorization` is hidden only when sharing
+    /// authenticated responses is both allowed by the operator and asked
+    /// for by a plugin.
+    pub fn policy_request(&self, head: &request::Parts, facts: &Facts<'_>) -> request::Parts {
         let mut head = head.clone();
         if head.method == Method::HEAD {
             head.method = Method::GET;
         }
-        if directives.share_authenticated && self.settings.allow_shared_authenticated {
+        if facts.directives.share_authenticated && self.settings.allow_shared_authenticated {
             head.headers.remove(header::AUTHORIZATION);
+        } else if facts.credentialed && !head.headers.contains_key(header::AUTHORIZATION) {
+            head.headers.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_static("consumed-by-plugin"),
+            );
         }
         head
     }
@@ -410,16 +437,33 @@ impl ResponseCache {
         }
     }
 
-    /// Purge one exact primary key (every variant). Returns whether it existed.
+    /// Purge one exact primary key (every variant). A key given without a
+    /// scheme (`host/path?query`) names both its `http` and `https` entry.
+    /// Returns whether any existed.
     pub fn purge_key(&self, key: &str) -> bool {
-        self.entries.remove(key).is_some()
+        if key.contains("://") {
+            return self.entries.remove(key).is_some();
+        }
+        let http = self.entries.remove(&format!("http://{key}")).is_some();
+        let https = self.entries.remove(&format!("https://{key}")).is_some();
+        http || https
     }
 
-    /// Purge every key starting with `prefix`.
+    /// Purge every key starting with `prefix`; without a scheme, the
+    /// prefix is matched after either.
     pub fn purge_prefix(&self, prefix: &str) -> Result<(), String> {
         let prefix = prefix.to_owned();
+        let with_scheme = prefix.contains("://");
         self.entries
-            .invalidate_entries_if(move |key, _| key.starts_with(&prefix))
+            .invalidate_entries_if(move |key, _| {
+                if with_scheme {
+                    return key.starts_with(&prefix);
+                }
+                ["http://", "https://"].iter().any(|scheme| {
+                    key.strip_prefix(scheme)
+                        .is_some_and(|rest| rest.starts_with(&prefix))
+                })
+            })
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
@@ -533,5 +577,47 @@ impl http_body::Body for TeeBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(scheme: &str, authority: &str, target: &str, extra: &[&str]) -> String {
+        let (head, ()) = http::Request::builder()
+            .uri(target)
+            .body(())
+            .expect("request")
+            .into_parts();
+        let facts = Facts {
+            scheme,
+            authority,
+            credentialed: false,
+            directives: Directives {
+                extra_key: extra.iter().map(|s| s.to_string()).collect(),
+                ..Directives::default()
+            },
+        };
+        ResponseCache::key(&facts, &head)
+    }
+
+    #[test]
+    fn distinct_requests_never_share_a_key() {
+        let keys = [
+            key("http", "a.example", "/x", &[]),
+            key("https", "a.example", "/x", &[]),
+            key("http", "a.example", "/x?", &[]),
+            key("http", "a.example", "/x?y", &[]),
+            key("http", "a.example:8080", "/x", &[]),
+            key("http", "a.example", "/x", &[""]),
+            key("http", "a.example", "/x", &["a", "b"]),
+            key("http", "a.example", "/x", &["a\u{1f}1:b"]),
+            key("http", "a.example", "/x", &["ab"]),
+            key("http", "a.example", "/x", &["a\u{1f}b"]),
+        ];
+        let unique: std::collections::HashSet<&String> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "{keys:#?}");
+        assert_eq!(keys[0], "http://a.example/x");
     }
 }

@@ -102,8 +102,35 @@ pub struct Limits {
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
-    pub trust_forwarded_headers: bool,
+    /// Peers whose forwarding headers are believed (empty: nobody).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub client_ip_header: ClientIpHeader,
+    pub paths: crate::canonical::PathOptions,
+    pub underscores: Underscores,
     pub via_name: String,
+}
+
+impl ProxySettings {
+    pub fn is_trusted(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// The header a trusted peer names the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    XForwardedFor,
+    XRealIp,
+}
+
+/// What happens to request headers whose name contains `_` (CGI-style
+/// upstreams read `X_User` as `X-User`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    Drop,
+    Reject,
+    Allow,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -369,10 +396,7 @@ impl Validator<'_> {
                 h2_max_concurrent_streams: limits.h2_max_concurrent_streams.max(1),
                 h2_max_pending_reset_streams: limits.h2_max_pending_reset_streams,
             },
-            proxy: ProxySettings {
-                trust_forwarded_headers: raw.proxy.trust_forwarded_headers,
-                via_name: raw.proxy.via_name.clone(),
-            },
+            proxy: self.proxy(&raw.proxy),
             runtime: RuntimeSettings {
                 cache_dir: base.join(&raw.runtime.cache_dir),
                 max_instances: raw.runtime.max_instances,
@@ -549,6 +573,54 @@ impl Validator<'_> {
                 file::ClientAuthFile::Optional => ClientAuth::Optional,
             },
             reload_check: Duration::from_millis(tls.reload_check_ms),
+        }
+    }
+
+    fn proxy(&mut self, raw: &file::ProxyFile) -> ProxySettings {
+        if let Some(old) = &raw.trust_forwarded_headers {
+            self.fail(
+                Some(old.span()),
+                "proxy.trust_forwarded_headers",
+                "replaced by proxy.trusted_proxies: list the balancers' addresses or CIDRs \
+                 (e.g. [\"10.0.0.0/8\"]) whose X-Forwarded-* headers Weir may believe"
+                    .into(),
+            );
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, entry) in raw.trusted_proxies.iter().enumerate() {
+            let text = entry.get_ref();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net.trunc()),
+                Err(_) => self.fail(
+                    Some(entry.span()),
+                    format!("proxy.trusted_proxies[{i}]"),
+                    format!("{text:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
+                ),
+            }
+        }
+        ProxySettings {
+            trusted_proxies,
+            client_ip_header: match raw.client_ip_header {
+                file::ClientIpHeaderFile::XForwardedFor => ClientIpHeader::XForwardedFor,
+                file::ClientIpHeaderFile::XRealIp => ClientIpHeader::XRealIp,
+            },
+            paths: crate::canonical::PathOptions {
+                merge_slashes: raw.merge_slashes,
+                ambiguous: match raw.ambiguous_paths {
+                    file::AmbiguousFile::Reject => crate::canonical::Ambiguous::Reject,
+                    file::AmbiguousFile::Keep => crate::canonical::Ambiguous::Keep,
+                    file::AmbiguousFile::Redirect => crate::canonical::Ambiguous::Redirect,
+                },
+            },
+            underscores: match raw.headers_with_underscores {
+                file::UnderscoresFile::Drop => Underscores::Drop,
+                file::UnderscoresFile::Reject => Underscores::Reject,
+                file::UnderscoresFile::Allow => Underscores::Allow,
+            },
+            via_name: raw.via_name.clone(),
         }
     }
 

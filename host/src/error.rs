@@ -23,6 +23,8 @@ pub enum ProxyError {
     RequestBody(String),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("refused path: {0}")]
+    Path(#[from] crate::canonical::PathError),
     #[error("upstream response too large to buffer for a plugin")]
     ResponseTooLargeForPlugin,
     #[error("no upstream chosen for this request and no default_upstream configured")]
@@ -62,6 +64,7 @@ impl ProxyError {
             }
             ProxyError::RequestBody(_) => (StatusCode::BAD_REQUEST, "request body unreadable"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad request"),
+            ProxyError::Path(err) => (StatusCode::BAD_REQUEST, err.as_str()),
             ProxyError::ResponseTooLargeForPlugin => {
                 (StatusCode::BAD_GATEWAY, "upstream response too large")
             }
@@ -95,6 +98,17 @@ impl ProxyError {
                 | ProxyError::Upstream(UpstreamError::RequestBody { .. })
         )
     }
+}
+
+/// `308 Permanent Redirect` to the canonical spelling of an ambiguous path
+/// (`[proxy] ambiguous_paths = "redirect"`). The method and body are kept
+/// by the client, unlike 301.
+pub fn redirect_response(location: &str) -> Response<Body> {
+    let mut response = plain_response(StatusCode::PERMANENT_REDIRECT, "canonical path");
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 /// A short `text/plain` response: `"<code> <reason>: <class>\n"`.

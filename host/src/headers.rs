@@ -1,8 +1,13 @@
 //! Proxy header hygiene: hop-by-hop headers are stripped both ways
-//! (RFC 9110 §7.6.1, including every header the `Connection` header names),
-//! and `X-Forwarded-For/-Proto/-Host` and `Via` are set on the way up.
+//! (RFC 9110 §7.6.1, including every header the `Connection` header names);
+//! forwarding and identity headers from peers that are not trusted proxies
+//! are removed before any plugin sees the request; the client address is
+//! read through the trusted chain only; and `X-Forwarded-For/-Proto/-Host`
+//! and `Via` are set on the way up.
 
 use std::net::IpAddr;
+
+use crate::config::{ClientIpHeader, ProxySettings, Underscores};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
@@ -22,6 +27,92 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that claim facts about the client, its connection or an earlier
+/// hop. Only a trusted proxy may send them; from anyone else they would let
+/// a client choose its own address, scheme, certificate or method.
+const CLIENT_CLAIMS: [HeaderName; 8] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-client-cert"),
+    HeaderName::from_static("x-forwarded-client-cert"),
+    HeaderName::from_static("x-client-ip"),
+];
+
+/// Families of the same: every `x-forwarded-*` and `x-ssl-*`.
+const CLIENT_CLAIM_PREFIXES: [&str; 2] = ["x-forwarded-", "x-ssl-"];
+
+fn is_client_claim(name: &HeaderName) -> bool {
+    CLIENT_CLAIMS.contains(name)
+        || CLIENT_CLAIM_PREFIXES
+            .iter()
+            .any(|prefix| name.as_str().starts_with(prefix))
+}
+
+/// Why request headers were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderscoreHeader;
+
+/// Clean the client's headers before anything reads them: from a peer that
+/// is not a trusted proxy, drop every forwarding and identity claim; drop
+/// (or refuse, per config) header names with `_`.
+pub fn sanitize_incoming(
+    headers: &mut HeaderMap,
+    peer_trusted: bool,
+    underscores: Underscores,
+) -> Result<(), UnderscoreHeader> {
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            (!peer_trusted && is_client_claim(name))
+                || (underscores != Underscores::Allow && name.as_str().contains('_'))
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        if underscores == Underscores::Reject && name.as_str().contains('_') {
+            return Err(UnderscoreHeader);
+        }
+        headers.remove(name);
+    }
+    Ok(())
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy,
+/// then the nearest address in `client_ip_header` that is not itself a
+/// trusted proxy (nginx `real_ip_recursive on`). Unparseable entries stop
+/// the walk: nothing to their left can be believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, settings: &ProxySettings) -> IpAddr {
+    if !settings.is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = match settings.client_ip_header {
+        ClientIpHeader::XForwardedFor => headers.get_all(X_FORWARDED_FOR),
+        ClientIpHeader::XRealIp => headers.get_all("x-real-ip"),
+    };
+    let hops: Vec<&str> = hops
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !settings.is_trusted(client) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
 
 /// Remove hop-by-hop headers, including those listed in `Connection`.
 /// `TE: trailers` survives (gRPC needs it); any other `TE` does not.

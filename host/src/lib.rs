@@ -1,7 +1,8 @@
 //! Weir: an edge HTTP reverse proxy whose every policy is a WebAssembly
 //! component plugin.
 //!
-//! Request path: [`server`] accepts → [`proxy`] runs the [`plugin`] chain's
+//! Request path: [`server`] accepts → [`canonical`] fixes the one view of the
+//! request → [`proxy`] runs the [`plugin`] chain's
 //! request phase → [`upstream`] forwards → the chain's response phase →
 //! client. [`config`] validates `proxy.toml` once; [`runner`] wires it all.
 #![forbid(unsafe_code)]
@@ -9,6 +10,7 @@
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod echo;

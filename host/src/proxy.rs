@@ -3,7 +3,7 @@
 //! (reverse order) → client. Bodies stream unless a plugin asked to see them.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::body::{self, Body};
 use crate::cache::{self, Lookup, ResponseCache};
+use crate::canonical::{self, Canonical};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, Forwarded};
@@ -150,7 +151,18 @@ fn cache_directives(wit: Option<&types::CacheDirectives>) -> cache::Directives {
     }
 }
 
+/// What admission made of a request.
+enum Admitted {
+    /// Serve this canonical request.
+    Serve(Box<Exchange>),
+    /// Its path is ambiguous and the config says redirect: answer this.
+    Redirect(Response<Body>),
+}
+
 impl Generation {
+    /// The request path, as named steps: admit (limits, the canonical
+    /// request) → request phase → forward (through the cache) → response
+    /// phase → respond.
     async fn serve(
         &self,
         req: Request<Incoming>,
@@ -158,47 +170,14 @@ impl Generation {
         id: String,
     ) -> Result<Response<Body>, ProxyError> {
         let limits = &self.config.limits;
-        let (mut head, incoming) = req.into_parts();
-        if let Some(length) = content_length(&head.headers)? {
-            if length > limits.max_request_body_bytes {
-                return Err(ProxyError::RequestBodyTooLarge {
-                    limit: limits.max_request_body_bytes,
-                });
-            }
-        }
-        let authority = authority(&head)?;
-        let version = head.version;
-        headers::strip_hop_by_hop(&mut head.headers);
-        // Plugins and the upstream see the id this request is logged under:
-        // the client's when it was sane, else the one generated for it
-        // (a plugin may still replace it).
-        if let Some(sent) = head.headers.get(X_REQUEST_ID) {
-            if sent.as_bytes() != id.as_bytes() {
-                if let Ok(value) = HeaderValue::from_str(&id) {
-                    head.headers.insert(X_REQUEST_ID, value);
-                }
-            }
-        }
-        let scheme = if conn.tls.is_some() { "https" } else { "http" };
-        let body: Body = Limited::new(incoming, limits.max_request_body_bytes as usize).boxed();
-
-        let mut ex = Exchange {
-            id,
-            route: None,
-            scheme,
-            authority,
-            // Only plugins read it: the plain path skips formatting addresses.
-            connection: if self.chain.is_empty() {
-                no_connection_info()
-            } else {
-                connection_info(conn, version)
-            },
-            head,
-            properties: Vec::new(),
-            upstream: None,
-            cache: None,
-            body: None,
+        let (head, incoming) = req.into_parts();
+        let mut ex = match self.admit(head, conn, id)? {
+            Admitted::Serve(ex) => *ex,
+            Admitted::Redirect(response) => return Ok(response),
         };
+        let version = ex.head.version;
+        let scheme = ex.scheme;
+        let body: Body = Limited::new(incoming, limits.max_request_body_bytes as usize).boxed();
         let body = if self.chain.wants_request_body() {
             ex.body = Some(buffer(body, limits.max_buffered_body_bytes).await?);
             None
@@ -235,7 +214,7 @@ impl Generation {
                 host: &ex.authority,
                 version,
                 via_name: &self.config.proxy.via_name,
-                trust_incoming: self.config.proxy.trust_forwarded_headers,
+                trust_incoming: self.config.proxy.is_trusted(conn.client.ip()),
             },
         );
         if let Ok(host) = HeaderValue::from_str(&ex.authority) {
@@ -255,16 +234,14 @@ impl Generation {
             (None, Some(streamed)) => (streamed, Replay::Streamed),
             (None, None) => (body::empty(), Replay::Empty),
         };
-        let directives = cache_directives(ex.cache.as_ref());
+        let facts = cache::Facts {
+            scheme,
+            authority: &ex.authority,
+            credentialed: ex.credentialed,
+            directives: cache_directives(ex.cache.as_ref()),
+        };
         let (mut head, streamed) = self
-            .fetch(
-                &upstream,
-                &ex.authority,
-                up_head,
-                up_body,
-                replay,
-                &directives,
-            )
+            .fetch(&upstream, &facts, up_head, up_body, replay)
             .await?;
         let Some(view) = view else {
             headers::append_via(&mut head.headers, version, &self.config.proxy.via_name);
@@ -290,18 +267,106 @@ impl Generation {
         Ok(Response::from_parts(state.head, streamed))
     }
 
+    /// Check the request against the limits and build its one canonical
+    /// view (DESIGN.md, the request-truth rule): the authority validated
+    /// and normalised, the path canonicalised, the client address read
+    /// through trusted proxies only, forwarding and identity claims from
+    /// anyone else removed, and whether the client sent credentials. Every
+    /// plugin, the cache key and the upstream read what this returns.
+    fn admit(
+        &self,
+        mut head: request::Parts,
+        conn: &ConnMeta,
+        id: String,
+    ) -> Result<Admitted, ProxyError> {
+        let limits = &self.config.limits;
+        let settings = &self.config.proxy;
+        if let Some(length) = content_length(&head.headers)? {
+            if length > limits.max_request_body_bytes {
+                return Err(ProxyError::RequestBodyTooLarge {
+                    limit: limits.max_request_body_bytes,
+                });
+            }
+        }
+        let scheme = if conn.tls.is_some() { "https" } else { "http" };
+        let authority = authority(&head, scheme)?;
+        let path = match canonical::path(head.uri.path(), settings.paths) {
+            Canonical::Path(path) => path,
+            Canonical::Redirect(path) => {
+                let location = match head.uri.query() {
+                    Some(query) => format!("{path}?{query}"),
+                    None => path,
+                };
+                return Ok(Admitted::Redirect(crate::error::redirect_response(
+                    &location,
+                )));
+            }
+            Canonical::Refused(why) => return Err(ProxyError::Path(why)),
+        };
+        // Origin-form from here on: an absolute-form target's authority was
+        // taken above (RFC 9112 §3.2.2) and the upstream gets a Host of it.
+        if path != head.uri.path() || head.uri.scheme().is_some() {
+            head.uri = origin_form(&path, head.uri.query())?;
+        }
+        if !authority.is_empty() {
+            if let Ok(host) = HeaderValue::from_str(&authority) {
+                head.headers.insert(header::HOST, host);
+            }
+        }
+        let credentialed = head.headers.contains_key(header::AUTHORIZATION)
+            || head.headers.contains_key(header::PROXY_AUTHORIZATION);
+        let peer_trusted = settings.is_trusted(conn.client.ip());
+        let client_ip = if peer_trusted {
+            headers::client_ip(conn.client.ip(), &head.headers, settings)
+        } else {
+            conn.client.ip()
+        };
+        headers::sanitize_incoming(&mut head.headers, peer_trusted, settings.underscores)
+            .map_err(|_| ProxyError::BadRequest("header name with an underscore"))?;
+        headers::strip_hop_by_hop(&mut head.headers);
+        // Plugins and the upstream see the id this request is logged under:
+        // the client's when it was sane, else the one generated for it
+        // (a plugin may still replace it).
+        if let Some(sent) = head.headers.get(X_REQUEST_ID) {
+            if sent.as_bytes() != id.as_bytes() {
+                if let Ok(value) = HeaderValue::from_str(&id) {
+                    head.headers.insert(X_REQUEST_ID, value);
+                }
+            }
+        }
+        let version = head.version;
+        Ok(Admitted::Serve(Box::new(Exchange {
+            id,
+            route: None,
+            scheme,
+            authority,
+            // Only plugins read it: the plain path skips formatting addresses.
+            connection: if self.chain.is_empty() {
+                no_connection_info()
+            } else {
+                connection_info(conn, client_ip, version)
+            },
+            head,
+            properties: Vec::new(),
+            upstream: None,
+            cache: None,
+            body: None,
+            credentialed,
+        })))
+    }
+
     /// Get the response from the cache or the upstream (through the cache
     /// when one is configured), hop-by-hop headers stripped, `Cache-Status`
     /// set.
     async fn fetch(
         &self,
         upstream: &str,
-        authority: &str,
+        facts: &cache::Facts<'_>,
         head: request::Parts,
         body: Body,
         replay: Replay,
-        directives: &cache::Directives,
     ) -> Result<(response::Parts, Body), ProxyError> {
+        let directives = &facts.directives;
         let Some(cache) = &self.cache else {
             return self.send(upstream, head, body, replay).await;
         };
@@ -311,8 +376,8 @@ impl Generation {
             return Ok((parts, body));
         }
         let is_head = head.method == Method::HEAD;
-        let policy_req = cache.policy_request(&head, directives);
-        let key = ResponseCache::key(authority, &head, directives);
+        let policy_req = cache.policy_request(&head, facts);
+        let key = ResponseCache::key(facts, &head);
         let mut leader = None;
         let mut revalidating = None;
         for attempt in 0..2 {
@@ -509,18 +574,51 @@ fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ProxyError> 
         .ok_or(ProxyError::BadRequest("invalid Content-Length"))
 }
 
-/// The authority the client addressed: `:authority` (HTTP/2, absolute-form)
-/// or the `Host` header.
-fn authority(head: &http::request::Parts) -> Result<String, ProxyError> {
-    if let Some(authority) = head.uri.authority() {
-        return Ok(authority.as_str().to_owned());
+/// The authority the client addressed, validated and normalised: the
+/// target's (HTTP/2 `:authority`, or an HTTP/1.1 absolute-form target,
+/// whose authority wins over `Host` per RFC 9112 §3.2.2), else `Host`.
+/// HTTP/2 requests whose `Host` names another authority are malformed
+/// (RFC 9113 §8.3.1).
+fn authority(head: &http::request::Parts, scheme: &str) -> Result<String, ProxyError> {
+    let bad = |_| ProxyError::BadRequest("invalid Host or :authority");
+    let host = match head
+        .headers
+        .get_all(header::HOST)
+        .iter()
+        .collect::<Vec<_>>()[..]
+    {
+        [] => None,
+        [one] => Some(
+            one.to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?,
+        ),
+        _ => return Err(ProxyError::BadRequest("duplicate Host header")),
+    };
+    if let Some(target) = head.uri.authority() {
+        let target = canonical::authority(target.as_str(), scheme).map_err(bad)?;
+        if head.version == Version::HTTP_2 {
+            if let Some(host) = host {
+                if canonical::authority(host, scheme).map_err(bad)? != target {
+                    return Err(ProxyError::BadRequest("Host differs from :authority"));
+                }
+            }
+        }
+        return Ok(target);
     }
-    match head.headers.get(header::HOST).map(HeaderValue::to_str) {
-        Some(Ok(host)) if !host.is_empty() => Ok(host.to_owned()),
-        Some(_) => Err(ProxyError::BadRequest("invalid Host header")),
+    match host {
+        Some(host) => canonical::authority(host, scheme).map_err(bad),
         None if head.version == Version::HTTP_10 => Ok(String::new()),
         None => Err(ProxyError::BadRequest("missing Host header")),
     }
+}
+
+/// An origin-form request target from a canonical path and the query.
+fn origin_form(path: &str, query: Option<&str>) -> Result<http::Uri, ProxyError> {
+    let text = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    http::Uri::try_from(text).map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
 /// A placeholder that allocates nothing, for requests no plugin sees.
@@ -535,10 +633,17 @@ fn no_connection_info() -> types::ConnectionInfo {
     }
 }
 
-fn connection_info(conn: &ConnMeta, version: Version) -> types::ConnectionInfo {
+/// The connection facts plugins see. The client is the one the trusted
+/// proxy chain named; its port is known only when it is the peer itself.
+fn connection_info(conn: &ConnMeta, client_ip: IpAddr, version: Version) -> types::ConnectionInfo {
+    let client_port = if client_ip == conn.client.ip() {
+        conn.client.port()
+    } else {
+        0
+    };
     types::ConnectionInfo {
-        client_ip: conn.client.ip().to_string(),
-        client_port: conn.client.port(),
+        client_ip: client_ip.to_string(),
+        client_port,
         local_ip: conn.local.ip().to_string(),
         local_port: conn.local.port(),
         http_version: match version {

@@ -90,7 +90,7 @@ impl Weir {
             Upstreams::new(&config.upstreams, &self.metrics).map_err(StartError::Tls)?;
         let names: HashSet<String> = upstreams.names().map(str::to_owned).collect();
         Ok(Generation {
-            chain: Chain::new(plugins, names),
+            chain: Chain::new(plugins, names, config.proxy.paths),
             upstreams,
             cache: config.cache.clone().map(|settings| {
                 previous

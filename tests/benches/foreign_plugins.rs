@@ -43,6 +43,7 @@ fn exchange(method: &str, headers: &[(&str, &str)]) -> Exchange {
         upstream: None,
         cache: None,
         body: None,
+        credentialed: false,
     }
 }
 

@@ -25,7 +25,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, response};
 use http_body_util::BodyExt;
-use weir::cache::{self, Directives, Lookup, ResponseCache};
+use weir::cache::{self, Directives, Facts, Lookup, ResponseCache};
 use weir::config::CacheSettings;
 use weir::plugin::bindings::types::{self, HeaderOp};
 use weir::plugin::convert;
@@ -82,8 +82,19 @@ fn cacheable_request() -> request::Parts {
 }
 
 /// Store the origin's answer to `head` the way `fetch` does on a miss.
+/// What `fetch` knows of the benchmark's request beyond its head.
+fn facts() -> Facts<'static> {
+    Facts {
+        scheme: "http",
+        authority: AUTHORITY,
+        credentialed: false,
+        directives: Directives::default(),
+    }
+}
+
 fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &request::Parts) {
-    let directives = Directives::default();
+    let facts = facts();
+    let directives = &facts.directives;
     let (parts, ()) = http::Response::builder()
         .header("server", "nginx")
         .header("content-type", "application/json")
@@ -92,8 +103,8 @@ fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &reques
         .body(())
         .expect("response")
         .into_parts();
-    let policy_req = cache.policy_request(head, &directives);
-    let key = ResponseCache::key(AUTHORITY, head, &directives);
+    let policy_req = cache.policy_request(head, &facts);
+    let key = ResponseCache::key(&facts, head);
     let policy = cache
         .storable(&policy_req, &parts)
         .expect("the origin's answer is storable");
@@ -103,7 +114,7 @@ fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &reques
         policy,
         &parts,
         weir::body::full(CACHED_BODY),
-        &directives,
+        directives,
         None,
     );
     // The entry is stored once its body has streamed to the client.
@@ -117,10 +128,12 @@ fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &reques
 /// `fetch`'s path for a request the cache answers, up to the response
 /// head and bytes it turns into the client's response.
 fn cache_hit(cache: &ResponseCache, head: &request::Parts) -> (response::Parts, bytes::Bytes) {
-    let directives = Directives::default();
-    assert!(cache.bypass_reason(&head.method, &directives).is_none());
-    let policy_req = cache.policy_request(head, &directives);
-    let key = ResponseCache::key(AUTHORITY, head, &directives);
+    let facts = facts();
+    assert!(cache
+        .bypass_reason(&head.method, &facts.directives)
+        .is_none());
+    let policy_req = cache.policy_request(head, &facts);
+    let key = ResponseCache::key(&facts, head);
     let Lookup::Hit { response, ttl } = cache.lookup(&key, &policy_req) else {
         panic!("expected a fresh cache hit for {key}");
     };

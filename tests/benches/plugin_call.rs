@@ -53,6 +53,7 @@ fn exchange(extra_headers: &[(&str, &str)]) -> Exchange {
         upstream: None,
         cache: None,
         body: None,
+        credentialed: false,
     }
 }
 

@@ -142,20 +142,60 @@ impl Default for LimitsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyFile {
-    /// Keep `X-Forwarded-*` sent by clients (only behind a trusted balancer).
-    /// At the edge, leave false: client-sent values are replaced.
-    pub trust_forwarded_headers: bool,
+    /// Peers (CIDRs, or single addresses) whose forwarding headers are
+    /// believed: the client address is read from `client_ip_header` through
+    /// them, and their `X-Forwarded-*`/`Forwarded` are kept. Empty (the
+    /// default) trusts nobody: at the edge, client-sent values are removed.
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Where a trusted peer says who the client is.
+    pub client_ip_header: ClientIpHeaderFile,
+    /// Merge runs of `/` in request paths.
+    pub merge_slashes: bool,
+    /// What to do with an ambiguous path (`%2F`, `%5C`, `\`, `;`, `%25XX`).
+    pub ambiguous_paths: AmbiguousFile,
+    /// Request header names containing `_`.
+    pub headers_with_underscores: UnderscoresFile,
     /// The pseudonym Weir adds to `Via`.
     pub via_name: String,
+    /// Replaced by `trusted_proxies`; kept only to say so.
+    pub trust_forwarded_headers: Option<Spanned<bool>>,
 }
 
 impl Default for ProxyFile {
     fn default() -> Self {
         ProxyFile {
-            trust_forwarded_headers: false,
+            trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeaderFile::XForwardedFor,
+            merge_slashes: true,
+            ambiguous_paths: AmbiguousFile::Reject,
+            headers_with_underscores: UnderscoresFile::Drop,
             via_name: "weir".into(),
+            trust_forwarded_headers: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeaderFile {
+    XForwardedFor,
+    XRealIp,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmbiguousFile {
+    Reject,
+    Keep,
+    Redirect,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoresFile {
+    Drop,
+    Reject,
+    Allow,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,7 @@ use super::bindings::types::{self, RequestAction};
 use super::convert;
 use super::instance::{Answer, Call};
 use super::{Plugin, PluginError};
+use crate::canonical::{self, Canonical, PathOptions};
 use crate::config::OnError;
 
 /// One request as it flows through the chain: the request head the upstream
@@ -30,6 +31,10 @@ pub struct Exchange {
     pub cache: Option<types::CacheDirectives>,
     /// The buffered request body, when a plugin asked for it.
     pub body: Option<Bytes>,
+    /// Whether the request carried credentials as the client sent it:
+    /// `Authorization`, or a header a plugin consumed (removed). The cache
+    /// judges storability on this, not on the headers the chain left.
+    pub credentialed: bool,
 }
 
 impl Exchange {
@@ -46,6 +51,7 @@ impl Exchange {
             upstream: self.upstream.clone(),
             cache: self.cache.clone(),
             body: None,
+            credentialed: self.credentialed,
         }
     }
 
@@ -94,11 +100,17 @@ pub struct ResponseState {
 pub struct Chain {
     plugins: Vec<Arc<Plugin>>,
     upstreams: HashSet<String>,
+    /// A path a plugin sets is canonicalised as the client's was.
+    paths: PathOptions,
 }
 
 impl Chain {
-    pub fn new(plugins: Vec<Arc<Plugin>>, upstreams: HashSet<String>) -> Chain {
-        Chain { plugins, upstreams }
+    pub fn new(plugins: Vec<Arc<Plugin>>, upstreams: HashSet<String>, paths: PathOptions) -> Chain {
+        Chain {
+            plugins,
+            upstreams,
+            paths,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -219,8 +231,18 @@ impl Chain {
             .as_deref()
             .map(convert::check_method)
             .transpose()?;
-        let path_and_query = if changes.path.is_some() || changes.query.is_some() {
-            let path = changes.path.as_deref().unwrap_or(ex.head.uri.path());
+        let path = match changes.path.as_deref() {
+            None => None,
+            Some(path) => match canonical::path(path, self.paths) {
+                Canonical::Path(canonical) => Some(canonical),
+                Canonical::Redirect(_) => {
+                    return Err(format!("path {path:?} is ambiguous"));
+                }
+                Canonical::Refused(why) => return Err(format!("path {path:?}: {why}")),
+            },
+        };
+        let path_and_query = if path.is_some() || changes.query.is_some() {
+            let path = path.as_deref().unwrap_or(ex.head.uri.path());
             let query = match &changes.query {
                 Some(q) => Some(q.as_str()),
                 None => ex.head.uri.query(),
@@ -249,10 +271,17 @@ impl Chain {
                 http::Uri::from_parts(parts).map_err(|e| format!("invalid path rewrite: {e}"))?;
         }
         if !ops.is_empty() {
+            // A plugin that removes a header the client sent has consumed
+            // it (an API key, a session token): from here on the request
+            // counts as authenticated, whatever the upstream sees.
+            let consumed = ops.iter().any(|op| {
+                matches!(op, convert::CheckedOp::Remove(name) if ex.head.headers.contains_key(name))
+            });
             // Apply to a copy: a failure half-way must change nothing.
             let mut headers = ex.head.headers.clone();
             convert::apply_header_ops(&mut headers, ops)?;
             ex.head.headers = headers;
+            ex.credentialed |= consumed;
         }
         if let Some(upstream) = changes.upstream {
             ex.upstream = Some(upstream);

@@ -20,6 +20,8 @@
 //!   `read-file`, `read-env`, `open-socket` (dials `address`). These never
 //!   panic: they report what happened in an `x-hostile-result` response
 //!   header, `denied: <errors>` or `LEAK <what leaked>`;
+//! * `set-path`: rewrite the request path to `path`, byte for byte (the
+//!   host must canonicalise it, or refuse an ambiguous one);
 //! * `ok`: behave.
 //!
 //! `phase`: `request` (default) or `response`.
@@ -68,6 +70,7 @@ enum Mode {
     ReadFile,
     ReadEnv,
     OpenSocket,
+    SetPath,
     Ok,
 }
 
@@ -114,6 +117,8 @@ struct Config {
     stack: Stack,
     #[serde(default)]
     huge: Huge,
+    /// `set-path`: the path to rewrite the request to, as given.
+    path: Option<String>,
 }
 
 fn default_prefix() -> String {
@@ -396,6 +401,10 @@ impl Guest for Hostile {
                 body: Vec::new(),
             }),
             Mode::HugeResponse => RequestAction::Respond(huge_response(config.huge)),
+            Mode::SetPath => RequestAction::Continue(RequestChanges {
+                path: config.path.clone(),
+                ..unchanged()
+            }),
             _ => RequestAction::Continue(unchanged()),
         }
     }

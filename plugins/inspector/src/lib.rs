@@ -1,8 +1,9 @@
 //! `inspector` — a test-only plugin that makes the typed facts a plugin
 //! receives visible to the upstream, as `x-inspect-*` request headers: the
 //! connection info (client address, HTTP version, TLS version, SNI, ALPN,
-//! verified client certificate subject and SANs), the request id, the route
-//! and every property set by earlier plugins. Tests use it to prove those
+//! verified client certificate subject and SANs), the scheme, authority,
+//! path and `Host` header it was shown, the request id, the route and every
+//! property set by earlier plugins. Tests use it to prove those
 //! facts reach plugins intact.
 
 wit_bindgen::generate!({
@@ -27,9 +28,19 @@ fn text(value: &Value) -> String {
     }
 }
 
-/// Header values must be visible ASCII; escape anything else.
+/// Header values must be visible ASCII; escape anything else (and only
+/// that, so paths and addresses arrive byte for byte).
 fn printable(value: &str) -> String {
-    value.escape_default().to_string()
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c.to_string()
+            } else {
+                c.escape_default().to_string()
+            }
+        })
+        .collect()
 }
 
 struct Inspector;
@@ -63,6 +74,17 @@ impl Guest for Inspector {
                 .to_owned(),
             ),
             ("scheme", req.scheme.clone()),
+            ("authority", req.authority.clone()),
+            ("path", req.path.clone()),
+            (
+                "host-header",
+                req.headers
+                    .iter()
+                    .filter(|(name, _)| name == "host")
+                    .map(|(_, value)| value.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("request-id", req.id.clone()),
             ("route", req.route.clone().unwrap_or_default()),
         ];

@@ -2,6 +2,7 @@
 //! over real sockets. One binary, one module per capability.
 
 mod cache;
+mod canonical_request;
 mod chain;
 mod cli;
 mod example_demo;

@@ -559,3 +559,93 @@ async fn bad_configs_are_refused_at_load_with_a_clear_message() {
         assert!(err.contains(message), "expected {message:?} in:\n{err}");
     }
 }
+
+/// An upstream that answers with the identity auth forwarded, cacheable
+/// for a minute as a private (non-`public`) response.
+async fn whoami_upstream() -> Upstream {
+    Upstream::serve(|req| async move {
+        let user = req
+            .headers()
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("nobody")
+            .to_owned();
+        let mut response = weir_tests::respond(200, format!("user={user}"));
+        response
+            .headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        response
+    })
+    .await
+}
+
+/// The cross-user cache test: auth strips the credential before the cache
+/// sees the request, yet the request still counts as authenticated, so
+/// one user's response is never served to another (RFC 9111 §3.5).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stripped_credential_still_keeps_one_users_response_from_another() {
+    let upstream = whoami_upstream().await;
+    let proxy = TestProxy::start(&format!(
+        "{}\n[cache]\ncapacity_bytes = 1048576\n",
+        full_config(&upstream)
+    ))
+    .await;
+    let basic = |user: &str| {
+        format!(
+            "Basic {}",
+            STANDARD.encode(format!("{user}:{BASIC_PASSWORD}"))
+        )
+    };
+    let alice = hs256(HS256_SECRET, &claims("read"));
+    let mallory = hs256(HS256_SECRET, &with(claims("read"), "sub", json!("mallory")));
+    let pairs = [
+        (
+            "basic",
+            ("authorization", basic("bob")),
+            ("authorization", basic("carol")),
+        ),
+        (
+            "jwt",
+            ("authorization", format!("Bearer {alice}")),
+            ("authorization", format!("Bearer {mallory}")),
+        ),
+        (
+            "api key",
+            ("x-api-key", API_KEY.to_string()),
+            ("authorization", basic("bob")),
+        ),
+    ];
+    for (i, (method, first, second)) in pairs.iter().enumerate() {
+        let path = format!("/profile/{i}");
+        let one = get(&proxy, &path, &[(first.0, &first.1)]).await;
+        assert_eq!(one.status(), 200, "{method}");
+        let cache_status = one.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(!cache_status.contains("stored"), "{method}: {cache_status}");
+        let one = one.text().await.unwrap();
+        let two = get(&proxy, &path, &[(second.0, &second.1)]).await;
+        let cache_status = two.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(!cache_status.contains("hit"), "{method}: {cache_status}");
+        let two = two.text().await.unwrap();
+        assert_ne!(
+            one, two,
+            "{method}: the second user got the first's response"
+        );
+    }
+    // Without credentials the same kind of response is shared: the cache
+    // itself works here.
+    let public = TestProxy::start(&format!(
+        "default_upstream = \"up\"\n{}\n[cache]\ncapacity_bytes = 1048576\n",
+        upstream.toml("up")
+    ))
+    .await;
+    let first = client().get(public.url("/open")).send().await.unwrap();
+    assert!(first.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("stored"));
+    let second = client().get(public.url("/open")).send().await.unwrap();
+    assert!(second.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("hit"));
+}

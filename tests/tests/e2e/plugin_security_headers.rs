@@ -237,6 +237,7 @@ fn exchange(scheme: &'static str) -> Exchange {
         upstream: None,
         cache: None,
         body: None,
+        credentialed: false,
     }
 }
 

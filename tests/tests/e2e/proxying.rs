@@ -49,7 +49,7 @@ async fn get_passes_through_with_forwarding_headers() {
 async fn trusted_forwarded_for_is_appended() {
     let upstream = Upstream::echo().await;
     let proxy = TestProxy::start(&format!(
-        "{}\n[proxy]\ntrust_forwarded_headers = true\n",
+        "{}\n[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n",
         no_plugins(&upstream)
     ))
     .await;
