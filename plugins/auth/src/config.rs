@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use weir_plugin::PathPrefix;
 
 use crate::credentials::{parse_sha256_hex, Digest32, PasswordHash};
 use crate::jwt::{self, TokenVerifier};
@@ -36,7 +38,7 @@ struct RawConfig {
     #[serde(default = "default_realm")]
     realm: String,
     #[serde(default)]
-    public_prefixes: Vec<String>,
+    public_prefixes: Vec<RawPrefix>,
     identity_header: Option<String>,
     #[serde(default)]
     strip_credentials: bool,
@@ -132,10 +134,63 @@ impl OneOrMany {
     }
 }
 
+/// A public prefix: `"/health"`, or `{ prefix = "/Docs", case_insensitive
+/// = true }` to match it in any ASCII case.
+struct RawPrefix {
+    prefix: String,
+    case_insensitive: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrefixTable {
+    prefix: String,
+    #[serde(default)]
+    case_insensitive: bool,
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose one message for every
+/// mistake ("did not match any variant") would hide a typo in a table.
+impl<'de> Deserialize<'de> for RawPrefix {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PrefixVisitor;
+
+        impl<'de> Visitor<'de> for PrefixVisitor {
+            type Value = RawPrefix;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a path prefix, or a table { prefix, case_insensitive }")
+            }
+
+            fn visit_str<E: de::Error>(self, prefix: &str) -> Result<RawPrefix, E> {
+                Ok(RawPrefix {
+                    prefix: prefix.to_owned(),
+                    case_insensitive: false,
+                })
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<RawPrefix, M::Error> {
+                let table =
+                    RawPrefixTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawPrefix {
+                    prefix: table.prefix,
+                    case_insensitive: table.case_insensitive,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(PrefixVisitor)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     prefix: String,
+    /// Match `prefix` in any ASCII case: for upstreams that serve `/ADMIN`
+    /// as `/admin`, where a case-sensitive rule could be dodged.
+    #[serde(default)]
+    case_insensitive: bool,
     #[serde(default)]
     scopes: Vec<String>,
     #[serde(default)]
@@ -193,7 +248,7 @@ pub struct Jwt {
 
 /// Requirements for paths under `prefix`; every matching rule applies.
 pub struct Rule {
-    pub prefix: String,
+    pub prefix: PathPrefix,
     pub scopes: Vec<String>,
     /// Claim name → required value (equal, or contained in an array).
     /// Only JWT identities carry claims.
@@ -206,7 +261,7 @@ pub struct Rule {
 pub struct Config {
     pub methods: Vec<Method>,
     pub realm: String,
-    pub public_prefixes: Vec<String>,
+    pub public_prefixes: Vec<PathPrefix>,
     pub identity_header: Option<String>,
     pub strip_credentials: bool,
     pub api_key: Option<ApiKeys>,
@@ -291,7 +346,15 @@ impl TryFrom<RawConfig> for Config {
                 "realm {realm:?} must be printable ASCII without quotes or backslashes"
             ));
         }
-        check_prefixes("public_prefixes", public_prefixes.iter())?;
+        let public_prefixes = public_prefixes
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                PathPrefix::new(&raw.prefix)
+                    .map(|prefix| prefix.case_insensitive(raw.case_insensitive))
+                    .map_err(|e| format!("public_prefixes[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let identity_header = identity_header.map(|h| h.to_ascii_lowercase());
         if let Some(header) = &identity_header {
             check_header_name("identity_header", header)?;
@@ -314,24 +377,6 @@ impl TryFrom<RawConfig> for Config {
             rules,
         })
     }
-}
-
-fn check_prefixes<'a>(
-    what: &str,
-    prefixes: impl Iterator<Item = &'a String>,
-) -> Result<(), String> {
-    for prefix in prefixes {
-        if !prefix.starts_with('/') {
-            return Err(format!("{what}: {prefix:?} must start with '/'"));
-        }
-        if crate::path::normalize(prefix) != *prefix {
-            return Err(format!(
-                "{what}: {prefix:?} is not a normalised path (write it as {:?})",
-                crate::path::normalize(prefix)
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn check_header_name(what: &str, name: &str) -> Result<(), String> {
@@ -439,10 +484,13 @@ fn parse_jwt(raw: RawJwt) -> Result<Jwt, String> {
     })
 }
 
-fn parse_rules(raw: Vec<RawRule>, public_prefixes: &[String]) -> Result<Vec<Rule>, String> {
-    check_prefixes("rules", raw.iter().map(|r| &r.prefix))?;
+fn parse_rules(raw: Vec<RawRule>, public_prefixes: &[PathPrefix]) -> Result<Vec<Rule>, String> {
     raw.into_iter()
-        .map(|rule| {
+        .enumerate()
+        .map(|(i, rule)| {
+            let prefix = PathPrefix::new(&rule.prefix)
+                .map_err(|e| format!("rules[{i}].prefix: {e}"))?
+                .case_insensitive(rule.case_insensitive);
             if rule.scopes.is_empty() && rule.claims.is_empty() {
                 return Err(format!("rules: {:?} requires neither scopes nor claims", rule.prefix));
             }
@@ -454,15 +502,16 @@ fn parse_rules(raw: Vec<RawRule>, public_prefixes: &[String]) -> Result<Vec<Rule
             }
             if let Some(public) = public_prefixes
                 .iter()
-                .find(|public| crate::path::under(&rule.prefix, public))
+                .find(|public| public.covers(&prefix))
             {
                 return Err(format!(
-                    "rules: {:?} lies under public prefix {public:?} and could never apply",
-                    rule.prefix
+                    "rules: {:?} lies under public prefix {:?} and could never apply",
+                    rule.prefix,
+                    public.as_str()
                 ));
             }
             Ok(Rule {
-                prefix: rule.prefix,
+                prefix,
                 scopes: rule.scopes,
                 claims: rule.claims,
             })

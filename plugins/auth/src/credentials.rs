@@ -4,8 +4,6 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::path::hex_pair;
-
 /// A SHA-256 digest.
 pub type Digest32 = [u8; 32];
 
@@ -155,4 +153,10 @@ pub fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The byte two hex digits spell, if they are hex digits.
+fn hex_pair(high: u8, low: u8) -> Option<u8> {
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    Some(digit(high)? << 4 | digit(low)?)
 }

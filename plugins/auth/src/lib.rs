@@ -22,14 +22,20 @@
 //! `403` when a `[[rules]]` entry wants a scope or claim the identity lacks;
 //! the body is `{"error":"…","detail":"…"}`. Paths under `public_prefixes`
 //! need no credential. Prefixes match whole segments (`/health` covers
-//! `/health/live`, not `/healthz`) of the normalised path (`//a/./b`,
-//! `%61` spellings cannot dodge a rule).
+//! `/health/live`, not `/healthz`) of the path as the host hands it over:
+//! canonical already (the host resolves `//a/./b` and `%61` spellings, or
+//! refuses them, before any plugin runs), and exactly what the upstream
+//! gets, so the plugin matches it as it is and never normalises it itself.
+//! A prefix must be written canonically, or the config is refused. Matching
+//! is case-sensitive unless a rule or a public prefix says
+//! `case_insensitive = true` (for upstreams that treat `/ADMIN` as
+//! `/admin`: there a case-sensitive rule could be dodged).
 //!
 //! ```toml
 //! [plugins.auth.config]
 //! methods = ["jwt", "api_key", "basic"]   # tried in this order
 //! realm = "weir"
-//! public_prefixes = ["/health"]
+//! public_prefixes = ["/health", { prefix = "/Docs", case_insensitive = true }]
 //! identity_header = "x-user"
 //! strip_credentials = true
 //!
@@ -52,6 +58,7 @@
 //!
 //! [[plugins.auth.config.rules]]
 //! prefix = "/admin"
+//! case_insensitive = true                 # default false
 //! scopes = ["admin"]
 //! claims = { role = "ops" }               # JWT identities only
 //! ```
@@ -78,7 +85,6 @@
 mod config;
 mod credentials;
 mod jwt;
-mod path;
 mod reply;
 
 use serde_json::{Map, Value};
@@ -109,14 +115,13 @@ impl Plugin for Auth {
             changes = changes.remove_header(name);
         }
 
-        let path = path::normalize(&req.path);
-        if config.public_prefixes.iter().any(|p| path::under(&path, p)) {
+        if config.public_prefixes.iter().any(|p| p.matches(&req.path)) {
             count("public", None);
             return changes.into();
         }
 
         let auth = match authenticate(config, req).and_then(|auth| {
-            authorize(config, &path, &auth)?;
+            authorize(config, &req.path, &auth)?;
             Ok(auth)
         }) {
             Ok(auth) => auth,
@@ -289,7 +294,7 @@ fn is_header_safe(text: &str) -> bool {
 
 /// Every rule whose prefix covers the path must be satisfied.
 fn authorize(config: &Config, path: &str, auth: &Authenticated) -> Result<(), Denial> {
-    for rule in config.rules.iter().filter(|r| path::under(path, &r.prefix)) {
+    for rule in config.rules.iter().filter(|r| r.prefix.matches(path)) {
         if let Some(scope) = rule
             .scopes
             .iter()
@@ -438,6 +443,90 @@ mod tests {
         assert_eq!(header("cache-control"), Some("no-store"));
         let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         assert_eq!(body["error"], "unauthorized");
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments_of_the_path_as_given() {
+        let key = |path: &str| request("GET", path).header("x-api-key", "sesame").build();
+        assert_eq!(status(request("GET", "/health").build()), 200);
+        assert_eq!(status(request("GET", "/healthz").build()), 401);
+        assert_eq!(status(key("/admin/users")), 403);
+        assert_eq!(status(key("/administrator")), 200, "not under /admin");
+        // Case-sensitive by default: `/ADMIN` is another path (and the
+        // host, not this plugin, decides what `/%61dmin` is).
+        assert_eq!(status(key("/ADMIN")), 200);
+        assert_eq!(status(request("GET", "/HEALTH").build()), 401);
+    }
+
+    #[test]
+    fn rules_and_public_prefixes_may_ignore_case() {
+        let config = testing::config::<Auth>(
+            r#"{
+            "methods": ["api_key"],
+            "public_prefixes": ["/health", {"prefix": "/Docs", "case_insensitive": true}],
+            "api_key": {"header": "x-api-key",
+                "keys": [{"sha256": "d0c04f4b1951e4aeaaec8223ed2039e542f3aae805a6fa7f6d794e5afff5d272",
+                          "user": "ci", "scopes": ["read"]}]},
+            "rules": [{"prefix": "/admin", "case_insensitive": true, "scopes": ["admin"]}]
+        }"#,
+        );
+        let status = |req: Request| match Auth::on_request(&config, &req) {
+            Action::Continue(_) => 200,
+            Action::Respond(response) => response.status,
+        };
+        let key = |path: &str| request("GET", path).header("x-api-key", "sesame").build();
+        for path in ["/admin", "/ADMIN/x", "/Admin"] {
+            assert_eq!(status(key(path)), 403, "{path}");
+        }
+        assert_eq!(status(key("/ADMINISTRATOR")), 200);
+        assert_eq!(status(request("GET", "/docs/intro").build()), 200);
+        assert_eq!(status(request("GET", "/DOCS").build()), 200);
+        assert_eq!(status(request("GET", "/HEALTH").build()), 401);
+    }
+
+    #[test]
+    fn prefixes_that_could_never_match_are_refused() {
+        let refused = |extra: &str| {
+            testing::check_config_rejected::<Auth>(&format!(
+                r#"{{"methods":["basic"],"basic":{{"users":[{{"user":"a",
+                "password_hash":"sha256:s:d0c04f4b1951e4aeaaec8223ed2039e542f3aae805a6fa7f6d794e5afff5d272"}}]}},
+                {extra}}}"#
+            ))
+        };
+        let message = refused(r#""public_prefixes":["health"]"#);
+        assert!(
+            message.contains("public_prefixes[0]: \"health\" must start with '/'"),
+            "{message}"
+        );
+        let message = refused(r#""public_prefixes":[{"prefix":"/a//b"}]"#);
+        assert!(
+            message.contains("public_prefixes[0]: \"/a//b\" is not a canonical path"),
+            "{message}"
+        );
+        let message = refused(r#""public_prefixes":[{"prefix":"/a","case":true}]"#);
+        assert!(message.contains("unknown field `case`"), "{message}");
+        let message = refused(r#""rules":[{"prefix":"/%61dmin","scopes":["x"]}]"#);
+        assert!(
+            message.contains("rules[0].prefix: \"/%61dmin\""),
+            "{message}"
+        );
+        // A case-insensitive public prefix shadows a rule in any case...
+        let message = refused(
+            r#""public_prefixes":[{"prefix":"/Admin","case_insensitive":true}],
+            "rules":[{"prefix":"/admin/x","scopes":["x"]}]"#,
+        );
+        assert!(
+            message.contains("lies under public prefix \"/Admin\""),
+            "{message}"
+        );
+        // ...but a case-insensitive rule still guards `/ADMIN/x`, which a
+        // case-sensitive public `/admin` leaves alone.
+        testing::config::<Auth>(
+            r#"{"methods":["basic"],"basic":{"users":[{"user":"a",
+            "password_hash":"sha256:s:d0c04f4b1951e4aeaaec8223ed2039e542f3aae805a6fa7f6d794e5afff5d272"}]},
+            "public_prefixes":["/admin"],
+            "rules":[{"prefix":"/admin/x","case_insensitive":true,"scopes":["x"]}]}"#,
+        );
     }
 
     #[test]

@@ -19,17 +19,42 @@
 //! share_authenticated = true
 //! ```
 //!
-//! Rules match by path prefix, first match wins; no match leaves the host's
-//! defaults untouched.
+//! Rules match by path prefix, whole segments (`/api` covers `/api/x`, not
+//! `/apiary`), on the canonical path the host hands over; first match wins;
+//! no match leaves the host's defaults untouched.
 
 use serde::Deserialize;
-use weir_plugin::{Action, CacheDirectives, Info, Plugin, Request};
+use weir_plugin::{Action, CacheDirectives, Info, PathPrefix, Plugin, Request};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+struct RawConfig {
     #[serde(default)]
     rules: Vec<Rule>,
+}
+
+/// The config with each rule's prefix checked, read through [`RawConfig`].
+#[derive(Deserialize)]
+#[serde(try_from = "RawConfig")]
+struct Config {
+    rules: Vec<(PathPrefix, Rule)>,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Config, String> {
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, rule)| match PathPrefix::new(&rule.prefix) {
+                Ok(prefix) => Ok((prefix, rule)),
+                Err(e) => Err(format!("rules[{i}].prefix {e}")),
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Config { rules })
+    }
 }
 
 #[derive(Deserialize)]
@@ -77,13 +102,7 @@ impl Plugin for CachePolicy {
     }
 
     fn validate(config: &Config) -> Result<(), String> {
-        for (i, rule) in config.rules.iter().enumerate() {
-            if !rule.prefix.starts_with('/') {
-                return Err(format!(
-                    "rules[{i}].prefix {:?} must start with '/'",
-                    rule.prefix
-                ));
-            }
+        for (i, (_, rule)) in config.rules.iter().enumerate() {
             if rule.bypass
                 && (rule.ttl_cap.is_some()
                     || !rule.key_properties.is_empty()
@@ -101,7 +120,7 @@ impl Plugin for CachePolicy {
         let rule = config
             .rules
             .iter()
-            .find(|rule| req.path.starts_with(&rule.prefix));
+            .find_map(|(prefix, rule)| prefix.matches(&req.path).then_some(rule));
         match rule {
             Some(rule) => Action::next().cache(rule.directives(req)).into(),
             None => Action::next().into(),
@@ -158,6 +177,24 @@ mod tests {
             .key_part("accept-language:en,fr");
         assert_eq!(cache_of(req), Some(expected));
         assert_eq!(cache_of(request("GET", "/other").build()), None);
+    }
+
+    #[test]
+    fn prefixes_cover_whole_segments_only() {
+        assert_eq!(
+            cache_of(request("GET", "/api/private").build()),
+            Some(CacheDirectives::bypass())
+        );
+        // `/api/privateer` is not under `/api/private`: the `/api` rule.
+        let under_api = cache_of(request("GET", "/api/privateer").build());
+        assert_eq!(under_api.map(|cache| cache.bypass), Some(false));
+        assert_eq!(cache_of(request("GET", "/apiary").build()), None);
+        let message =
+            testing::check_config_rejected::<CachePolicy>(r#"{"rules":[{"prefix":"/a/../b"}]}"#);
+        assert!(
+            message.contains(r#"rules[0].prefix "/a/../b" is not a canonical path"#),
+            "{message}"
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::ip::{IpGrouping, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX};
+
 /// Longest limit name; names end up in headers, KV keys and JSON bodies.
 const MAX_NAME_LEN: usize = 64;
 /// Longest window: a year keeps every nanosecond sum far from overflow.
@@ -19,6 +21,18 @@ struct RawConfig {
     on_store_error: StoreErrorPolicy,
     #[serde(default)]
     headers_on_success: bool,
+    /// How `client-ip` keys group addresses, unless a limit says otherwise.
+    #[serde(default = "default_ipv4_prefix")]
+    ipv4_prefix: u8,
+    #[serde(default = "default_ipv6_prefix")]
+    ipv6_prefix: u8,
+}
+
+fn default_ipv4_prefix() -> u8 {
+    DEFAULT_IPV4_PREFIX
+}
+fn default_ipv6_prefix() -> u8 {
+    DEFAULT_IPV6_PREFIX
 }
 
 #[derive(Deserialize)]
@@ -32,6 +46,12 @@ struct RawLimit {
     on_missing_key: MissingKey,
     #[serde(default)]
     overrides: BTreeMap<String, u64>,
+    /// For `header:NAME` keys: an earlier plugin sets this header (and
+    /// drops what the client sent), so its value may choose an override.
+    #[serde(default)]
+    trusted_header: bool,
+    ipv4_prefix: Option<u8>,
+    ipv6_prefix: Option<u8>,
 }
 
 /// What to do when the KV cannot answer.
@@ -68,8 +88,8 @@ pub enum KeySource {
     Property(String),
     /// `route`: the name of the matched route.
     Route,
-    /// `path:N`: the first N segments of the path (`path:1` keys
-    /// `/api/v1/users` as `/api`).
+    /// `path:N`: the first N segments of the canonical path, as the host
+    /// hands it over (`path:1` keys `/api/v1/users` as `/api`).
     PathSegments(usize),
 }
 
@@ -150,8 +170,12 @@ pub struct Limit {
     pub key: KeySource,
     pub quota: Quota,
     pub on_missing_key: MissingKey,
-    /// Quotas for particular key values (e.g. tenant "gold").
+    /// Quotas for particular key values (e.g. tenant "gold"); for
+    /// `client-ip` keys, by bucket (see [`IpGrouping::bucket`]).
     pub overrides: BTreeMap<String, Quota>,
+    /// How client addresses are grouped, for `client-ip` keys and the
+    /// `client-ip` fallback.
+    pub ip_grouping: IpGrouping,
 }
 
 /// The checked config, read through [`RawConfig`].
@@ -170,6 +194,7 @@ impl TryFrom<RawConfig> for Config {
         if raw.limits.is_empty() {
             return Err("limits: at least one limit is required".into());
         }
+        let grouping = IpGrouping::new(raw.ipv4_prefix, raw.ipv6_prefix)?;
         let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
         for (i, limit) in raw.limits.into_iter().enumerate() {
             let at = format!("limits[{i}]");
@@ -184,6 +209,19 @@ impl TryFrom<RawConfig> for Config {
             }
             let at = format!("{at} ({:?})", limit.name);
             let key = KeySource::parse(&limit.key).map_err(|e| format!("{at}: {e}"))?;
+            check_override_trust(&limit, &key).map_err(|e| format!("{at}: {e}"))?;
+            let uses_ip =
+                key == KeySource::ClientIp || limit.on_missing_key == MissingKey::ClientIp;
+            if !uses_ip && (limit.ipv4_prefix.is_some() || limit.ipv6_prefix.is_some()) {
+                return Err(format!(
+                    "{at}: ipv4_prefix and ipv6_prefix apply only when key or on_missing_key is \"client-ip\""
+                ));
+            }
+            let ip_grouping = IpGrouping::new(
+                limit.ipv4_prefix.unwrap_or(grouping.ipv4_prefix),
+                limit.ipv6_prefix.unwrap_or(grouping.ipv6_prefix),
+            )
+            .map_err(|e| format!("{at}: {e}"))?;
             let window_secs = parse_window(&limit.window).map_err(|e| format!("{at}: {e}"))?;
             let quota = Quota {
                 requests: limit.requests,
@@ -202,7 +240,17 @@ impl TryFrom<RawConfig> for Config {
                 }
                 .check()
                 .map_err(|e| format!("{at}: overrides.{value}: {e}"))?;
-                overrides.insert(value, quota);
+                let bucket = match key {
+                    KeySource::ClientIp => ip_grouping
+                        .override_bucket(&value)
+                        .map_err(|e| format!("{at}: overrides: {e}"))?,
+                    _ => value,
+                };
+                if overrides.insert(bucket.clone(), quota).is_some() {
+                    return Err(format!(
+                        "{at}: overrides: two entries name the bucket {bucket:?}"
+                    ));
+                }
             }
             limits.push(Limit {
                 name: limit.name,
@@ -210,6 +258,7 @@ impl TryFrom<RawConfig> for Config {
                 quota,
                 on_missing_key: limit.on_missing_key,
                 overrides,
+                ip_grouping,
             });
         }
         Ok(Config {
@@ -217,6 +266,27 @@ impl TryFrom<RawConfig> for Config {
             on_store_error: raw.on_store_error,
             headers_on_success: raw.headers_on_success,
         })
+    }
+}
+
+/// An override is a bigger (or smaller) quota chosen by the key's value, so
+/// that value must not be the client's to choose. Headers are, unless the
+/// config vouches that an earlier plugin sets this one; properties are set
+/// by plugins, routes and client addresses by the host, and a path only
+/// picks the resource the request is for.
+fn check_override_trust(limit: &RawLimit, key: &KeySource) -> Result<(), String> {
+    match key {
+        KeySource::Header(name) if !limit.overrides.is_empty() && !limit.trusted_header => {
+            Err(format!(
+                "overrides keyed on \"header:{name}\" would let any client pick its own quota \
+                 by sending {name}: <value>; key the limit on a property set by a trusted plugin \
+                 (e.g. \"property:tenant\" from auth), or set trusted_header = true if an earlier \
+                 plugin in the chain sets {name} and drops the value the client sent"
+            ))
+        }
+        KeySource::Header(_) => Ok(()),
+        _ if limit.trusted_header => Err("trusted_header applies only to header:NAME keys".into()),
+        _ => Ok(()),
     }
 }
 
@@ -265,7 +335,7 @@ mod tests {
     #[test]
     fn a_full_limit_parses() {
         let config = limit(
-            r#""key":"header:X-Tenant","requests":10,"window":"1h","on_missing_key":"client-ip","overrides":{"gold":100}"#,
+            r#""key":"header:X-Tenant","requests":10,"window":"1h","on_missing_key":"client-ip","overrides":{"gold":100},"trusted_header":true"#,
         )
         .unwrap();
         let limit = &config.limits[0];
@@ -274,6 +344,84 @@ mod tests {
         assert_eq!(limit.overrides["gold"].requests, 100);
         assert_eq!(limit.on_missing_key, MissingKey::ClientIp);
         assert_eq!(config.on_store_error, StoreErrorPolicy::Allow);
+        assert_eq!(limit.ip_grouping, IpGrouping::default());
+        assert_eq!(limit.ip_grouping.ipv6_prefix, 64);
+        assert_eq!(limit.ip_grouping.ipv4_prefix, 32);
+    }
+
+    #[test]
+    fn overrides_on_a_client_sent_header_are_refused() {
+        let err =
+            limit(r#""key":"header:x-tenant","requests":1,"window":"1s","overrides":{"gold":5}"#)
+                .unwrap_err();
+        assert!(err.contains("limits[0] (\"burst\")"), "{err}");
+        assert!(
+            err.contains(
+                "overrides keyed on \"header:x-tenant\" would let any client pick its own quota"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("trusted_header = true"), "{err}");
+        // A header key without overrides, or a property key with them, is fine.
+        limit(r#""key":"header:x-tenant","requests":1,"window":"1s""#).unwrap();
+        limit(r#""key":"property:tenant","requests":1,"window":"1s","overrides":{"gold":5}"#)
+            .unwrap();
+        let err =
+            limit(r#""key":"property:tenant","requests":1,"window":"1s","trusted_header":true"#)
+                .unwrap_err();
+        assert!(
+            err.contains("trusted_header applies only to header:NAME keys"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ip_prefixes_are_checked() {
+        let cases = [
+            (
+                r#""key":"client-ip","requests":1,"window":"1s","ipv6_prefix":0"#,
+                "ipv6_prefix 0 must be 1..=128",
+            ),
+            (
+                r#""key":"client-ip","requests":1,"window":"1s","ipv6_prefix":129"#,
+                "ipv6_prefix 129",
+            ),
+            (
+                r#""key":"client-ip","requests":1,"window":"1s","ipv4_prefix":33"#,
+                "ipv4_prefix 33 must be 1..=32",
+            ),
+            (
+                r#""key":"route","requests":1,"window":"1s","ipv6_prefix":48"#,
+                "apply only when key or on_missing_key",
+            ),
+            (
+                r#""key":"client-ip","requests":1,"window":"1s","overrides":{"gold":5}"#,
+                "\"gold\" is not an IP address",
+            ),
+            (
+                r#""key":"client-ip","requests":1,"window":"1s","overrides":{"2001:db8::/48":5}"#,
+                "keyed by /64",
+            ),
+            (
+                r#""key":"client-ip","requests":1,"window":"1s","overrides":{"2001:db8::1":5,"2001:db8::2":6}"#,
+                "two entries name the bucket \"2001:db8::/64\"",
+            ),
+        ];
+        for (fields, expected) in cases {
+            let err = limit(fields).unwrap_err();
+            assert!(err.contains("limits[0] (\"burst\")"), "{err}");
+            assert!(err.contains(expected), "{fields}: {err}");
+        }
+        let err = parse::<Config>(
+            r#"{"ipv6_prefix":200,"limits":[{"name":"a","key":"client-ip","requests":1,"window":"1s"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("ipv6_prefix 200 must be 1..=128"), "{err}");
+        let err = parse::<Config>(
+            r#"{"ipv6_prefix":0,"limits":[{"name":"a","key":"client-ip","requests":1,"window":"1s"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("ipv6_prefix 0 must be 1..=128"), "{err}");
     }
 
     #[test]

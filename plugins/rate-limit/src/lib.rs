@@ -8,6 +8,8 @@
 //! [plugins.ratelimit.config]
 //! on_store_error = "allow"      # or "deny" (503) when the KV fails; default allow, logged
 //! headers_on_success = true     # RateLimit headers on allowed responses too
+//! ipv6_prefix = 64              # client-ip keys: IPv6 clients by network (1..=128, default 64)
+//! ipv4_prefix = 32              # and IPv4 clients (1..=32, default 32: the whole address)
 //!
 //! [[plugins.ratelimit.config.limits]]
 //! name = "burst"                # in the RateLimit headers and the 429 body
@@ -22,7 +24,32 @@
 //! key = "client-ip"
 //! requests = 1000
 //! window = "1h"
+//! ipv6_prefix = 48              # per limit, over the plugin's value
+//!
+//! [[plugins.ratelimit.config.limits]]
+//! name = "partner"
+//! key = "header:x-partner"      # set by an earlier plugin, which drops the client's
+//! trusted_header = true         # so overrides may follow it (refused otherwise)
+//! requests = 100
+//! window = "1m"
+//! overrides = { big = 1000 }
 //! ```
+//!
+//! # Keys
+//!
+//! - `client-ip` keys IPv4 clients by address and IPv6 clients by their
+//!   /64, since one IPv6 host usually holds a whole /64 and could otherwise
+//!   spread over 2^64 buckets (`ipv4_prefix`, `ipv6_prefix` change that).
+//!   `overrides` name addresses or networks of the limit's prefix length
+//!   (`"2001:db8:1:2::/64"`; an address stands for its network). The same
+//!   grouping applies to the `on_missing_key = "client-ip"` fallback.
+//! - `path:N` takes the first N segments of the path as the host hands it
+//!   over (canonical already: the plugin neither decodes nor folds case).
+//! - An override hands a quota to whoever shows its key value, so that
+//!   value must not be the client's to choose: overrides on a `header:NAME`
+//!   key are refused unless the limit says `trusted_header = true` (an
+//!   earlier plugin sets that header). Properties are set by plugins (such
+//!   as `tenant` by auth), routes and client addresses by the host.
 //!
 //! Every limit that applies must allow a request. A refused request is
 //! answered `429` with `Retry-After` (seconds, rounded up), the RateLimit
@@ -64,6 +91,7 @@
 
 mod config;
 mod gcra;
+mod ip;
 mod limiter;
 
 use serde_json::json;

@@ -51,11 +51,14 @@ pub fn checks<'a>(config: &'a Config, req: &Request) -> Vec<Check<'a>> {
         .limits
         .iter()
         .filter_map(|limit| {
-            let (source, value) = match key_value(&limit.key, req) {
+            let (source, value) = match key_value(limit, req) {
                 Some(value) => (&limit.key, value),
                 None => match limit.on_missing_key {
                     MissingKey::Skip => return None,
-                    MissingKey::ClientIp => (&KeySource::ClientIp, client_ip(req)),
+                    MissingKey::ClientIp => (
+                        &KeySource::ClientIp,
+                        limit.ip_grouping.bucket(req.client_ip()),
+                    ),
                 },
             };
             // Overrides name values of the configured source, never of the
@@ -74,14 +77,10 @@ pub fn checks<'a>(config: &'a Config, req: &Request) -> Vec<Check<'a>> {
         .collect()
 }
 
-fn client_ip(req: &Request) -> String {
-    req.client_ip().to_owned()
-}
-
-/// The value `source` takes for this request, if it has one.
-fn key_value(source: &KeySource, req: &Request) -> Option<String> {
-    let value = match source {
-        KeySource::ClientIp => Some(client_ip(req)),
+/// The value the limit's key takes for this request, if it has one.
+fn key_value(limit: &Limit, req: &Request) -> Option<String> {
+    let value = match &limit.key {
+        KeySource::ClientIp => Some(limit.ip_grouping.bucket(req.client_ip())),
         KeySource::Header(name) => req.header(name).map(|v| v.trim().to_owned()),
         KeySource::Property(name) => match req.property(name) {
             Some(Value::Text(text)) => Some(text.clone()),
@@ -89,15 +88,18 @@ fn key_value(source: &KeySource, req: &Request) -> Option<String> {
             _ => None,
         },
         KeySource::Route => req.route.clone(),
-        KeySource::PathSegments(n) => Some(
-            req.path
-                .split('/')
-                .skip(1)
-                .take(*n)
-                .fold(String::new(), |prefix, segment| prefix + "/" + segment),
-        ),
+        KeySource::PathSegments(n) => Some(path_segments(&req.path, *n)),
     };
     value.filter(|v| !v.is_empty())
+}
+
+/// The first `n` segments of a canonical path, taken as they are (the host
+/// has already decoded and resolved it; deciding again here would be a
+/// second view of the path). A trailing slash is no segment: `/api/` and
+/// `/api` both start with the one segment `api`, and `/` has none.
+fn path_segments(path: &str, n: usize) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).take(n).collect();
+    format!("/{}", segments.join("/"))
 }
 
 /// Long values become `#` + a 64-bit FNV-1a hash. Only long values can
@@ -236,4 +238,133 @@ fn spend(
         "limit {}: gave up after {MAX_CAS_ATTEMPTS} contended compare-and-swap attempts",
         check.limit.name
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_plugin::testing::{self, request};
+
+    use super::*;
+
+    fn config(json: &str) -> Config {
+        testing::parse(json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The KV key and quota of the one limit in `config` for `req`.
+    fn bucket(config: &Config, req: &Request) -> Option<(String, u64)> {
+        let checks = checks(config, req);
+        checks
+            .first()
+            .map(|check| (check.kv_key.clone(), check.quota.requests))
+    }
+
+    #[test]
+    fn path_keys_are_the_first_segments_as_given() {
+        let config =
+            config(r#"{"limits":[{"name":"p","key":"path:2","requests":1,"window":"1s"}]}"#);
+        let key = |path: &str| bucket(&config, &request("GET", path).build()).unwrap().0;
+        assert_eq!(key("/api/v1/users"), "p:path:/api/v1");
+        assert_eq!(key("/api/v1"), "p:path:/api/v1");
+        assert_eq!(key("/api/v1/"), "p:path:/api/v1");
+        assert_eq!(key("/api/"), "p:path:/api");
+        assert_eq!(key("/"), "p:path:/");
+        // No decoding or case folding of its own: the host owns the path.
+        assert_eq!(key("/API/v1/x"), "p:path:/API/v1");
+        assert_eq!(key("/a%2Fb/c/d"), "p:path:/a%2Fb/c");
+    }
+
+    #[test]
+    fn client_ip_keys_group_ipv6_by_slash_64() {
+        let config =
+            config(r#"{"limits":[{"name":"ip","key":"client-ip","requests":1,"window":"1s"}]}"#);
+        let key = |ip: &str| {
+            bucket(&config, &request("GET", "/").client_ip(ip).build())
+                .unwrap()
+                .0
+        };
+        assert_eq!(key("2001:db8:1:2::1"), "ip:ip:2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:dead:beef::7"), "ip:ip:2001:db8:1:2::/64");
+        assert_eq!(key("203.0.113.7"), "ip:ip:203.0.113.7");
+    }
+
+    #[test]
+    fn prefix_lengths_come_from_the_plugin_or_the_limit() {
+        let config = config(
+            r#"{"ipv6_prefix": 48, "ipv4_prefix": 24, "limits":[
+                {"name":"a","key":"client-ip","requests":1,"window":"1s"},
+                {"name":"b","key":"client-ip","requests":1,"window":"1s","ipv6_prefix":128,"ipv4_prefix":32},
+                {"name":"c","key":"header:x-user","requests":1,"window":"1s",
+                 "on_missing_key":"client-ip","ipv6_prefix":56}
+            ]}"#,
+        );
+        let keys = |ip: &str| -> Vec<String> {
+            checks(&config, &request("GET", "/").client_ip(ip).build())
+                .into_iter()
+                .map(|check| check.kv_key)
+                .collect()
+        };
+        assert_eq!(
+            keys("2001:db8:1:2::1"),
+            [
+                "a:ip:2001:db8:1::/48",
+                "b:ip:2001:db8:1:2::1",
+                "c:ip:2001:db8:1::/56"
+            ]
+        );
+        assert_eq!(
+            keys("203.0.113.7"),
+            [
+                "a:ip:203.0.113.0/24",
+                "b:ip:203.0.113.7",
+                "c:ip:203.0.113.0/24"
+            ]
+        );
+    }
+
+    #[test]
+    fn client_ip_overrides_name_the_bucket() {
+        let config = config(
+            r#"{"limits":[{"name":"ip","key":"client-ip","requests":1,"window":"1s",
+                "overrides":{"2001:db8:1:2::9":5,"198.51.100.0/32":7}}]}"#,
+        );
+        let quota = |ip: &str| {
+            bucket(&config, &request("GET", "/").client_ip(ip).build())
+                .unwrap()
+                .1
+        };
+        assert_eq!(quota("2001:db8:1:2:aaaa::1"), 5);
+        assert_eq!(quota("2001:db8:1:3::1"), 1);
+        assert_eq!(quota("198.51.100.0"), 7);
+    }
+
+    #[test]
+    fn overrides_follow_trusted_values_only() {
+        let config = config(
+            r#"{"limits":[
+                {"name":"t","key":"property:tenant","requests":1,"window":"1s","overrides":{"gold":9}},
+                {"name":"h","key":"header:x-tenant","requests":1,"window":"1s","overrides":{"gold":9},
+                 "trusted_header":true}
+            ]}"#,
+        );
+        let req = request("GET", "/")
+            .property("tenant", "gold")
+            .header("x-tenant", "gold")
+            .build();
+        let quotas: Vec<u64> = checks(&config, &req)
+            .iter()
+            .map(|c| c.quota.requests)
+            .collect();
+        assert_eq!(quotas, [9, 9]);
+        // The client-ip fallback never picks an override.
+        let config = config_with_fallback();
+        let req = request("GET", "/").client_ip("10.0.0.1").build();
+        assert_eq!(bucket(&config, &req), Some(("f:ip:10.0.0.1".into(), 1)));
+    }
+
+    fn config_with_fallback() -> Config {
+        config(
+            r#"{"limits":[{"name":"f","key":"property:tenant","requests":1,"window":"1s",
+                "on_missing_key":"client-ip","overrides":{"10.0.0.1":9}}]}"#,
+        )
+    }
 }

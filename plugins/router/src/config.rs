@@ -3,6 +3,8 @@
 //! runs here, once, in `validate-config`; errors name the rule.
 
 use serde::Deserialize;
+use weir_plugin::path::check_canonical;
+use weir_plugin::PathPrefix;
 
 use crate::path::{self, Pattern};
 
@@ -26,6 +28,10 @@ struct RawRule {
     host: Option<String>,
     path_prefix: Option<String>,
     path_pattern: Option<String>,
+    /// Compare `path_prefix`, `path_pattern` and the rewrite prefix in any
+    /// ASCII case.
+    #[serde(default)]
+    path_case_insensitive: bool,
     #[serde(default)]
     methods: Vec<String>,
     #[serde(default)]
@@ -80,7 +86,7 @@ pub struct Config {
 pub struct Rule {
     pub name: String,
     pub host: Option<HostMatch>,
-    pub path_prefix: Option<String>,
+    pub path_prefix: Option<PathPrefix>,
     pub path_pattern: Option<Pattern>,
     /// Upper-case; empty means any method.
     pub methods: Vec<String>,
@@ -121,7 +127,7 @@ pub enum Action {
 /// Replace a leading path prefix (whole segments); stripping is replacing
 /// with nothing.
 pub struct Rewrite {
-    pub prefix: String,
+    pub prefix: PathPrefix,
     pub with: String,
 }
 
@@ -178,13 +184,28 @@ impl Rule {
             return Err("name must not be empty".into());
         }
         let host = raw.host.as_deref().map(HostMatch::parse).transpose()?;
-        if let Some(prefix) = &raw.path_prefix {
-            check_path("path_prefix", prefix)?;
+        let case_insensitive = raw.path_case_insensitive;
+        let paths =
+            raw.path_prefix.is_some() || raw.path_pattern.is_some() || raw.rewrite.is_some();
+        if case_insensitive && !paths {
+            return Err(
+                "path_case_insensitive needs a path_prefix, path_pattern or rewrite to apply to"
+                    .into(),
+            );
         }
+        let path_prefix = raw
+            .path_prefix
+            .as_deref()
+            .map(|prefix| path_prefix("path_prefix", prefix, case_insensitive))
+            .transpose()?;
         let path_pattern = raw
             .path_pattern
             .as_deref()
-            .map(|p| Pattern::parse(p).map_err(|e| format!("path_pattern {p:?}: {e}")))
+            .map(|p| {
+                Pattern::parse(p)
+                    .map(|pattern| pattern.case_insensitive(case_insensitive))
+                    .map_err(|e| format!("path_pattern {p:?}: {e}"))
+            })
             .transpose()?;
         let methods = raw
             .methods
@@ -212,12 +233,13 @@ impl Rule {
             raw.rewrite,
             raw.redirect,
             raw.respond,
-            raw.path_prefix.is_some(),
+            path_prefix.is_some(),
+            case_insensitive,
         )?;
         Ok(Rule {
             name: raw.name,
             host,
-            path_prefix: raw.path_prefix,
+            path_prefix,
             path_pattern,
             methods,
             headers,
@@ -257,6 +279,7 @@ impl Action {
         redirect: Option<RawRedirect>,
         respond: Option<RawRespond>,
         has_path_prefix: bool,
+        case_insensitive: bool,
     ) -> Result<Action, String> {
         if rewrite.is_some() && upstream.is_none() {
             return Err("rewrite needs an upstream to forward to".into());
@@ -266,7 +289,9 @@ impl Action {
                 check_upstream_name(&upstream).map_err(|e| format!("upstream: {e}"))?;
                 Action::Forward {
                     upstream,
-                    rewrite: rewrite.map(Rewrite::parse).transpose()?,
+                    rewrite: rewrite
+                        .map(|raw| Rewrite::parse(raw, case_insensitive))
+                        .transpose()?,
                 }
             }
             (None, Some(redirect), None) => {
@@ -319,18 +344,19 @@ impl Action {
 }
 
 impl Rewrite {
-    fn parse(raw: RawRewrite) -> Result<Rewrite, String> {
+    /// The rewrite prefix follows the rule's case sensitivity: a rule that
+    /// matched `/API/x` case-insensitively must rewrite it too.
+    fn parse(raw: RawRewrite, case_insensitive: bool) -> Result<Rewrite, String> {
         match (raw.strip_prefix, raw.replace_prefix, raw.with) {
-            (Some(prefix), None, None) => {
-                check_path("rewrite.strip_prefix", &prefix)?;
-                Ok(Rewrite {
-                    prefix,
-                    with: String::new(),
-                })
-            }
+            (Some(prefix), None, None) => Ok(Rewrite {
+                prefix: path_prefix("rewrite.strip_prefix", &prefix, case_insensitive)?,
+                with: String::new(),
+            }),
             (None, Some(prefix), Some(with)) => {
-                check_path("rewrite.replace_prefix", &prefix)?;
-                check_path("rewrite.with", &with)?;
+                let prefix = path_prefix("rewrite.replace_prefix", &prefix, case_insensitive)?;
+                // The upstream gets the rewritten path as it is: it must be
+                // as canonical as the ones the host hands over.
+                check_canonical(&with).map_err(|e| format!("rewrite.with {e}"))?;
                 Ok(Rewrite { prefix, with })
             }
             (None, Some(_), None) => Err("rewrite.replace_prefix needs `with`".into()),
@@ -381,19 +407,12 @@ fn parse_template(template: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-fn check_path(what: &str, path: &str) -> Result<(), String> {
-    if !path.starts_with('/') {
-        return Err(format!("{what} {path:?} must start with '/'"));
-    }
-    if path
-        .bytes()
-        .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
-    {
-        return Err(format!(
-            "{what} {path:?} must be a plain path (no spaces, '?' or '#')"
-        ));
-    }
-    Ok(())
+/// A configured prefix, refused when no canonical request path could
+/// match it (the host canonicalises paths before any plugin runs).
+fn path_prefix(what: &str, prefix: &str, case_insensitive: bool) -> Result<PathPrefix, String> {
+    PathPrefix::new(prefix)
+        .map(|prefix| prefix.case_insensitive(case_insensitive))
+        .map_err(|e| format!("{what} {e}"))
 }
 
 fn check_upstream_name(name: &str) -> Result<(), String> {
@@ -468,6 +487,11 @@ mod tests {
         assert!(e.contains("rules[1]"), "{e}");
         let e = refused(r#"{"route_header":"host","default_upstream":"u"}"#);
         assert!(e.contains("managed by the host"), "{e}");
+        let e = refused(r#"{"rules":[{"name":"a","upstream":"u","path_case_insensitive":true}]}"#);
+        assert!(
+            e.contains("path_case_insensitive needs a path_prefix"),
+            "{e}"
+        );
         let e = refused(r#"{"rules":[{"name":"a","upstream":"u","hots":"x"}]}"#);
         assert!(e.contains("unknown field"), "{e}");
     }

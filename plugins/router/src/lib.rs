@@ -10,8 +10,16 @@
 //!
 //! The matched rule's name goes down the chain as the text property
 //! `route` (and, with `route_header`, to the upstream as a header), so rate
-//! limiting or caching can key on it. Paths are matched and forwarded
-//! normalized (see [`path::normalize`]) so encodings cannot dodge a rule.
+//! limiting or caching can key on it.
+//!
+//! Paths arrive canonical from the host (escapes, dot segments and repeated
+//! slashes resolved, ambiguous spellings refused before any plugin runs), so
+//! the router matches `req.path` as it is and forwards it unchanged unless a
+//! rule rewrites it; configured prefixes and pattern literals must be
+//! written canonically too, or the config is refused. Path matching is
+//! case-sensitive; a rule with `path_case_insensitive = true` compares its
+//! `path_prefix`, `path_pattern` and rewrite prefix in any ASCII case.
+//! Static routing like this will move to the host's `[[routes]]` later.
 //!
 //! ```toml
 //! [plugins.router.config]
@@ -30,6 +38,7 @@
 //! [[plugins.router.config.rules]]
 //! name = "old-docs"
 //! path_prefix = "/old-docs"
+//! path_case_insensitive = true            # also /Old-Docs, /OLD-DOCS/x
 //! redirect = { status = 308, location = "https://docs.example.com{rest}{query}" }
 //!
 //! [[plugins.router.config.rules]]
@@ -53,7 +62,6 @@ use config::{Config, HostMatch, Piece, Rule};
 struct Facts<'a> {
     req: &'a Request,
     host: String,
-    path: String,
 }
 
 impl Rule {
@@ -68,12 +76,12 @@ impl Rule {
         host_ok
             && self
                 .path_prefix
-                .as_deref()
-                .is_none_or(|prefix| path::has_prefix(&facts.path, prefix))
+                .as_ref()
+                .is_none_or(|prefix| prefix.matches(&facts.req.path))
             && self
                 .path_pattern
                 .as_ref()
-                .is_none_or(|pattern| pattern.matches(&facts.path))
+                .is_none_or(|pattern| pattern.matches(&facts.req.path))
             && (self.methods.is_empty() || self.methods.contains(&facts.req.method))
             && self.headers.iter().all(|condition| {
                 facts.req.headers.iter().any(|(name, value)| {
@@ -101,16 +109,16 @@ fn location(pieces: &[Piece], rule: &Rule, facts: &Facts) -> String {
             Piece::Text(text) => out.push_str(text),
             Piece::Scheme => out.push_str(&facts.req.scheme),
             Piece::Host => out.push_str(&facts.host),
-            Piece::Path => out.push_str(&facts.path),
+            Piece::Path => out.push_str(&facts.req.path),
             Piece::Rest => {
                 // Config checking guarantees the rule has a prefix, and it
-                // matched, so this strips it.
-                let prefix = rule.path_prefix.as_deref().unwrap_or("");
-                let rest = path::replace_prefix(&facts.path, prefix, "");
-                // `/old` alone redirects to the bare target, not to `target/`.
-                if rest != "/" || facts.path.ends_with('/') {
-                    out.push_str(&rest);
-                }
+                // matched. `/old` alone redirects to the bare target, not
+                // to `target/`.
+                let rest = rule
+                    .path_prefix
+                    .as_ref()
+                    .and_then(|prefix| prefix.rest(&facts.req.path));
+                out.push_str(rest.unwrap_or(""));
             }
             Piece::Query => {
                 if let Some(query) = facts.req.query.as_deref().filter(|q| !q.is_empty()) {
@@ -135,16 +143,13 @@ impl Plugin for Router {
     fn on_request(config: &Config, req: &Request) -> Action {
         let facts = Facts {
             host: path::host_of(&req.authority),
-            path: path::normalize(&req.path),
             req,
         };
-        // Forward the path the rules saw, unless it is what the client sent.
-        let normalized = (facts.path != req.path).then(|| facts.path.clone());
 
         let Some(rule) = config.rules.iter().find(|rule| rule.matches(&facts)) else {
             return match &config.default_upstream {
                 Some(upstream) => {
-                    let mut changes = forward(normalized, upstream);
+                    let mut changes = forward(None, upstream);
                     // A client must not be able to claim a route.
                     if let Some(name) = &config.route_header {
                         changes = changes.remove_header(name);
@@ -159,15 +164,10 @@ impl Plugin for Router {
 
         match &rule.action {
             config::Action::Forward { upstream, rewrite } => {
-                let path = match rewrite {
-                    Some(rewrite) => Some(path::replace_prefix(
-                        &facts.path,
-                        &rewrite.prefix,
-                        &rewrite.with,
-                    ))
-                    .filter(|rewritten| *rewritten != req.path),
-                    None => normalized,
-                };
+                let path = rewrite
+                    .as_ref()
+                    .and_then(|rewrite| rewrite.prefix.replace(&req.path, &rewrite.with))
+                    .filter(|rewritten| *rewritten != req.path);
                 let mut changes = forward(path, upstream);
                 if let Some(name) = &config.route_header {
                     changes = changes.set_header(name, &rule.name);
@@ -233,9 +233,10 @@ mod tests {
                 .build(),
             request("GET", "/old/page?x=1").build(),
             request("GET", "/internal/x").build(),
-            request("GET", "/%61pi//v1/./x")
+            request("GET", "/api/v10/x")
                 .authority("a.example.com")
                 .build(),
+            request("GET", "/OLD/x").build(),
             request("GET", "/").header("x-route", "forged").build(),
         ];
         testing::check_conformance::<Router>(CONFIG, &requests);
@@ -271,5 +272,105 @@ mod tests {
             panic!("expected a local answer");
         };
         assert_eq!((gone.status, gone.headers.len()), (410, 0));
+        let Action::Respond(bare) = answer(request("GET", "/old").build()) else {
+            panic!("expected a redirect");
+        };
+        assert_eq!(
+            bare.headers,
+            vec![("location".into(), "https://new.example".into())]
+        );
+    }
+
+    /// Where `req` goes: the upstream and the path change, if any.
+    fn forwarded(config: &str, req: weir_plugin::Request) -> (Option<String>, Option<String>) {
+        match Router::on_request(&testing::config::<Router>(config), &req) {
+            Action::Continue(changes) => (changes.upstream, changes.path),
+            Action::Respond(response) => panic!("answered {}", response.status),
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let api = |path: &str| request("GET", path).authority("a.example.com").build();
+        let web = (Some("web".to_string()), None);
+        assert_eq!(forwarded(CONFIG, api("/api/v10/x")), web);
+        assert_eq!(forwarded(CONFIG, api("/api/v1x")), web);
+        assert_eq!(forwarded(CONFIG, request("GET", "/older").build()), web);
+        assert_eq!(
+            forwarded(CONFIG, api("/api/v1")),
+            (Some("api".to_string()), Some("/v1".to_string()))
+        );
+    }
+
+    #[test]
+    fn paths_are_matched_and_forwarded_as_the_host_gave_them() {
+        // The host canonicalises paths before the chain; the router has no
+        // second opinion. A path that is not canonical (the host would have
+        // resolved or refused it) is neither rewritten nor matched as if it
+        // were.
+        for path in ["/docs/~user", "/x/../api/v1/users", "/API/v1/users"] {
+            let req = request("GET", path).authority("a.example.com").build();
+            assert_eq!(
+                forwarded(CONFIG, req),
+                (Some("web".to_string()), None),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_may_match_paths_in_any_case() {
+        let config = r#"{"rules": [
+            {"name": "api", "path_prefix": "/api", "path_case_insensitive": true,
+             "upstream": "api", "rewrite": {"strip_prefix": "/api"}},
+            {"name": "static", "path_pattern": "/Static/**", "path_case_insensitive": true,
+             "upstream": "cdn"},
+            {"name": "exact", "path_prefix": "/Exact", "upstream": "exact"}
+        ], "default_upstream": "web"}"#;
+        let go = |path: &str| forwarded(config, request("GET", path).build());
+        let to = |upstream: &str, path: Option<&str>| {
+            (Some(upstream.to_string()), path.map(str::to_string))
+        };
+        assert_eq!(go("/API/Users"), to("api", Some("/Users")));
+        assert_eq!(go("/Api"), to("api", Some("/")));
+        assert_eq!(go("/APIARY"), to("web", None));
+        assert_eq!(go("/STATIC/a.css"), to("cdn", None));
+        assert_eq!(go("/Exact/x"), to("exact", None));
+        assert_eq!(go("/exact/x"), to("web", None));
+    }
+
+    #[test]
+    fn prefixes_no_canonical_path_could_match_are_refused() {
+        let cases = [
+            (
+                r#"{"name":"a","path_prefix":"/a//b","upstream":"u"}"#,
+                r#"path_prefix "/a//b" is not a canonical path"#,
+            ),
+            (
+                r#"{"name":"a","path_prefix":"/%61pi","upstream":"u"}"#,
+                "%61 is an escaped unreserved character",
+            ),
+            (
+                r#"{"name":"a","path_pattern":"/x/../**","upstream":"u"}"#,
+                r#"path_pattern "/x/../**": segment "..""#,
+            ),
+            (
+                r#"{"name":"a","upstream":"u","rewrite":{"strip_prefix":"/a;b"}}"#,
+                r#"rewrite.strip_prefix "/a;b" is not a canonical path"#,
+            ),
+            (
+                r#"{"name":"a","upstream":"u","rewrite":{"replace_prefix":"/a","with":"/b/../c"}}"#,
+                r#"rewrite.with "/b/../c" is not a canonical path"#,
+            ),
+        ];
+        for (rule, expected) in cases {
+            let message =
+                testing::check_config_rejected::<Router>(&format!(r#"{{"rules":[{rule}]}}"#));
+            assert!(message.contains("rules[0] (\"a\")"), "{message}");
+            assert!(
+                message.contains(expected),
+                "expected {expected:?} in {message}"
+            );
+        }
     }
 }

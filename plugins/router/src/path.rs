@@ -1,98 +1,11 @@
-//! Paths and hosts as the router compares them, and the segment patterns
-//! rules match paths with. Pure functions, no WIT types.
+//! Hosts as the router compares them, and the segment patterns rules match
+//! paths with. Pure functions, no WIT types.
+//!
+//! Paths need no preparing: the host canonicalises them before any plugin
+//! runs, and the router matches (and forwards) `req.path` as it is.
+//! Prefixes are [`weir_plugin::PathPrefix`].
 
-/// The path the router matches and forwards: unreserved characters
-/// percent-decoded and dot segments removed (RFC 3986 §6.2.2, §5.2.4).
-///
-/// Matching the raw path would let `/%61dmin` or `/public/../admin` slip
-/// past a rule for `/admin` while the upstream still serves `/admin`.
-/// Other escapes (`%2F`, `%20`, …) are left encoded: decoding them changes
-/// what the path means.
-pub fn normalize(raw: &str) -> String {
-    let decoded = decode_unreserved(raw);
-    let rest = decoded.strip_prefix('/').unwrap_or(&decoded);
-    let segments: Vec<&str> = rest.split('/').collect();
-    let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
-    for (i, segment) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *segment {
-            "." => {}
-            ".." => {
-                kept.pop();
-            }
-            other => {
-                kept.push(other);
-                continue;
-            }
-        }
-        // `/a/b/..` is the directory `/a/`: keep the trailing slash.
-        if last {
-            kept.push("");
-        }
-    }
-    format!("/{}", kept.join("/"))
-}
-
-fn decode_unreserved(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = String::with_capacity(raw.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                let byte = hi << 4 | lo;
-                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-                    out.push(char::from(byte));
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        // Copy one whole character, so multi-byte text survives.
-        let len = raw[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&raw[i..i + len]);
-        i += len;
-    }
-    out
-}
-
-fn hex(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).map(|d| d as u8)
-}
-
-/// Whether `path` is `prefix` or lies below it. Prefixes match whole
-/// segments: `/api` matches `/api` and `/api/x`, not `/apiary`.
-pub fn has_prefix(path: &str, prefix: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
-}
-
-/// `path` with a matching `prefix` (see [`has_prefix`]) replaced by
-/// `replacement`; `path` unchanged when the prefix does not match.
-pub fn replace_prefix(path: &str, prefix: &str, replacement: &str) -> String {
-    if !has_prefix(path, prefix) {
-        return path.to_owned();
-    }
-    // The part below the prefix, always "" or starting with '/': a prefix
-    // written with a trailing slash gives that slash back.
-    let rest = match &path[prefix.len()..] {
-        rest if prefix.ends_with('/') => format!("/{rest}"),
-        rest => rest.to_owned(),
-    };
-    // `/api/x` with `/api` → `/` is `/x`, not `//x`.
-    let joined = match rest.strip_prefix('/') {
-        Some(below) if replacement.ends_with('/') => format!("{replacement}{below}"),
-        _ => format!("{replacement}{rest}"),
-    };
-    debug_assert!(joined.is_empty() || joined.starts_with('/'));
-    if joined.is_empty() {
-        "/".to_owned()
-    } else {
-        joined
-    }
-}
+use weir_plugin::path::check_canonical;
 
 /// The host name of an authority (`Host` header): lower-case, without the
 /// port and without a trailing dot, so `API.Example.com.:8080` is
@@ -127,6 +40,7 @@ enum Segment {
 #[derive(Debug)]
 pub struct Pattern {
     segments: Vec<Segment>,
+    case_insensitive: bool,
 }
 
 impl Pattern {
@@ -163,9 +77,23 @@ impl Pattern {
                 }
                 part => Segment::Literal(part.to_owned()),
             };
+            if let Segment::Literal(text) = &segment {
+                // A literal no canonical path holds would never match.
+                check_canonical(&format!("/{text}"))
+                    .map_err(|e| format!("segment {part:?}: {e}"))?;
+            }
             segments.push(segment);
         }
-        Ok(Pattern { segments })
+        Ok(Pattern {
+            segments,
+            case_insensitive: false,
+        })
+    }
+
+    /// Compare literal segments in any ASCII case.
+    pub fn case_insensitive(mut self, yes: bool) -> Pattern {
+        self.case_insensitive = yes;
+        self
     }
 
     pub fn matches(&self, path: &str) -> bool {
@@ -175,51 +103,24 @@ impl Pattern {
             match (segment, parts.next()) {
                 (Segment::Rest, _) => return true,
                 (Segment::Any, Some(part)) if !part.is_empty() => {}
-                (Segment::Literal(text), Some(part)) if text == part => {}
+                (Segment::Literal(text), Some(part)) if self.literal_is(text, part) => {}
                 _ => return false,
             }
         }
         parts.next().is_none()
+    }
+
+    fn literal_is(&self, text: &str, part: &str) -> bool {
+        match self.case_insensitive {
+            true => text.eq_ignore_ascii_case(part),
+            false => text == part,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalizes_dot_segments_and_unreserved_escapes() {
-        assert_eq!(normalize("/"), "/");
-        assert_eq!(normalize("/a/./b"), "/a/b");
-        assert_eq!(normalize("/a/b/.."), "/a/");
-        assert_eq!(normalize("/public/../admin"), "/admin");
-        assert_eq!(normalize("/public/%2e%2E/admin"), "/admin");
-        assert_eq!(normalize("/../../x"), "/x");
-        assert_eq!(normalize("/%61dmin%2Fx%20y"), "/admin%2Fx%20y");
-        assert_eq!(normalize("/caf\u{e9}/%"), "/caf\u{e9}/%");
-        assert_eq!(normalize("/a%4"), "/a%4");
-    }
-
-    #[test]
-    fn prefixes_match_whole_segments() {
-        assert!(has_prefix("/api", "/api"));
-        assert!(has_prefix("/api/x", "/api"));
-        assert!(!has_prefix("/apiary", "/api"));
-        assert!(has_prefix("/api/x", "/api/"));
-        assert!(has_prefix("/anything", "/"));
-        assert_eq!(
-            replace_prefix("/api/v1/users", "/api/v1", "/v1"),
-            "/v1/users"
-        );
-        assert_eq!(replace_prefix("/api/users", "/api", ""), "/users");
-        assert_eq!(replace_prefix("/api", "/api", ""), "/");
-        assert_eq!(replace_prefix("/api/x", "/api", "/"), "/x");
-        assert_eq!(replace_prefix("/other", "/api", "/v1"), "/other");
-        assert_eq!(replace_prefix("/api/x", "/api/", ""), "/x");
-        assert_eq!(replace_prefix("/api/x", "/api/", "/v1"), "/v1/x");
-        assert_eq!(replace_prefix("/api/", "/api/", ""), "/");
-        assert_eq!(replace_prefix("/x", "/", "/v1/"), "/v1/x");
-    }
 
     #[test]
     fn hosts_lose_port_case_and_trailing_dot() {
@@ -244,9 +145,21 @@ mod tests {
         assert!(Pattern::parse("/").unwrap().matches("/"));
         assert!(!Pattern::parse("/").unwrap().matches("/x"));
         for bad in [
-            "users", "/a/**/b", "/a//b", "/a*", "/{}", "/{a-b}", "/x{id}",
+            "users", "/a/**/b", "/a//b", "/a*", "/{}", "/{a-b}", "/x{id}", "/%61/*", "/a/../b",
+            "/a;b/**",
         ] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn patterns_are_case_sensitive_unless_asked() {
+        let p = Pattern::parse("/Users/{id}/**").unwrap();
+        assert!(p.matches("/Users/7/x"));
+        assert!(!p.matches("/users/7/x"));
+        let p = p.case_insensitive(true);
+        assert!(p.matches("/users/7/x"));
+        assert!(p.matches("/USERS/7"));
+        assert!(!p.matches("/usersx/7"));
     }
 }

@@ -37,6 +37,10 @@
 //! in-process stand-ins, so a plugin's phases can be unit tested with
 //! [`testing`]; only [`http_client`] and the host's config need the real
 //! host.
+//!
+//! `req.path` arrives canonical (the host decodes, dot-segment-resolves and
+//! checks it before the first plugin runs): match it as it is, with
+//! [`PathPrefix`] for segment-wise prefixes, and never normalise it again.
 
 #![forbid(unsafe_code)]
 
@@ -48,6 +52,7 @@ pub mod clock;
 pub mod kv;
 pub mod log;
 pub mod metrics;
+pub mod path;
 mod request;
 pub mod testing;
 
@@ -58,6 +63,7 @@ pub use bindings::weir::plugin::types::{
     RequestAction as Action, RequestChanges as Changes, Response, ResponseChanges, ResponseHead,
     TlsInfo, Value,
 };
+pub use path::PathPrefix;
 pub use request::Request;
 
 /// Headers the host owns (they frame the message or the connection): a

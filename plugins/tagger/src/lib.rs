@@ -1,7 +1,8 @@
 //! `tagger` — the sample Weir plugin that exercises the contract end to end.
 //!
 //! On the way in it sets configured request headers, denies configured path
-//! prefixes with a local 403, appends its tag to `x-weir-chain`, and passes
+//! prefixes (whole segments: `/admin` denies `/admin/x`, not
+//! `/administrator`) with a local 403, appends its tag to `x-weir-chain`, and passes
 //! the list of tags seen so far down the chain as the typed property
 //! `chain`. On the way out it sets configured response headers and appends
 //! its tag to the response's `x-weir-chain`, so chain order is visible in
@@ -17,13 +18,12 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::json;
-use weir_plugin::{log, Action, Info, Plugin, Request, ResponseChanges, ResponseHead};
+use weir_plugin::{log, Action, Info, PathPrefix, Plugin, Request, ResponseChanges, ResponseHead};
 
 /// The plugin's config table from `proxy.toml`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
-    /// This plugin's name in `x-weir-chain` and the `chain` property.
+struct RawConfig {
     tag: String,
     #[serde(default)]
     request_headers: BTreeMap<String, String>,
@@ -31,6 +31,39 @@ struct Config {
     response_headers: BTreeMap<String, String>,
     #[serde(default)]
     deny_prefixes: Vec<String>,
+}
+
+/// The config with its prefixes checked, read through [`RawConfig`].
+#[derive(Deserialize)]
+#[serde(try_from = "RawConfig")]
+struct Config {
+    /// This plugin's name in `x-weir-chain` and the `chain` property.
+    tag: String,
+    request_headers: BTreeMap<String, String>,
+    response_headers: BTreeMap<String, String>,
+    /// Whole segments: `/admin` denies `/admin/x`, not `/administrator`.
+    deny_prefixes: Vec<PathPrefix>,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Config, String> {
+        let deny_prefixes = raw
+            .deny_prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, prefix)| {
+                PathPrefix::new(prefix).map_err(|e| format!("deny_prefixes[{i}]: {e}"))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Config {
+            tag: raw.tag,
+            request_headers: raw.request_headers,
+            response_headers: raw.response_headers,
+            deny_prefixes,
+        })
+    }
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -62,9 +95,6 @@ impl Plugin for Tagger {
                 return Err(format!("header name {name:?} is not a valid HTTP token"));
             }
         }
-        if let Some(bad) = config.deny_prefixes.iter().find(|p| !p.starts_with('/')) {
-            return Err(format!("deny_prefixes entry {bad:?} must start with '/'"));
-        }
         Ok(())
     }
 
@@ -72,7 +102,7 @@ impl Plugin for Tagger {
         if let Some(prefix) = config
             .deny_prefixes
             .iter()
-            .find(|prefix| req.path.starts_with(prefix.as_str()))
+            .find(|prefix| prefix.matches(&req.path))
         {
             log::info(format!("denying {} (prefix {prefix})", req.path));
             return Action::respond(403)
@@ -161,5 +191,27 @@ mod tests {
         };
         assert_eq!(response.status, 403);
         assert_eq!(response.body, br#"{"error":"forbidden"}"#);
+    }
+
+    #[test]
+    fn denied_prefixes_cover_whole_segments_only() {
+        let config = testing::config::<Tagger>(CONFIG);
+        let denied = |path: &str| {
+            matches!(
+                Tagger::on_request(&config, &request("GET", path).build()),
+                Action::Respond(_)
+            )
+        };
+        assert!(denied("/admin"));
+        assert!(denied("/admin/"));
+        assert!(!denied("/administrator"));
+        assert!(!denied("/adminx/y"));
+        assert!(!denied("/ADMIN"));
+        let message =
+            testing::check_config_rejected::<Tagger>(r#"{"tag":"a","deny_prefixes":["/a//b"]}"#);
+        assert!(
+            message.contains(r#"deny_prefixes[0]: "/a//b" is not a canonical path"#),
+            "{message}"
+        );
     }
 }

@@ -107,7 +107,9 @@ async fn header_keys_are_limited_apart_and_overrides_get_a_larger_quota() {
             "header:x-tenant",
             2,
             "1m",
-            "overrides = { gold = 5 }",
+            // The header is marked as set by a trusted plugin: without the
+            // mark a client could name its own quota, and load refuses it.
+            "overrides = { gold = 5 }\ntrusted_header = true",
         )],
     );
     let proxy = TestProxy::start(&config).await;

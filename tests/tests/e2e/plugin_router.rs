@@ -364,7 +364,8 @@ respond = { status = 410, body = "gone" }
     }
     assert_eq!(s.hits_a.load(Ordering::SeqCst), 0);
 
-    // A path that only looks odd is forwarded normalized, as it was matched.
+    // The host canonicalises a path that only looks odd before the router
+    // matches it, and forwards that same path.
     let answer = raw_exchange(
         s.proxy.addr,
         b"GET /internal/../docs/%7euser?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
