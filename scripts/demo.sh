@@ -36,7 +36,7 @@ Admin (metrics, purge) on http://127.0.0.1:9901. Try:
   curl -i -H 'x-api-key: demo-key' 127.0.0.1:8080/v2/hello          # routed: x-echo-upstream: v2, path /hello
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: demo-key' 127.0.0.1:8080/x; done
                                                                     # 5 per 10 s per tenant: ... 429
-  curl -s 127.0.0.1:9901/metrics
+  curl -s -H "Authorization: Bearer $(cat examples/admin.token)" 127.0.0.1:9901/metrics
 
 Ctrl-C to stop.
 TRY

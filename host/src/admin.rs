@@ -3,18 +3,29 @@
 //! `POST /cache/purge?prefix=P` (every key starting with P). Keys are
 //! `scheme://host[:port]/path?query` as the cache builds them (lower-case
 //! host, default port dropped, canonical path); without `scheme://` a key
-//! or prefix names both schemes.
-//! Bind it to loopback or a private network: it has no authentication.
+//! or prefix names both schemes. `GET /readyz` says whether a generation is
+//! serving.
+//!
+//! Every endpoint but `/healthz` and `/readyz` checks `Host` (only the
+//! listener's own address, `localhost`, loopback literals and
+//! `[admin] allowed_hosts`: a web page a browser was tricked into sending
+//! here by DNS rebinding names its own host) and, when a token is
+//! configured, `Authorization: Bearer <token>`. Purging always needs the
+//! token, by POST: without one configured it is refused, since a plain
+//! form POST from any web page would otherwise empty the cache.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
+use crate::config::{AdminSettings, Limits};
 use crate::proxy::Proxy;
+use crate::server::SimpleLimits;
 
 fn text(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     let mut response = Response::new(body::full(text.into()));
@@ -55,8 +66,75 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
+/// Why a request may not use an admin endpoint.
+fn refusal(settings: &AdminSettings, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if !host_allowed(settings, req) {
+        return Some(text(StatusCode::MISDIRECTED_REQUEST, "unknown Host\n"));
+    }
+    let Some(token) = &settings.token else {
+        return None;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(presented) if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) => None,
+        _ => {
+            let mut response = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"weir-admin\""),
+            );
+            Some(response)
+        }
+    }
+}
+
+/// `Host` names the listener itself, loopback, or a configured name.
+fn host_allowed(settings: &AdminSettings, req: &Request<Incoming>) -> bool {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+    let Some(host) = host else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host.as_str(),
+    };
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip == settings.address.ip())
+        || settings.allowed_hosts.iter().any(|allowed| allowed == name)
+}
+
+async fn handle(proxy: &Proxy, settings: &AdminSettings, req: Request<Incoming>) -> Response<Body> {
     let query = req.uri().query().unwrap_or("");
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        // A generation is always serving once the listener is up: a
+        // failed reload keeps the old one.
+        (&Method::GET, "/readyz") => return text(StatusCode::OK, "ready\n"),
+        _ => {}
+    }
+    if let Some(refused) = refusal(settings, &req) {
+        return refused;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let mut response = text(StatusCode::OK, proxy.metrics().render());
@@ -66,7 +144,10 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
             );
             response
         }
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::POST, "/cache/purge") if settings.token.is_none() => text(
+            StatusCode::FORBIDDEN,
+            "purging needs an admin token: set [admin] token_file or WEIR_ADMIN_TOKEN\n",
+        ),
         (&Method::POST, "/cache/purge") => {
             let generation = proxy.current();
             let Some(cache) = &generation.cache else {
@@ -88,11 +169,25 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Serve the admin endpoints until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+/// Serve the admin endpoints until `shutdown` resolves, with the main
+/// listener's head limits and a connection cap of its own.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    settings: AdminSettings,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let simple = SimpleLimits {
+        header_read_timeout: Some(limits.header_read_timeout),
+        max_header_bytes: limits.max_header_bytes,
+        max_connections: settings.max_connections,
+    };
+    let settings = Arc::new(settings);
     let handler = move |req| {
         let proxy = proxy.clone();
-        async move { handle(&proxy, req).await }
+        let settings = settings.clone();
+        async move { handle(&proxy, &settings, req).await }
     };
-    crate::server::serve_simple(listener, "admin", handler, shutdown).await;
+    crate::server::serve_simple(listener, "admin", handler, simple, shutdown).await;
 }

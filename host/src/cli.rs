@@ -179,6 +179,9 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
     };
     let plugins = config.chain.len();
+    for warning in &config.warnings {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
     let weir = Weir::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     match weir.load(config).await {
         Ok(_) => {

@@ -29,8 +29,11 @@ pub struct Config {
     /// Plugins in chain order.
     pub chain: Vec<PluginSpec>,
     pub cache: Option<CacheSettings>,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminSettings>,
     pub kv: KvSettings,
+    /// Things worth an operator's attention that do not stop Weir
+    /// (`weir check` prints them; `weir run` logs them).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +101,28 @@ pub struct Limits {
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_reset_streams: usize,
+    pub properties: PropertyLimits,
+}
+
+/// What the properties plugins pass down the chain may add up to, per
+/// request. A plugin whose answer would cross a cap is the one that fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PropertyLimits {
+    pub max_count: usize,
+    /// Name plus value, for one property.
+    pub max_bytes: usize,
+    /// Every property of the request together.
+    pub max_total_bytes: usize,
+}
+
+impl Default for PropertyLimits {
+    fn default() -> Self {
+        PropertyLimits {
+            max_count: 64,
+            max_bytes: 64 << 10,
+            max_total_bytes: 256 << 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +139,28 @@ impl ProxySettings {
     pub fn is_trusted(&self, peer: std::net::IpAddr) -> bool {
         let peer = peer.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// The admin listener.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub address: SocketAddr,
+    /// The bearer token, when configured.
+    pub token: Option<String>,
+    /// `Host` names accepted besides the listener's address and loopback.
+    pub allowed_hosts: Vec<String>,
+    pub max_connections: usize,
+}
+
+impl fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }
 
@@ -199,6 +246,17 @@ pub struct PluginSpec {
     pub timeout: Duration,
     pub memory_bytes: u64,
     pub allow_hosts: Vec<String>,
+    pub logs: LogLimits,
+}
+
+/// How much one plugin may log: each message is cut at `max_bytes` (with a
+/// marker), and lines beyond the token bucket (`per_second`, bursts of
+/// `burst`) are dropped and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_bytes: usize,
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// A configuration problem, located as precisely as the parser allows.
@@ -271,6 +329,7 @@ impl Config {
         Validator {
             at: located,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
         .validate(raw)
     }
@@ -327,6 +386,7 @@ impl Locator<'_> {
 struct Validator<'a> {
     at: Locator<'a>,
     errors: Vec<ConfigError>,
+    warnings: Vec<String>,
 }
 
 impl Validator<'_> {
@@ -359,25 +419,14 @@ impl Validator<'_> {
             }
         }
 
-        let admin = raw.admin.as_ref().and_then(|admin| {
-            match admin.address.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    self.fail(
-                        Some(admin.address.span()),
-                        "admin.address",
-                        format!("{:?} is not an IP:PORT address", admin.address.get_ref()),
-                    );
-                    None
-                }
-            }
-        });
+        let admin = raw.admin.as_ref().and_then(|admin| self.admin(admin));
         let upstreams = self.upstreams(&raw);
         let default_upstream = raw.default_upstream.as_ref().map(|name| {
             self.check_upstream_ref(name, "default_upstream", &upstreams);
             name.get_ref().clone()
         });
         let chain = self.chain(&raw);
+        self.check_ranges(&raw);
 
         // wasmtime's cache wants an absolute directory; so do log lines.
         let base = self.at.base_dir().to_owned();
@@ -395,6 +444,11 @@ impl Validator<'_> {
                 max_connections: limits.max_connections.max(1),
                 h2_max_concurrent_streams: limits.h2_max_concurrent_streams.max(1),
                 h2_max_pending_reset_streams: limits.h2_max_pending_reset_streams,
+                properties: PropertyLimits {
+                    max_count: limits.max_properties,
+                    max_bytes: limits.max_property_bytes,
+                    max_total_bytes: limits.max_properties_bytes,
+                },
             },
             proxy: self.proxy(&raw.proxy),
             runtime: RuntimeSettings {
@@ -428,6 +482,7 @@ impl Validator<'_> {
                     timeout: Duration::from_millis(*timeout_ms),
                 },
             },
+            warnings: Vec::new(),
         };
         if let KvSettings::Redis { url, .. } = &config.kv {
             if !(url.starts_with("redis://")
@@ -436,13 +491,6 @@ impl Validator<'_> {
             {
                 self.fail(None, "kv.url", format!("{url:?} is not a redis:// URL"));
             }
-        }
-        if limits.max_header_bytes < 1024 {
-            self.fail(
-                None,
-                "limits.max_header_bytes",
-                "must be at least 1024".into(),
-            );
         }
         for spec in &config.chain {
             if spec.memory_bytes > config.runtime.max_memory_bytes {
@@ -458,7 +506,10 @@ impl Validator<'_> {
             }
         }
         if self.errors.is_empty() {
-            Ok(config)
+            Ok(Config {
+                warnings: self.warnings,
+                ..config
+            })
         } else {
             Err(ConfigErrors(self.errors))
         }
@@ -574,6 +625,81 @@ impl Validator<'_> {
             },
             reload_check: Duration::from_millis(tls.reload_check_ms),
         }
+    }
+
+    fn admin(&mut self, raw: &file::AdminFile) -> Option<AdminSettings> {
+        let Ok(address) = raw.address.get_ref().parse::<SocketAddr>() else {
+            self.fail(
+                Some(raw.address.span()),
+                "admin.address",
+                format!("{:?} is not an IP:PORT address", raw.address.get_ref()),
+            );
+            return None;
+        };
+        let token = match &raw.token_file {
+            Some(file) => {
+                let path = self.at.base_dir().join(file.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                    Ok(_) => {
+                        self.fail(
+                            Some(file.span()),
+                            "admin.token_file",
+                            format!("{} is empty", path.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.fail(
+                            Some(file.span()),
+                            "admin.token_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            None => std::env::var("WEIR_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| t.trim().to_owned()),
+        };
+        if token.is_none() && !address.ip().is_loopback() && raw.token_file.is_none() {
+            self.fail(
+                Some(raw.address.span()),
+                "admin.token_file",
+                format!(
+                    "required: the admin listener {address} is not on loopback \
+                     (or set WEIR_ADMIN_TOKEN)"
+                ),
+            );
+        }
+        if token.is_none() {
+            self.warnings.push(format!(
+                "admin: no token (admin.token_file or WEIR_ADMIN_TOKEN): /metrics is open to \
+                 anyone who reaches {address}, and cache purges are refused"
+            ));
+        }
+        if raw.max_connections == 0 || raw.max_connections > 10_000 {
+            self.fail(
+                None,
+                "admin.max_connections",
+                format!(
+                    "{} is out of range: expected 1 to 10000",
+                    raw.max_connections
+                ),
+            );
+        }
+        Some(AdminSettings {
+            address,
+            token,
+            allowed_hosts: raw
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            max_connections: raw.max_connections.max(1),
+        })
     }
 
     fn proxy(&mut self, raw: &file::ProxyFile) -> ProxySettings {
@@ -706,13 +832,6 @@ impl Validator<'_> {
                 return None;
             }
         };
-        if plugin.timeout_ms == 0 {
-            self.fail(
-                None,
-                format!("plugins.{name}.timeout_ms"),
-                "must be greater than 0".into(),
-            );
-        }
         Some(PluginSpec {
             name: name.to_owned(),
             file,
@@ -731,6 +850,11 @@ impl Validator<'_> {
             timeout: Duration::from_millis(plugin.timeout_ms),
             memory_bytes: plugin.memory_mb << 20,
             allow_hosts: plugin.allow_hosts.clone(),
+            logs: LogLimits {
+                max_bytes: plugin.max_log_bytes,
+                per_second: plugin.log_lines_per_second,
+                burst: plugin.log_burst,
+            },
         })
     }
 }
@@ -759,6 +883,9 @@ fn check_authority(endpoint: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+mod ranges;
+pub use ranges::check_name;
 
 #[cfg(test)]
 mod tests;

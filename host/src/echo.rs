@@ -94,5 +94,12 @@ pub async fn serve_named(listener: TcpListener, name: &str, shutdown: impl Futur
         let name = name.clone();
         async move { echo(req, &name).await }
     };
-    crate::server::serve_simple(listener, "echo", handler, shutdown).await;
+    crate::server::serve_simple(
+        listener,
+        "echo",
+        handler,
+        crate::server::SimpleLimits::default(),
+        shutdown,
+    )
+    .await;
 }

@@ -20,6 +20,30 @@ pub use chain::{Chain, Exchange, RequestOutcome};
 pub use engine::Runtime;
 pub use instance::Plugin;
 
+/// A plugin-supplied string made safe to print in a log line, `weir check`
+/// output or an error: control characters (newlines, ANSI escapes, …) are
+/// escaped so it can neither forge a host log line nor recolour a terminal,
+/// and it is cut at `max` bytes with a marker saying how much was left out.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 32);
+    for (at, c) in text.char_indices() {
+        if out.len() >= max {
+            out.push_str(&format!("…[{} more bytes]", text.len() - at));
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Longest plugin-supplied message (a refusal, a trap, a bad answer) kept
+/// in an error.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
 /// Why a plugin could not be loaded or a call failed. Every variant names
 /// the plugin so logs and `weir check` say which one.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +69,14 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// A refused config, its message made printable.
+    pub fn config(plugin: &str, message: &str) -> PluginError {
+        PluginError::Config {
+            plugin: plugin.to_owned(),
+            message: printable(message, MAX_MESSAGE_BYTES),
+        }
+    }
+
     pub fn is_timeout(&self) -> bool {
         matches!(self, PluginError::Timeout { .. })
     }

@@ -90,7 +90,7 @@ impl Weir {
             Upstreams::new(&config.upstreams, &self.metrics).map_err(StartError::Tls)?;
         let names: HashSet<String> = upstreams.names().map(str::to_owned).collect();
         Ok(Generation {
-            chain: Chain::new(plugins, names, config.proxy.paths),
+            chain: Chain::new(plugins, names, config.proxy.paths, config.limits.properties),
             upstreams,
             cache: config.cache.clone().map(|settings| {
                 previous
@@ -219,7 +219,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let listeners = config.listeners.clone();
     let config_path = config.path.clone();
     let reload_check = config.runtime.reload_check;
-    let admin = config.admin;
+    let admin = config.admin.clone();
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let limits = config.limits.clone();
     let generation = weir.load(config).await?;
     let proxy = Arc::new(Proxy::new(generation, weir.metrics.clone()));
@@ -253,18 +256,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         });
     }
     let mut admin_addr = None;
-    if let Some(addr) = admin {
-        let listener = server::bind(addr).await?;
+    if let Some(settings) = admin {
+        let listener = server::bind(settings.address).await?;
         let bound = listener.local_addr()?;
         tracing::info!(address = %bound, "admin listening");
         admin_addr = Some(bound);
         let proxy = proxy.clone();
+        let limits = limits.clone();
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
             let signal = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            crate::admin::serve(listener, proxy, signal).await;
+            crate::admin::serve(listener, proxy, settings, &limits, signal).await;
         });
     }
     let mut running = Running {

@@ -191,19 +191,52 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
+/// Bounds of a small internal HTTP service.
+#[derive(Debug, Clone, Copy)]
+pub struct SimpleLimits {
+    pub header_read_timeout: Option<Duration>,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl Default for SimpleLimits {
+    fn default() -> Self {
+        SimpleLimits {
+            header_read_timeout: Some(Duration::from_secs(10)),
+            max_header_bytes: 64 << 10,
+            max_connections: 1024,
+        }
+    }
+}
+
 /// Serve a small internal HTTP service (the admin listener, `weir echo`)
-/// until `shutdown` resolves: HTTP/1.1 or h2c, no proxy limits, `handler`
-/// per request.
+/// until `shutdown` resolves: HTTP/1.1 or h2c, `handler` per request, with
+/// a head-read timeout, a head-size cap and a connection cap (beyond it a
+/// connection is closed at once).
 pub async fn serve_simple<F, Fut>(
     listener: TcpListener,
     name: &'static str,
     handler: F,
+    limits: SimpleLimits,
     shutdown: impl Future<Output = ()>,
 ) where
     F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Response<crate::body::Body>> + Send + 'static,
 {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    if let Some(timeout) = limits.header_read_timeout {
+        builder.http1().header_read_timeout(timeout);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -217,9 +250,15 @@ pub async fn serve_simple<F, Fut>(
             },
             () = &mut shutdown => return,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(service = name, "connection refused: at max_connections");
+            drop(stream);
+            continue;
+        };
         let builder = builder.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let response = handler(req);
                 async move { Ok::<_, std::convert::Infallible>(response.await) }

@@ -44,6 +44,24 @@ pub fn runtime_section() -> String {
     )
 }
 
+/// The admin bearer token test configs use (a test-only value).
+pub const ADMIN_TOKEN: &str = "weir-e2e-admin-token-0123456789";
+
+/// An `[admin]` section on port 0 with [`ADMIN_TOKEN`] in a token file.
+pub fn admin_section() -> String {
+    let file = shared_cache_dir()
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("weir-test-admin.token");
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(ADMIN_TOKEN) {
+        std::fs::write(&file, ADMIN_TOKEN).expect("write admin token file");
+    }
+    format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = {:?}\n",
+        file.display().to_string()
+    )
+}
+
 /// Write a config to a fresh temp dir and validate it, as `weir` would.
 /// `body` is everything but `[[listeners]]` and `[runtime]`, which are added.
 pub fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {

@@ -121,6 +121,12 @@ pub struct LimitsFile {
     /// HTTP/2: most streams a client may reset before they are accepted
     /// (the "rapid reset" attack guard); the connection is closed beyond it.
     pub h2_max_pending_reset_streams: usize,
+    /// Most properties plugins may set on one request.
+    pub max_properties: usize,
+    /// Largest single property (name + value), in bytes.
+    pub max_property_bytes: usize,
+    /// Largest total of a request's properties, in bytes.
+    pub max_properties_bytes: usize,
 }
 
 impl Default for LimitsFile {
@@ -135,6 +141,9 @@ impl Default for LimitsFile {
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,
             h2_max_pending_reset_streams: 20,
+            max_properties: 64,
+            max_property_bytes: 64 << 10,
+            max_properties_bytes: 256 << 10,
         }
     }
 }
@@ -358,6 +367,26 @@ pub struct PluginFile {
     /// `host` or `host:port` names the plugin may call with `http-client`.
     #[serde(default)]
     pub allow_hosts: Vec<String>,
+    /// Longest log message, in bytes; longer ones are cut with a marker.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: usize,
+    /// Log lines per second (token bucket); beyond it lines are dropped
+    /// and counted.
+    #[serde(default = "default_log_lines_per_second")]
+    pub log_lines_per_second: u32,
+    /// Log lines allowed in one burst.
+    #[serde(default = "default_log_burst")]
+    pub log_burst: u32,
+}
+
+fn default_max_log_bytes() -> usize {
+    4096
+}
+fn default_log_lines_per_second() -> u32 {
+    100
+}
+fn default_log_burst() -> u32 {
+    200
 }
 
 fn default_pool_size() -> usize {
@@ -429,6 +458,23 @@ impl Default for CacheFile {
 pub struct AdminFile {
     /// `IP:PORT` of the admin listener. Keep it on loopback or a private net.
     pub address: Spanned<String>,
+    /// A file holding the bearer token every endpoint but `/healthz` and
+    /// `/readyz` requires (relative to the config file). `WEIR_ADMIN_TOKEN`
+    /// in the environment is used when this is absent. Required when the
+    /// address is not loopback; without one, cache purges are refused.
+    pub token_file: Option<Spanned<String>>,
+    /// Host names (besides the listener's own address, `localhost` and
+    /// loopback literals) requests may carry in `Host`: a DNS-rebinding
+    /// guard.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Most admin connections at once.
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: usize,
+}
+
+fn default_admin_connections() -> usize {
+    64
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -93,3 +93,50 @@ fn a_valid_minimal_config_gets_defaults() {
     assert!(config.cache.is_none());
     assert!(config.chain.is_empty());
 }
+
+#[test]
+fn numbers_out_of_range_name_their_key_and_range() {
+    let errs = errors(&format!(
+        "{LISTENER}[limits]\nheader_read_timeout_ms = 0\nmax_connections = 0\n\
+         [upstreams.api]\nendpoints = [\"127.0.0.1:80\"]\nretries = 1000\n"
+    ));
+    let all = errs.join("\n");
+    assert!(
+        all.contains("limits.header_read_timeout_ms: 0 is out of range: expected 1 to 600000"),
+        "{all}"
+    );
+    assert!(
+        all.contains("limits.max_connections: 0 is out of range"),
+        "{all}"
+    );
+    assert!(
+        all.contains("upstreams.api.retries: 1000 is out of range: expected 0 to 10"),
+        "{all}"
+    );
+}
+
+#[test]
+fn names_are_plain() {
+    let errs = errors(&format!(
+        "{LISTENER}[upstreams.\"Api/x\"]\nendpoints = [\"127.0.0.1:80\"]\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("upstreams.Api/x") && e.contains("1 to 64 of a-z")),
+        "{errs:?}"
+    );
+    assert!(super::check_name("auth-v2_1").is_ok());
+    for bad in ["", "A", "a/b", "a b", "a\nb", &"x".repeat(65)] {
+        assert!(super::check_name(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_remote_admin_listener_needs_a_token() {
+    let errs = errors(&format!("{LISTENER}[admin]\naddress = \"0.0.0.0:9901\"\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("admin.token_file: required") && e.contains("not on loopback")),
+        "{errs:?}"
+    );
+}

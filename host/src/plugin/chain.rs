@@ -15,7 +15,7 @@ use super::convert;
 use super::instance::{Answer, Call};
 use super::{Plugin, PluginError};
 use crate::canonical::{self, Canonical, PathOptions};
-use crate::config::OnError;
+use crate::config::{OnError, PropertyLimits};
 
 /// One request as it flows through the chain: the request head the upstream
 /// will see, plus the typed facts plugins read and set.
@@ -102,14 +102,21 @@ pub struct Chain {
     upstreams: HashSet<String>,
     /// A path a plugin sets is canonicalised as the client's was.
     paths: PathOptions,
+    properties: PropertyLimits,
 }
 
 impl Chain {
-    pub fn new(plugins: Vec<Arc<Plugin>>, upstreams: HashSet<String>, paths: PathOptions) -> Chain {
+    pub fn new(
+        plugins: Vec<Arc<Plugin>>,
+        upstreams: HashSet<String>,
+        paths: PathOptions,
+        properties: PropertyLimits,
+    ) -> Chain {
         Chain {
             plugins,
             upstreams,
             paths,
+            properties,
         }
     }
 
@@ -260,6 +267,7 @@ impl Chain {
         if changes.body.is_some() && ex.body.is_none() {
             return Err("replaced the body without asking to buffer it".into());
         }
+        let properties = merged_properties(&ex.properties, changes.properties, self.properties)?;
 
         if let Some(method) = method {
             ex.head.method = method;
@@ -286,11 +294,8 @@ impl Chain {
         if let Some(upstream) = changes.upstream {
             ex.upstream = Some(upstream);
         }
-        for (name, value) in changes.properties {
-            match ex.properties.iter_mut().find(|(n, _)| *n == name) {
-                Some(slot) => slot.1 = value,
-                None => ex.properties.push((name, value)),
-            }
+        if let Some(properties) = properties {
+            ex.properties = properties;
         }
         if let Some(cache) = changes.cache {
             ex.cache = Some(cache);
@@ -300,6 +305,79 @@ impl Chain {
         }
         Ok(())
     }
+}
+
+/// The request's properties with a plugin's merged in (same name
+/// replaces), or why the result would break a cap. `None`: nothing set.
+/// Sizes are checked before anything is merged, and the merge is one pass
+/// over a name index, so an answer with many properties costs the host
+/// linear time, never quadratic.
+fn merged_properties(
+    current: &[(String, types::Value)],
+    set: Vec<(String, types::Value)>,
+    limits: PropertyLimits,
+) -> Result<Option<Vec<(String, types::Value)>>, String> {
+    if set.is_empty() {
+        return Ok(None);
+    }
+    if set.len() > limits.max_count {
+        return Err(format!(
+            "{} properties in one answer (at most {})",
+            set.len(),
+            limits.max_count
+        ));
+    }
+    for (name, value) in &set {
+        let size = property_size(name, value);
+        if size > limits.max_bytes {
+            return Err(format!(
+                "property {:?} is {size} bytes (at most {})",
+                super::printable(name, 64),
+                limits.max_bytes
+            ));
+        }
+    }
+    let mut merged = current.to_vec();
+    let mut index: std::collections::HashMap<String, usize> = merged
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.clone(), i))
+        .collect();
+    for (name, value) in set {
+        match index.get(&name) {
+            Some(&i) => merged[i].1 = value,
+            None => {
+                index.insert(name.clone(), merged.len());
+                merged.push((name, value));
+            }
+        }
+    }
+    if merged.len() > limits.max_count {
+        return Err(format!(
+            "{} properties on the request (at most {})",
+            merged.len(),
+            limits.max_count
+        ));
+    }
+    let total: usize = merged.iter().map(|(n, v)| property_size(n, v)).sum();
+    if total > limits.max_total_bytes {
+        return Err(format!(
+            "properties total {total} bytes (at most {})",
+            limits.max_total_bytes
+        ));
+    }
+    Ok(Some(merged))
+}
+
+/// What a property costs the host to hold, roughly: name plus value.
+fn property_size(name: &str, value: &types::Value) -> usize {
+    name.len()
+        + match value {
+            types::Value::Text(text) => text.len(),
+            types::Value::Bytes(bytes) => bytes.len(),
+            types::Value::Texts(texts) => texts.iter().map(|t| t.len() + 8).sum(),
+            types::Value::Integer(_) | types::Value::Float(_) | types::Value::Flag(_) => 8,
+        }
 }
 
 fn apply_response_changes(
@@ -338,7 +416,7 @@ fn local_response(local: types::Response) -> Result<http::Response<Bytes>, Strin
 fn bad_output(plugin: &Plugin, message: String) -> PluginError {
     let err = PluginError::BadOutput {
         plugin: plugin.name.clone(),
-        message,
+        message: super::printable(&message, super::MAX_MESSAGE_BYTES),
     };
     plugin.metrics().counter_add(
         "weir_plugin_errors_total",

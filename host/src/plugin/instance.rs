@@ -86,6 +86,8 @@ impl Plugin {
             outbound: outbound::Client::new(&spec.allow_hosts),
             memory_bytes: spec.memory_bytes as usize,
             started: Instant::now(),
+            logs: spec.logs,
+            log_bucket: std::sync::Mutex::new(super::state::TokenBucket::full(&spec.logs)),
         });
         let mut plugin = Plugin {
             name: spec.name.clone(),
@@ -109,10 +111,7 @@ impl Plugin {
         match answer {
             Answer::ValidateConfig(Ok(info)) => plugin.info = info,
             Answer::ValidateConfig(Err(message)) => {
-                return Err(PluginError::Config {
-                    plugin: spec.name.clone(),
-                    message,
-                })
+                return Err(PluginError::config(&spec.name, &message))
             }
             _ => unreachable!("validate-config answers with its own variant"),
         }
@@ -244,9 +243,10 @@ impl Plugin {
         }
         // `{:#}` keeps wasmtime's wasm backtrace (a context in the chain)
         // without the host's Rust backtrace that `{:?}` would add.
+        // Names in the backtrace come from the guest: printable, bounded.
         PluginError::Trap {
             plugin: self.name.clone(),
-            message: format!("{err:#}"),
+            message: super::printable(&format!("{err:#}"), super::MAX_MESSAGE_BYTES),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! with an empty context: no preopened directories, no environment, no
 //! sockets, no stdin; stdout/stderr are discarded.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::weir::plugin::{clock, config, http_client, kv, log, metrics, types};
 use super::outbound;
+use crate::config::LogLimits;
 use crate::kv::{KvError, KvStore};
 use crate::metrics::Metrics;
 
@@ -24,6 +25,40 @@ pub struct PluginShared {
     pub outbound: outbound::Client,
     pub memory_bytes: usize,
     pub started: Instant,
+    pub logs: LogLimits,
+    /// Shared by every instance of the plugin: a pool cannot log more
+    /// than one instance.
+    pub log_bucket: Mutex<TokenBucket>,
+}
+
+/// Lines a plugin may still log: refilled at `per_second`, up to `burst`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    pub fn full(limits: &LogLimits) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(limits.burst),
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Take one token if there is one.
+    fn take(&mut self, limits: &LogLimits) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * f64::from(limits.per_second);
+        self.tokens = (self.tokens + earned).min(f64::from(limits.burst));
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The data of one wasmtime store: one plugin instance.
@@ -110,8 +145,26 @@ impl ResourceLimiter for HostState {
 impl types::Host for HostState {}
 
 impl log::Host for HostState {
+    /// Into the host's `tracing`, bounded: cut at the plugin's
+    /// `max_log_bytes`, control characters escaped (a `\n` would forge a
+    /// host log line), and dropped (counted) beyond its rate.
     fn log(&mut self, level: log::Level, message: String) {
-        let plugin = self.shared.name.as_str();
+        let shared = &self.shared;
+        let allowed = shared
+            .log_bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(&shared.logs);
+        if !allowed {
+            shared.metrics.counter_add(
+                "weir_plugin_log_dropped_total",
+                &[("plugin", &shared.name)],
+                1,
+            );
+            return;
+        }
+        let message = super::printable(&message, shared.logs.max_bytes);
+        let plugin = shared.name.as_str();
         let request = self.request_id.as_str();
         match level {
             log::Level::Trace => tracing::trace!(plugin, request, "{message}"),

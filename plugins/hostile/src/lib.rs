@@ -22,6 +22,10 @@
 //!   header, `denied: <errors>` or `LEAK <what leaked>`;
 //! * `set-path`: rewrite the request path to `path`, byte for byte (the
 //!   host must canonicalise it, or refuse an ambiguous one);
+//! * host bounds: `log-flood` (`count` lines of `size` bytes per request,
+//!   each trying to forge a host log line), `properties` (`count`
+//!   properties of `size` bytes), `refuse-config` (refuse the config with
+//!   `size` bytes of forgery);
 //! * `ok`: behave.
 //!
 //! `phase`: `request` (default) or `response`.
@@ -71,6 +75,9 @@ enum Mode {
     ReadEnv,
     OpenSocket,
     SetPath,
+    LogFlood,
+    Properties,
+    RefuseConfig,
     Ok,
 }
 
@@ -119,6 +126,34 @@ struct Config {
     huge: Huge,
     /// `set-path`: the path to rewrite the request to, as given.
     path: Option<String>,
+    /// `log-flood`: lines per request; `properties`: properties set.
+    #[serde(default = "default_count")]
+    count: u32,
+    /// `log-flood`: bytes per line; `properties`: bytes per value;
+    /// `refuse-config`: bytes of the refusal.
+    #[serde(default = "default_size")]
+    size: u32,
+}
+
+fn default_count() -> u32 {
+    1000
+}
+
+fn default_size() -> u32 {
+    100
+}
+
+/// A message that tries to forge a host log line (a newline, then text
+/// shaped like one) and to recolour the terminal (ANSI escapes).
+const FORGERY: &str =
+    "hostile\n2026-12-01T00:00:00Z ERROR weir::runner: admin: auth DISABLED \u{1b}[32mok\u{1b}[0m";
+
+fn padded(size: u32) -> String {
+    let mut text = FORGERY.to_owned();
+    while text.len() < size as usize {
+        text.push('x');
+    }
+    text
 }
 
 fn default_prefix() -> String {
@@ -134,6 +169,9 @@ impl Config {
         let config: Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
         if config.mode == Mode::OpenSocket && config.address.is_none() {
             return Err("mode open-socket needs `address`".into());
+        }
+        if config.mode == Mode::RefuseConfig {
+            return Err(padded(config.size));
         }
         Ok(config)
     }
@@ -403,6 +441,22 @@ impl Guest for Hostile {
             Mode::HugeResponse => RequestAction::Respond(huge_response(config.huge)),
             Mode::SetPath => RequestAction::Continue(RequestChanges {
                 path: config.path.clone(),
+                ..unchanged()
+            }),
+            Mode::LogFlood => {
+                let line = padded(config.size);
+                for _ in 0..config.count {
+                    log::log(log::Level::Warn, &line);
+                }
+                RequestAction::Continue(unchanged())
+            }
+            Mode::Properties => RequestAction::Continue(RequestChanges {
+                properties: (0..config.count)
+                    .map(|i| {
+                        let value = "v".repeat(config.size as usize);
+                        (format!("p{i}"), weir::plugin::types::Value::Text(value))
+                    })
+                    .collect(),
                 ..unchanged()
             }),
             _ => RequestAction::Continue(unchanged()),

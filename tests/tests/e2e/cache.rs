@@ -36,8 +36,9 @@ async fn counting(
 
 async fn cached_proxy(upstream: &Upstream, extra: &str) -> TestProxy {
     TestProxy::start(&format!(
-        "default_upstream = \"up\"\n{}\n[cache]\ncapacity_bytes = 1048576\n[admin]\naddress = \"127.0.0.1:0\"\n{extra}",
-        upstream.toml("up")
+        "default_upstream = \"up\"\n{}\n[cache]\ncapacity_bytes = 1048576\n{}{extra}",
+        upstream.toml("up"),
+        weir_tests::admin_section()
     ))
     .await
 }
@@ -250,6 +251,7 @@ async fn admin_purges_by_key_and_by_prefix() {
     }
     let purge = client()
         .post(proxy.admin_url(&format!("/cache/purge?key={host}/a/1")))
+        .bearer_auth(weir_tests::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -259,6 +261,7 @@ async fn admin_purges_by_key_and_by_prefix() {
 
     let purge = client()
         .post(proxy.admin_url(&format!("/cache/purge?prefix={host}/a/")))
+        .bearer_auth(weir_tests::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -269,6 +272,7 @@ async fn admin_purges_by_key_and_by_prefix() {
 
     let metrics = client()
         .get(proxy.admin_url("/metrics"))
+        .bearer_auth(weir_tests::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()

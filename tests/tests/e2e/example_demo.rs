@@ -34,6 +34,13 @@ async fn readme_walkthrough_against_the_example_config() {
         .replace("127.0.0.1:9000", &main.to_string())
         .replace("127.0.0.1:9001", &v2.to_string())
         .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace(
+            "\"admin.token\"",
+            &format!(
+                "{:?}",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/admin.token")
+            ),
+        )
         // TestProxy adds its own listener on port 0.
         .replace("[[listeners]]\naddress = \"127.0.0.1:8080\"\n", "");
     for (name, file) in artifacts::ALL {
@@ -77,4 +84,31 @@ async fn readme_walkthrough_against_the_example_config() {
         statuses.push(get("/x").await.unwrap().status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 429]);
+
+    // The admin calls, with the example's token.
+    let token = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/admin.token"
+    ))
+    .unwrap();
+    let metrics = client()
+        .get(proxy.admin_url("/metrics"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let purge = client()
+        .post(proxy.admin_url(&format!("/cache/purge?prefix={}/doc", proxy.addr)))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    let unauthorized = client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
 }

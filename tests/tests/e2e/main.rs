@@ -1,6 +1,7 @@
 //! Weir end to end: the real proxy, real upstreams, real compiled plugins,
 //! over real sockets. One binary, one module per capability.
 
+mod admin;
 mod cache;
 mod canonical_request;
 mod chain;
@@ -10,6 +11,7 @@ mod failures;
 mod hardening;
 mod kv_redis;
 mod plugin_auth;
+mod plugin_bounds;
 mod plugin_cache_policy;
 mod plugin_cors;
 mod plugin_hostile;
