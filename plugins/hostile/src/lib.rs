@@ -22,6 +22,12 @@
 //!   header, `denied: <errors>` or `LEAK <what leaked>`;
 //! * `set-path`: rewrite the request path to `path`, byte for byte (the
 //!   host must canonicalise it, or refuse an ambiguous one);
+//! * `metrics-flood` (request phase): record `series_per_request` counters
+//!   never seen before (labelled with the request path) and, beside a valid
+//!   histogram, gauge and counter, every kind of metric the host must refuse:
+//!   a reserved `le` label, a 1 MiB label value, too many labels, a
+//!   malformed name, a NaN, a name used as two types; and `errors_total`,
+//!   the name of a host metric;
 //! * `ok`: behave.
 //!
 //! `phase`: `request` (default) or `response`.
@@ -49,7 +55,7 @@ use weir::plugin::types::{
     HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
     ResponseHead,
 };
-use weir::plugin::{clock, config, log};
+use weir::plugin::{clock, config, log, metrics};
 
 /// The response header the escape attempts report in.
 const RESULT_HEADER: &str = "x-hostile-result";
@@ -71,6 +77,7 @@ enum Mode {
     ReadEnv,
     OpenSocket,
     SetPath,
+    MetricsFlood,
     Ok,
 }
 
@@ -119,6 +126,13 @@ struct Config {
     huge: Huge,
     /// `set-path`: the path to rewrite the request to, as given.
     path: Option<String>,
+    /// `metrics-flood`: new series recorded per request.
+    #[serde(default = "default_series_per_request")]
+    series_per_request: u32,
+}
+
+fn default_series_per_request() -> u32 {
+    200
 }
 
 fn default_prefix() -> String {
@@ -205,6 +219,29 @@ fn flood_host_calls() {
     loop {
         log::log(log::Level::Trace, "hostile: flood");
         sum = black_box(sum.wrapping_add(clock::now_ms()));
+    }
+}
+
+/// `metrics-flood`: what a plugin may try to make the host hold.
+fn flood_metrics(config: &Config, path: &str) {
+    let label = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+    // Valid: one histogram, one gauge, two counters.
+    metrics::histogram_observe("flood_latency_seconds", &[], 0.003);
+    metrics::gauge_set("flood_queue_depth", &[], 3.5);
+    metrics::counter_add("errors_total", &[label("kind", "timeout")], 1);
+    metrics::counter_add("flood_kind_total", &[], 1);
+    // Refused.
+    metrics::gauge_set("flood_kind_total", &[], 1.0);
+    metrics::counter_add("flood_total", &[label("le", "7")], 1);
+    let huge = "x".repeat(1 << 20);
+    metrics::counter_add("flood_total", &[label("blob", &huge)], 1);
+    let many: Vec<(String, String)> = (0..20).map(|i| label(&format!("l{i}"), "v")).collect();
+    metrics::counter_add("flood_total", &many, 1);
+    metrics::counter_add("bad-name", &[], 1);
+    metrics::histogram_observe("flood_latency_seconds", &[], f64::NAN);
+    // New series, until the host's cap refuses them.
+    for i in 0..config.series_per_request {
+        metrics::counter_add("flood_total", &[label("id", &format!("{path}-{i}"))], 1);
     }
 }
 
@@ -405,6 +442,10 @@ impl Guest for Hostile {
                 path: config.path.clone(),
                 ..unchanged()
             }),
+            Mode::MetricsFlood => {
+                flood_metrics(&config, &req.path);
+                RequestAction::Continue(unchanged())
+            }
             _ => RequestAction::Continue(unchanged()),
         }
     }
