@@ -21,11 +21,20 @@ command -v wasm-ld >/dev/null || need_apt+=(lld)
 [ -f /usr/lib/wasm32-wasi/libc.a ] || need_apt+=(wasi-libc)
 compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a' >/dev/null \
   || need_apt+=(libclang-rt-dev-wasm32)
-if ((${#need_apt[@]})); then
-  echo "==> installing ${need_apt[*]} (apt)"
+# Prometheus' own checker of the /metrics text (`promtool check metrics`),
+# without what the package recommends (the node exporter and its tools).
+need_apt_bare=()
+command -v promtool >/dev/null || need_apt_bare+=(prometheus)
+if ((${#need_apt[@]} + ${#need_apt_bare[@]})); then
+  echo "==> installing ${need_apt[*]} ${need_apt_bare[*]} (apt)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  if ((${#need_apt[@]})); then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  fi
+  if ((${#need_apt_bare[@]})); then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt_bare[@]}"
+  fi
 fi
 
 # The plugins are built for wasm32-wasip2 by tests/build.rs, minutes into

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::metrics::MetricsLimits;
 use file::{FileConfig, OnErrorFile, StrategyFile};
 
 /// A validated configuration.
@@ -34,6 +35,8 @@ pub struct Config {
     /// Things worth an operator's attention that do not stop Weir
     /// (`weir check` prints them; `weir run` logs them).
     pub warnings: Vec<String>,
+    /// Fixed until restart: the registry is process-wide.
+    pub metrics: MetricsLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -427,6 +430,7 @@ impl Validator<'_> {
         });
         let chain = self.chain(&raw);
         self.check_ranges(&raw);
+        let metrics = self.metrics(&raw.metrics);
 
         // wasmtime's cache wants an absolute directory; so do log lines.
         let base = self.at.base_dir().to_owned();
@@ -483,6 +487,7 @@ impl Validator<'_> {
                 },
             },
             warnings: Vec::new(),
+            metrics,
         };
         if let KvSettings::Redis { url, .. } = &config.kv {
             if !(url.starts_with("redis://")
@@ -747,6 +752,42 @@ impl Validator<'_> {
                 file::UnderscoresFile::Allow => Underscores::Allow,
             },
             via_name: raw.via_name.clone(),
+        }
+    }
+
+    /// `[metrics]`: absent keys take the defaults; 0 would refuse every
+    /// plugin metric, which is what leaving the import unused does already.
+    fn metrics(&mut self, raw: &file::MetricsFile) -> MetricsLimits {
+        let defaults = MetricsLimits::default();
+        let mut take = |value: &Option<Spanned<usize>>, key: &str, default: usize| match value {
+            Some(value) if *value.get_ref() == 0 => {
+                self.fail(
+                    Some(value.span()),
+                    format!("metrics.{key}"),
+                    "must be greater than 0".into(),
+                );
+                default
+            }
+            Some(value) => *value.get_ref(),
+            None => default,
+        };
+        MetricsLimits {
+            max_series_per_plugin: take(
+                &raw.max_series_per_plugin,
+                "max_series_per_plugin",
+                defaults.max_series_per_plugin,
+            ),
+            max_labels: take(&raw.max_labels, "max_labels", defaults.max_labels),
+            max_label_value_bytes: take(
+                &raw.max_label_value_bytes,
+                "max_label_value_bytes",
+                defaults.max_label_value_bytes,
+            ),
+            max_name_bytes: take(
+                &raw.max_name_bytes,
+                "max_name_bytes",
+                defaults.max_name_bytes,
+            ),
         }
     }
 

@@ -3,21 +3,74 @@
 //!
 //! Plugins name their metrics at run time, which registry-based crates such
 //! as `prometheus-client` cannot express (names are fixed at registration),
-//! so this is a small map of series keyed by name + sorted labels.
+//! so this is a small registry of series keyed by name + labels, in two
+//! halves that never share a name:
+//!
+//! * host series (this file): `weir_requests_total`, `weir_upstream_*`,
+//!   `weir_plugin_errors_total`, … Their names are literals in the host's
+//!   code; every one starts with `weir_` and none with [`PLUGIN_PREFIX`].
+//! * plugin series ([`plugin::PluginRegistry`]): whatever plugins record,
+//!   rendered as `weir_custom_<name>{plugin="<plugin>",…}` after the name,
+//!   the labels and the value were checked and the plugin's share counted
+//!   against [`MetricsLimits`]. What is refused is dropped, never rewritten
+//!   (a rewritten name could land on another one), and counted in the host's
+//!   `weir_plugin_metrics_dropped_total{plugin,reason}`.
+//!
+//! Recording never waits behind a scrape. Every value is an atomic behind an
+//! `Arc`; a lock guards only the map from key to series, taken shared to
+//! find a series and exclusively only to add one. A scrape holds it shared
+//! just long enough to copy the list of `Arc`s (a [`Snapshot`], which owns no
+//! guard) and formats the text outside it.
 
-use std::collections::BTreeMap;
+mod plugin;
+
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use plugin::{PluginRegistry, Sample};
+
+pub use plugin::PLUGIN_PREFIX;
 
 /// Histogram bucket upper bounds (seconds-friendly, also fine for counts).
 const BUCKETS: [f64; 12] = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0,
 ];
 
+/// What plugins may make the host hold in metrics. The registry is
+/// process-wide (created once at start), so these are fixed until restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsLimits {
+    /// Series one plugin may create, counted as Prometheus counts them: a
+    /// counter or gauge is one, a histogram is one per bucket plus `+Inf`,
+    /// `_sum` and `_count` (15). Samples for existing series keep updating
+    /// once the cap is reached; samples that would add one are dropped.
+    pub max_series_per_plugin: usize,
+    /// Labels a plugin may put on one series (the host's `plugin` label is
+    /// not counted).
+    pub max_labels: usize,
+    /// Longest label value, in bytes.
+    pub max_label_value_bytes: usize,
+    /// Longest metric or label name, in bytes (before the host's prefix).
+    pub max_name_bytes: usize,
+}
+
+impl Default for MetricsLimits {
+    fn default() -> Self {
+        MetricsLimits {
+            max_series_per_plugin: 1000,
+            max_labels: 8,
+            max_label_value_bytes: 256,
+            max_name_bytes: 128,
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Metrics {
-    inner: Arc<Mutex<Series>>,
+    host: Arc<HostSeries>,
+    plugins: Arc<PluginRegistry>,
     /// `weir_requests_total` by status class: counted for every request,
     /// so lock-free and allocation-free.
     requests: Arc<[AtomicU64; 5]>,
@@ -25,50 +78,49 @@ pub struct Metrics {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-type Labels = Vec<(String, String)>;
+/// Host-owned families rendered apart from [`HostSeries`]; `counter_add`
+/// must never be handed these names, or a family would appear twice.
+const REQUESTS: &str = "weir_requests_total";
 
+/// Help text for the host's families (Prometheus tools warn without one).
+const HOST_HELP: [(&str, &str); 5] = [
+    (
+        "weir_connections_refused_total",
+        "Client connections refused because limits.max_connections were open.",
+    ),
+    (
+        "weir_plugin_errors_total",
+        "Plugin calls that failed, by plugin and kind.",
+    ),
+    (
+        "weir_upstream_ejections_total",
+        "Upstream endpoints ejected by passive health checks.",
+    ),
+    (
+        "weir_upstream_retries_total",
+        "Upstream requests retried, by upstream and reason.",
+    ),
+    (REQUESTS, "Requests served, by status class."),
+];
+
+pub type Labels = Vec<(String, String)>;
+
+type HostKey = (String, Labels);
+
+/// The host's own counters. Few (bounded by upstreams × plugins × kinds)
+/// and written on rare events; the map is locked like the plugins' so that
+/// a scrape never stalls the request that counts a retry.
 #[derive(Default)]
-struct Series {
-    counters: BTreeMap<(String, Labels), u64>,
-    gauges: BTreeMap<(String, Labels), f64>,
-    histograms: BTreeMap<(String, Labels), Histogram>,
-}
-
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-/// Metric names and label names must match `[a-zA-Z_][a-zA-Z0-9_]*`.
-fn sanitize(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if out.chars().next().is_none_or(|c| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
-}
-
-fn plugin_labels(plugin: &str, labels: Labels) -> Labels {
-    let mut out: Labels = labels
-        .into_iter()
-        .map(|(k, v)| (sanitize(&k), v))
-        .filter(|(k, _)| k != "plugin")
-        .collect();
-    out.push(("plugin".into(), plugin.to_owned()));
-    out.sort();
-    out.dedup_by(|a, b| a.0 == b.0);
-    out
+struct HostSeries {
+    counters: RwLock<HashMap<Arc<HostKey>, Arc<AtomicU64>>>,
 }
 
 impl Metrics {
-    fn with<R>(&self, f: impl FnOnce(&mut Series) -> R) -> R {
-        let mut series = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut series)
+    pub fn new(limits: MetricsLimits) -> Metrics {
+        Metrics {
+            plugins: Arc::new(PluginRegistry::new(limits)),
+            ..Metrics::default()
+        }
     }
 
     /// Count one served request by its status.
@@ -77,117 +129,195 @@ impl Metrics {
         self.requests[class].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Add to a host counter.
-    pub fn counter_add(&self, name: &str, labels: &[(&str, &str)], delta: u64) {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        self.with(|s| *s.counters.entry((name.to_owned(), labels)).or_default() += delta);
+    /// Add to a host counter. `name` is a literal of the host's (never a
+    /// plugin's), so it cannot reach into the plugins' namespace.
+    pub fn counter_add(&self, name: &'static str, labels: &[(&str, &str)], delta: u64) {
+        debug_assert!(
+            name.starts_with("weir_")
+                && !name.starts_with(PLUGIN_PREFIX)
+                && name != REQUESTS
+                && name != plugin::DROPPED,
+            "{name} is not a host counter name"
+        );
+        let key: HostKey = (name.to_owned(), owned(labels));
+        let found = read(&self.host.counters).get(&key).cloned();
+        let counter = match found {
+            Some(counter) => counter,
+            None => write(&self.host.counters)
+                .entry(Arc::new(key))
+                .or_default()
+                .clone(),
+        };
+        saturating_add(&counter, delta);
     }
 
-    pub fn plugin_counter_add(&self, plugin: &str, name: &str, labels: Labels, delta: u64) {
-        let key = (
-            format!("weir_plugin_{}", sanitize(name)),
-            plugin_labels(plugin, labels),
-        );
-        self.with(|s| *s.counters.entry(key).or_default() += delta);
+    /// A plugin's `counter-add`. Counters saturate at `u64::MAX` rather than
+    /// wrap: a counter that goes down reads as a restart to Prometheus.
+    pub fn plugin_counter_add(&self, plugin: &str, name: String, labels: Labels, delta: u64) {
+        self.plugins
+            .record(plugin, name, labels, Sample::Counter(delta));
     }
 
-    pub fn plugin_gauge_set(&self, plugin: &str, name: &str, labels: Labels, value: f64) {
-        let key = (
-            format!("weir_plugin_{}", sanitize(name)),
-            plugin_labels(plugin, labels),
-        );
-        self.with(|s| s.gauges.insert(key, value));
+    /// A plugin's `gauge-set`: any finite value.
+    pub fn plugin_gauge_set(&self, plugin: &str, name: String, labels: Labels, value: f64) {
+        self.plugins
+            .record(plugin, name, labels, Sample::Gauge(value));
     }
 
-    pub fn plugin_histogram_observe(&self, plugin: &str, name: &str, labels: Labels, value: f64) {
-        let key = (
-            format!("weir_plugin_{}", sanitize(name)),
-            plugin_labels(plugin, labels),
-        );
-        self.with(|s| {
-            let histogram = s.histograms.entry(key).or_default();
-            for (bucket, bound) in histogram.buckets.iter_mut().zip(BUCKETS) {
-                if value <= bound {
-                    *bucket += 1;
-                }
-            }
-            histogram.count += 1;
-            histogram.sum += value;
-        });
+    /// A plugin's `histogram-observe`: any finite value.
+    pub fn plugin_histogram_observe(&self, plugin: &str, name: String, labels: Labels, value: f64) {
+        self.plugins
+            .record(plugin, name, labels, Sample::Histogram(value));
     }
 
     /// Current value of a host counter (for tests and `weir` itself).
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let labels: Labels = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        self.with(|s| {
-            s.counters
-                .get(&(name.to_owned(), labels))
-                .copied()
-                .unwrap_or(0)
-        })
+        let key: HostKey = (name.to_owned(), owned(labels));
+        read(&self.host.counters)
+            .get(&key)
+            .map_or(0, |counter| counter.load(Ordering::Relaxed))
     }
 
     /// Render every series in the Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        self.snapshot().render()
+    }
+
+    /// The list of every series, taken under the maps' locks (shared, and
+    /// only to clone `Arc`s), so that formatting holds none.
+    fn snapshot(&self) -> Snapshot {
+        let mut host: Vec<_> = read(&self.host.counters)
+            .iter()
+            .map(|(key, counter)| (key.clone(), counter.clone()))
+            .collect();
+        host.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot {
+            requests: self.requests.clone(),
+            host,
+            plugins: self.plugins.snapshot(),
+        }
+    }
+}
+
+/// What a scrape renders: every series as it was listed when the snapshot
+/// was taken, with the values read (atomically, one by one) at render time.
+struct Snapshot {
+    requests: Arc<[AtomicU64; 5]>,
+    host: Vec<(Arc<HostKey>, Arc<AtomicU64>)>,
+    plugins: plugin::Snapshot,
+}
+
+impl Snapshot {
+    fn render(self) -> String {
+        let mut out = String::with_capacity(4096 + self.plugins.len() * 128);
+        family(&mut out, REQUESTS, host_help(REQUESTS), "counter");
         for (class, count) in STATUS_CLASSES.iter().zip(self.requests.iter()) {
             let _ = writeln!(
                 out,
-                "weir_requests_total{{status=\"{class}\"}} {}",
+                "{REQUESTS}{{status=\"{class}\"}} {}",
                 count.load(Ordering::Relaxed)
             );
         }
-        self.with(|s| {
-            for ((name, labels), value) in &s.counters {
-                let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
+        let mut current = "";
+        for (key, value) in &self.host {
+            let (name, labels) = &**key;
+            if name != current {
+                family(&mut out, name, host_help(name), "counter");
+                current = name;
             }
-            for ((name, labels), value) in &s.gauges {
-                let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
-            }
-            for ((name, labels), h) in &s.histograms {
-                for (count, bound) in h.buckets.iter().zip(BUCKETS) {
-                    let le = bound.to_string();
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{} {count}",
-                        render_labels(labels, Some(&le))
-                    );
-                }
-                let all = render_labels(labels, Some("+Inf"));
-                let plain = render_labels(labels, None);
-                let _ = writeln!(out, "{name}_bucket{all} {}", h.count);
-                let _ = writeln!(out, "{name}_sum{plain} {}", h.sum);
-                let _ = writeln!(out, "{name}_count{plain} {}", h.count);
-            }
-        });
+            out.push_str(name);
+            write_labels(&mut out, None, labels, None);
+            let _ = writeln!(out, " {}", value.load(Ordering::Relaxed));
+        }
+        self.plugins.render(&mut out);
         out
     }
 }
 
-fn render_labels(labels: &Labels, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = labels
+fn host_help(name: &str) -> &'static str {
+    HOST_HELP
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
+        .find(|(known, _)| *known == name)
+        .map_or("Counted by Weir.", |(_, help)| help)
+}
+
+/// The `# HELP` and `# TYPE` lines that open a family: every sample of it
+/// must follow, before the next family opens.
+fn family(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// `{plugin="p",k="v",le="0.5"}`, or nothing when there are no labels.
+fn write_labels(out: &mut String, plugin: Option<&str>, labels: &Labels, le: Option<&str>) {
+    let pairs = plugin
+        .map(|p| ("plugin", p))
+        .into_iter()
+        .chain(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .chain(le.map(|le| ("le", le)));
+    let mut first = true;
+    for (name, value) in pairs {
+        out.push(if first { '{' } else { ',' });
+        first = false;
+        out.push_str(name);
+        out.push_str("=\"");
+        escape_into(out, value);
+        out.push('"');
     }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
+    if !first {
+        out.push('}');
     }
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Label values escape `\`, `"` and newline; nothing else is special.
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
+
+/// A float as the text format spells it. `{:?}` switches to exponent
+/// notation for very large or small values, where `{}` writes every digit.
+fn write_f64(out: &mut String, value: f64) {
+    if value.is_nan() {
+        out.push_str("NaN");
+    } else if value == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if value == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else {
+        let _ = write!(out, "{value:?}");
+    }
+}
+
+fn saturating_add(counter: &AtomicU64, delta: u64) {
+    // `fetch_add` would wrap; the closure never refuses, so this cannot fail.
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_add(delta))
+    });
+}
+
+fn owned(labels: &[(&str, &str)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The maps hold no invariant a panicking holder could break half-way (an
+/// insert is one call), so a poisoned lock is still good to use.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

@@ -55,7 +55,7 @@ impl Weir {
         Ok(Weir {
             runtime,
             kv,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(config.metrics),
         })
     }
 
@@ -132,8 +132,8 @@ impl Running {
     /// Reload `proxy.toml` and every plugin: compiled and validated aside,
     /// then swapped in atomically; in-flight requests finish on the old
     /// chain. On any error the old generation keeps serving. Listeners,
-    /// the runtime and the KV backend are fixed at start (restart to change
-    /// them).
+    /// the runtime, the KV backend and the metrics limits are fixed at
+    /// start (restart to change them).
     pub async fn reload(&self) -> Result<(), StartError> {
         reload(&self.weir, &self.proxy, &self.config_path).await
     }
@@ -202,6 +202,9 @@ async fn reload(weir: &Weir, proxy: &Proxy, path: &std::path::Path) -> Result<()
     let current = proxy.current();
     if config.runtime != current.config.runtime {
         tracing::warn!("[runtime] changes take effect at the next restart");
+    }
+    if config.metrics != current.config.metrics {
+        tracing::warn!("[metrics] changes take effect at the next restart");
     }
     let listeners: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let serving: Vec<_> = current.config.listeners.iter().map(|l| l.address).collect();

@@ -15,6 +15,12 @@
 //!   two removes), as the chain applies a `continue` with header changes.
 //! * `header list from WIT`: `check_header_list` on a local response's
 //!   headers, as the chain builds a plugin's `respond` answer (a 401 here).
+//! * `plugin counter-add`: a plugin's `counter-add` with two labels into a
+//!   series it already has (checks, sort, shared-lock lookup, saturating
+//!   add), the host side of the `metrics` import; the name and labels are
+//!   built outside the timing, as wasmtime hands them over owned.
+//! * `metrics render`: a scrape of one plugin at the default cap (1000
+//!   counter series), which runs while plugins keep recording.
 //!
 //! Run: `cargo bench -p weir-tests --bench hot_paths`
 
@@ -27,6 +33,7 @@ use http::{request, response};
 use http_body_util::BodyExt;
 use weir::cache::{self, Directives, Facts, Lookup, ResponseCache};
 use weir::config::CacheSettings;
+use weir::metrics::Metrics;
 use weir::plugin::bindings::types::{self, HeaderOp};
 use weir::plugin::convert;
 
@@ -229,5 +236,35 @@ fn bench_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_cache, bench_headers);
+/// A plugin's labels, owned as they arrive from the guest.
+fn plugin_labels(route: &str) -> Vec<(String, String)> {
+    vec![
+        ("route".to_owned(), route.to_owned()),
+        ("result".to_owned(), "allowed".to_owned()),
+    ]
+}
+
+fn bench_metrics(c: &mut Criterion) {
+    let metrics = Metrics::default();
+    for i in 0..1000 {
+        let route = format!("/r/{i}");
+        metrics.plugin_counter_add("bench", "hits_total".into(), plugin_labels(&route), 1);
+    }
+    let scrape = metrics.render();
+    assert_eq!(scrape.matches("weir_custom_hits_total{").count(), 1000);
+
+    c.bench_function("plugin counter-add, existing series, 2 labels", |b| {
+        b.iter_batched(
+            || ("hits_total".to_owned(), plugin_labels("/r/7")),
+            |(name, labels)| metrics.plugin_counter_add("bench", name, labels, 1),
+            BatchSize::SmallInput,
+        )
+    });
+
+    c.bench_function("metrics render, 1000 plugin series", |b| {
+        b.iter(|| metrics.render())
+    });
+}
+
+criterion_group!(benches, bench_cache, bench_headers, bench_metrics);
 criterion_main!(benches);

@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub cache: Option<CacheFile>,
     /// `[admin]`: metrics and cache purge, on a separate listener.
     pub admin: Option<AdminFile>,
+    /// `[metrics]`: what plugins' metrics may make the host hold.
+    #[serde(default)]
+    pub metrics: MetricsFile,
     /// `[kv]`: the store behind the plugins' `kv` import.
     #[serde(default)]
     pub kv: KvFile,
@@ -475,6 +478,22 @@ pub struct AdminFile {
 
 fn default_admin_connections() -> usize {
     64
+}
+
+/// Every key is optional; an absent one takes
+/// [`crate::metrics::MetricsLimits::default`]'s value. Spanned, so that a
+/// refused value is reported with its line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsFile {
+    /// Series one plugin may create (a histogram counts 15).
+    pub max_series_per_plugin: Option<Spanned<usize>>,
+    /// Labels a plugin may put on one series.
+    pub max_labels: Option<Spanned<usize>>,
+    /// Longest label value, in bytes.
+    pub max_label_value_bytes: Option<Spanned<usize>>,
+    /// Longest metric or label name, in bytes.
+    pub max_name_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -140,3 +140,34 @@ fn a_remote_admin_listener_needs_a_token() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn metrics_limits_default_and_refuse_zero_with_their_line() {
+    let config = Config::parse(Path::new("/srv/proxy.toml"), LISTENER).unwrap();
+    assert_eq!(config.metrics, crate::metrics::MetricsLimits::default());
+
+    let config = Config::parse(
+        Path::new("/srv/proxy.toml"),
+        &format!("{LISTENER}[metrics]\nmax_series_per_plugin = 50\n"),
+    )
+    .unwrap();
+    assert_eq!(config.metrics.max_series_per_plugin, 50);
+    assert_eq!(config.metrics.max_labels, 8);
+
+    let errs = errors(&format!(
+        "{LISTENER}[metrics]\nmax_labels = 0\nmax_label_value_bytes = 0\n"
+    ));
+    assert_eq!(
+        errs,
+        [
+            "/etc/weir/proxy.toml:4: metrics.max_labels: must be greater than 0",
+            "/etc/weir/proxy.toml:5: metrics.max_label_value_bytes: must be greater than 0",
+        ]
+    );
+    let errs = errors(&format!("{LISTENER}[metrics]\nmax_series = 10\n"));
+    assert!(
+        errs[0].starts_with("/etc/weir/proxy.toml:4: metrics.max_series: unknown field"),
+        "{}",
+        errs[0]
+    );
+}

@@ -258,23 +258,26 @@ impl kv::Host for HostState {
     }
 }
 
+/// Names, labels and values are checked (and bounded per plugin) by the
+/// registry: a refused sample is dropped and counted, never an error to the
+/// guest, since the WIT functions return nothing.
 impl metrics::Host for HostState {
     fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) {
         self.shared
             .metrics
-            .plugin_counter_add(&self.shared.name, &name, labels, delta);
+            .plugin_counter_add(&self.shared.name, name, labels, delta);
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
         self.shared
             .metrics
-            .plugin_gauge_set(&self.shared.name, &name, labels, value);
+            .plugin_gauge_set(&self.shared.name, name, labels, value);
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
         self.shared
             .metrics
-            .plugin_histogram_observe(&self.shared.name, &name, labels, value);
+            .plugin_histogram_observe(&self.shared.name, name, labels, value);
     }
 }
 

@@ -26,6 +26,12 @@
 //!   each trying to forge a host log line), `properties` (`count`
 //!   properties of `size` bytes), `refuse-config` (refuse the config with
 //!   `size` bytes of forgery);
+//! * `metrics-flood` (request phase): record `series_per_request` counters
+//!   never seen before (labelled with the request path) and, beside a valid
+//!   histogram, gauge and counter, every kind of metric the host must refuse:
+//!   a reserved `le` label, a 1 MiB label value, too many labels, a
+//!   malformed name, a NaN, a name used as two types; and `errors_total`,
+//!   the name of a host metric;
 //! * `ok`: behave.
 //!
 //! `phase`: `request` (default) or `response`.
@@ -53,7 +59,7 @@ use weir::plugin::types::{
     HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
     ResponseHead,
 };
-use weir::plugin::{clock, config, log};
+use weir::plugin::{clock, config, log, metrics};
 
 /// The response header the escape attempts report in.
 const RESULT_HEADER: &str = "x-hostile-result";
@@ -78,6 +84,7 @@ enum Mode {
     LogFlood,
     Properties,
     RefuseConfig,
+    MetricsFlood,
     Ok,
 }
 
@@ -133,6 +140,9 @@ struct Config {
     /// `refuse-config`: bytes of the refusal.
     #[serde(default = "default_size")]
     size: u32,
+    /// `metrics-flood`: new series recorded per request.
+    #[serde(default = "default_series_per_request")]
+    series_per_request: u32,
 }
 
 fn default_count() -> u32 {
@@ -154,6 +164,10 @@ fn padded(size: u32) -> String {
         text.push('x');
     }
     text
+}
+
+fn default_series_per_request() -> u32 {
+    200
 }
 
 fn default_prefix() -> String {
@@ -243,6 +257,29 @@ fn flood_host_calls() {
     loop {
         log::log(log::Level::Trace, "hostile: flood");
         sum = black_box(sum.wrapping_add(clock::now_ms()));
+    }
+}
+
+/// `metrics-flood`: what a plugin may try to make the host hold.
+fn flood_metrics(config: &Config, path: &str) {
+    let label = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+    // Valid: one histogram, one gauge, two counters.
+    metrics::histogram_observe("flood_latency_seconds", &[], 0.003);
+    metrics::gauge_set("flood_queue_depth", &[], 3.5);
+    metrics::counter_add("errors_total", &[label("kind", "timeout")], 1);
+    metrics::counter_add("flood_kind_total", &[], 1);
+    // Refused.
+    metrics::gauge_set("flood_kind_total", &[], 1.0);
+    metrics::counter_add("flood_total", &[label("le", "7")], 1);
+    let huge = "x".repeat(1 << 20);
+    metrics::counter_add("flood_total", &[label("blob", &huge)], 1);
+    let many: Vec<(String, String)> = (0..20).map(|i| label(&format!("l{i}"), "v")).collect();
+    metrics::counter_add("flood_total", &many, 1);
+    metrics::counter_add("bad-name", &[], 1);
+    metrics::histogram_observe("flood_latency_seconds", &[], f64::NAN);
+    // New series, until the host's cap refuses them.
+    for i in 0..config.series_per_request {
+        metrics::counter_add("flood_total", &[label("id", &format!("{path}-{i}"))], 1);
     }
 }
 
@@ -459,6 +496,10 @@ impl Guest for Hostile {
                     .collect(),
                 ..unchanged()
             }),
+            Mode::MetricsFlood => {
+                flood_metrics(&config, &req.path);
+                RequestAction::Continue(unchanged())
+            }
             _ => RequestAction::Continue(unchanged()),
         }
     }

@@ -1,5 +1,8 @@
-//! Metrics on the host's admin endpoint, prefixed `weir_plugin_` and
-//! labelled with the plugin's name. Built natively (tests), they are dropped.
+//! Metrics on the host's admin endpoint, as `weir_custom_<name>` labelled
+//! with the plugin's name. The host drops (and counts) what it refuses: bad
+//! names, reserved labels (`le`, `quantile`, `plugin`, `__…`), NaN, new
+//! series past the plugin's cap — see docs/writing-plugins.md, "Metrics".
+//! Built natively (tests), they are dropped.
 
 #[cfg(target_arch = "wasm32")]
 pub use crate::bindings::weir::plugin::metrics::{counter_add, gauge_set, histogram_observe};

@@ -10,6 +10,7 @@ mod example_demo;
 mod failures;
 mod hardening;
 mod kv_redis;
+mod metrics_bounds;
 mod plugin_auth;
 mod plugin_bounds;
 mod plugin_cache_policy;
