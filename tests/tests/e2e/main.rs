@@ -9,6 +9,7 @@ mod example_demo;
 mod failures;
 mod hardening;
 mod kv_redis;
+mod outbound_bounds;
 mod plugin_auth;
 mod plugin_cache_policy;
 mod plugin_cors;
