@@ -8,13 +8,14 @@ pub mod file;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
 use crate::metrics::MetricsLimits;
+use crate::plugin::outbound;
 use file::{FileConfig, OnErrorFile, StrategyFile};
 
 /// A validated configuration.
@@ -248,8 +249,9 @@ pub struct PluginSpec {
     pub strategy: Strategy,
     pub timeout: Duration,
     pub memory_bytes: u64,
-    pub allow_hosts: Vec<String>,
     pub logs: LogLimits,
+    /// `http-client` bounds: destinations, concurrency, deadline, size.
+    pub outbound: outbound::Settings,
 }
 
 /// How much one plugin may log: each message is cut at `max_bytes` (with a
@@ -853,6 +855,8 @@ impl Validator<'_> {
     }
 
     fn plugin(&mut self, name: &str, plugin: &file::PluginFile) -> Option<PluginSpec> {
+        // Before the file check, so a missing file does not hide these.
+        let outbound = self.outbound(name, plugin);
         let file = self.at.base_dir().join(plugin.file.get_ref());
         if !file.is_file() {
             self.fail(
@@ -890,13 +894,76 @@ impl Validator<'_> {
             },
             timeout: Duration::from_millis(plugin.timeout_ms),
             memory_bytes: plugin.memory_mb << 20,
-            allow_hosts: plugin.allow_hosts.clone(),
             logs: LogLimits {
                 max_bytes: plugin.max_log_bytes,
                 per_second: plugin.log_lines_per_second,
                 burst: plugin.log_burst,
             },
+            outbound,
         })
+    }
+
+    /// A plugin's `http-client` keys; a key left out takes the default
+    /// of [`outbound::Settings`].
+    fn outbound(&mut self, name: &str, plugin: &file::PluginFile) -> outbound::Settings {
+        let defaults = outbound::Settings::default();
+        let mut allow = Vec::new();
+        for (i, entry) in plugin.allow_hosts.iter().enumerate() {
+            match outbound::AllowEntry::parse(entry.get_ref()) {
+                Ok(entry) => allow.push(entry),
+                Err(why) => self.fail(
+                    Some(entry.span()),
+                    format!("plugins.{name}.allow_hosts[{i}]"),
+                    why,
+                ),
+            }
+        }
+        let key = |k: &str| format!("plugins.{name}.{k}");
+        let max_concurrency = self.in_range(
+            plugin.max_outbound_concurrency.as_ref(),
+            key("max_outbound_concurrency"),
+            outbound::CONCURRENCY_RANGE,
+        );
+        let timeout_ms = self.in_range(
+            plugin.outbound_timeout_ms.as_ref(),
+            key("outbound_timeout_ms"),
+            outbound::TIMEOUT_MS_RANGE,
+        );
+        let max_response_bytes = self.in_range(
+            plugin.max_outbound_response_bytes.as_ref(),
+            key("max_outbound_response_bytes"),
+            outbound::RESPONSE_BYTES_RANGE,
+        );
+        outbound::Settings {
+            allow,
+            max_concurrency: max_concurrency.unwrap_or(defaults.max_concurrency),
+            timeout: timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+            max_response_bytes: max_response_bytes.unwrap_or(defaults.max_response_bytes),
+            ca: plugin
+                .outbound_ca
+                .as_ref()
+                .map(|p| self.existing_file(p, key("outbound_ca"))),
+        }
+    }
+
+    /// An optional number, reported when outside `range`.
+    fn in_range<T: PartialOrd + Copy + fmt::Display>(
+        &mut self,
+        value: Option<&Spanned<T>>,
+        key: String,
+        range: RangeInclusive<T>,
+    ) -> Option<T> {
+        let spanned = value?;
+        let value = *spanned.get_ref();
+        if range.contains(&value) {
+            return Some(value);
+        }
+        self.fail(
+            Some(spanned.span()),
+            key,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        );
+        None
     }
 }
 

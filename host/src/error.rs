@@ -31,6 +31,10 @@ pub enum ProxyError {
     NoUpstream,
     #[error("plugin chose unknown upstream {0:?}")]
     UnknownUpstream(String),
+    /// The request came through more plugin callouts than allowed: a
+    /// plugin is calling Weir (or another Weir calling back) in a loop.
+    #[error("request is {hops} plugin callouts deep; at most {max} are allowed")]
+    LoopDetected { hops: u64, max: u8 },
 }
 
 impl ProxyError {
@@ -71,6 +75,7 @@ impl ProxyError {
             ProxyError::NoUpstream | ProxyError::UnknownUpstream(_) => {
                 (StatusCode::BAD_GATEWAY, "no upstream for this request")
             }
+            ProxyError::LoopDetected { .. } => (StatusCode::LOOP_DETECTED, "loop detected"),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod engine;
 mod instance;
 pub mod outbound;
 pub mod state;
+mod throttle;
 
 pub use chain::{Chain, Exchange, RequestOutcome};
 pub use engine::Runtime;

@@ -27,6 +27,7 @@ use crate::headers::{self, Forwarded};
 use crate::metrics::Metrics;
 use crate::plugin::bindings::types;
 use crate::plugin::chain::ResponseState;
+use crate::plugin::outbound;
 use crate::plugin::{Chain, Exchange, RequestOutcome};
 use crate::upstream::{Replay, Upstreams};
 
@@ -288,6 +289,9 @@ impl Generation {
                 });
             }
         }
+        // Before any plugin runs: a request too many callouts deep must
+        // not make more.
+        let hops = outbound::take_hops(&mut head.headers)?;
         let scheme = if conn.tls.is_some() { "https" } else { "http" };
         let authority = authority(&head, scheme)?;
         let path = match canonical::path(head.uri.path(), settings.paths) {
@@ -350,6 +354,7 @@ impl Generation {
             properties: Vec::new(),
             upstream: None,
             cache: None,
+            hops,
             body: None,
             credentialed,
         })))

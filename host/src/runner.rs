@@ -13,6 +13,7 @@ use crate::cache::ResponseCache;
 use crate::config::{Config, KvSettings};
 use crate::kv::{KvStore, MemoryKv, RedisKv};
 use crate::metrics::Metrics;
+use crate::plugin::outbound::OwnListeners;
 use crate::plugin::{Chain, Plugin, PluginError, Runtime};
 use crate::proxy::{Generation, Proxy};
 use crate::server;
@@ -39,6 +40,8 @@ pub struct Weir {
     pub runtime: Runtime,
     pub kv: Arc<dyn KvStore>,
     pub metrics: Metrics,
+    /// Where Weir listens, which plugins' callouts must not reach by name.
+    pub listeners: OwnListeners,
 }
 
 impl Weir {
@@ -56,6 +59,7 @@ impl Weir {
             runtime,
             kv,
             metrics: Metrics::new(config.metrics),
+            listeners: OwnListeners::default(),
         })
     }
 
@@ -75,7 +79,9 @@ impl Weir {
         let mut plugins = Vec::new();
         let mut errors = Vec::new();
         for spec in &config.chain {
-            match Plugin::load(&self.runtime, spec, self.kv.clone(), self.metrics.clone()).await {
+            let kv = self.kv.clone();
+            let metrics = self.metrics.clone();
+            match Plugin::load(&self.runtime, spec, kv, metrics, &self.listeners).await {
                 Ok(plugin) => {
                     tracing::info!(plugin = %spec.name, file = %spec.file.display(), "plugin loaded");
                     plugins.push(Arc::new(plugin));
@@ -274,6 +280,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             crate::admin::serve(listener, proxy, settings, &limits, signal).await;
         });
     }
+    // Now known (port 0 included): plugins' callouts may not reach these by name.
+    weir.listeners
+        .set(addrs.iter().copied().chain(admin_addr).collect());
     let mut running = Running {
         addrs,
         admin_addr,

@@ -42,6 +42,7 @@ fn exchange(method: &str, headers: &[(&str, &str)]) -> Exchange {
         properties: Vec::new(),
         upstream: None,
         cache: None,
+        hops: 0,
         body: None,
         credentialed: false,
     }

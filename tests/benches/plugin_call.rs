@@ -52,6 +52,7 @@ fn exchange(extra_headers: &[(&str, &str)]) -> Exchange {
         properties: Vec::new(),
         upstream: None,
         cache: None,
+        hops: 0,
         body: None,
         credentialed: false,
     }

@@ -367,9 +367,19 @@ pub struct PluginFile {
     /// Linear memory cap per instance, in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
-    /// `host` or `host:port` names the plugin may call with `http-client`.
+    /// Where `http-client` may call: `host`, `host:port`,
+    /// `http://host[:port]` or `https://host[:port]`; without a port only
+    /// the scheme's default port (see `plugin::outbound`).
     #[serde(default)]
-    pub allow_hosts: Vec<String>,
+    pub allow_hosts: Vec<Spanned<String>>,
+    /// `http-client` calls in flight at once, all instances together.
+    pub max_outbound_concurrency: Option<Spanned<usize>>,
+    /// The longest one `http-client` call may take, in milliseconds.
+    pub outbound_timeout_ms: Option<Spanned<u64>>,
+    /// The largest `http-client` response body, in bytes.
+    pub max_outbound_response_bytes: Option<Spanned<usize>>,
+    /// PEM CA bundle for https callouts; default: the system roots.
+    pub outbound_ca: Option<String>,
     /// Longest log message, in bytes; longer ones are cut with a marker.
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: usize,

@@ -29,6 +29,9 @@ pub struct Exchange {
     pub properties: Vec<(String, types::Value)>,
     pub upstream: Option<String>,
     pub cache: Option<types::CacheDirectives>,
+    /// How many plugin callouts led to this request (`weir-hop`, read and
+    /// removed at admission): a plugin's own callouts go one deeper.
+    pub hops: u8,
     /// The buffered request body, when a plugin asked for it.
     pub body: Option<Bytes>,
     /// Whether the request carried credentials as the client sent it:
@@ -50,6 +53,7 @@ impl Exchange {
             properties: self.properties.clone(),
             upstream: self.upstream.clone(),
             cache: self.cache.clone(),
+            hops: self.hops,
             body: None,
             credentialed: self.credentialed,
         }
@@ -156,7 +160,7 @@ impl Chain {
             let span = tracing::debug_span!("on_request", plugin = %plugin.name);
             let req = ex.to_wit(plugin.info.request_body);
             let answer = plugin
-                .invoke(&ex.id, Call::Request(&req))
+                .invoke(&ex.id, ex.hops, Call::Request(&req))
                 .instrument(span)
                 .await;
             let action = match answer {
@@ -211,7 +215,7 @@ impl Chain {
                 },
             };
             let answer = plugin
-                .invoke(&ex.id, Call::Response(req, &head))
+                .invoke(&ex.id, ex.hops, Call::Response(req, &head))
                 .instrument(span)
                 .await;
             match answer {

@@ -14,6 +14,7 @@ use super::bindings::{self, types};
 use super::engine::{Calls, Runtime, EPOCH_TICK};
 use super::outbound;
 use super::state::{HostState, PluginShared};
+use super::throttle::Throttle;
 use super::PluginError;
 use crate::config::{OnError, PluginSpec, Strategy};
 use crate::kv::KvStore;
@@ -34,6 +35,9 @@ pub struct Plugin {
     strategy: Strategy,
     pool: Mutex<Vec<Warm>>,
     calls: Calls,
+    /// Capacity exhaustion fails every request at once: warn about it
+    /// once a second, not once per request.
+    overload_warnings: Throttle,
 }
 
 /// An instance and its store.
@@ -64,6 +68,7 @@ impl Plugin {
         spec: &PluginSpec,
         kv: Arc<dyn KvStore>,
         metrics: Metrics,
+        listeners: &outbound::OwnListeners,
     ) -> Result<Plugin, PluginError> {
         let component = runtime.compile(&spec.file)?;
         let instance_pre =
@@ -78,12 +83,21 @@ impl Plugin {
             plugin: spec.name.clone(),
             message: format!("{e:#}"),
         })?;
+        let outbound = outbound::Client::new(
+            &spec.name,
+            &spec.outbound,
+            listeners.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| PluginError::Load {
+            message: format!("plugin {}: outbound_ca: {e}", spec.name),
+        })?;
         let shared = Arc::new(PluginShared {
             name: spec.name.clone(),
             config_json: spec.config_json.clone(),
             kv,
             metrics,
-            outbound: outbound::Client::new(&spec.allow_hosts),
+            outbound,
             memory_bytes: spec.memory_bytes as usize,
             started: Instant::now(),
             logs: spec.logs,
@@ -104,9 +118,10 @@ impl Plugin {
             strategy: spec.strategy,
             pool: Mutex::new(Vec::new()),
             calls: runtime.calls(),
+            overload_warnings: Throttle::default(),
         };
         let answer = plugin
-            .invoke("load", Call::ValidateConfig(&spec.config_json))
+            .invoke("load", 0, Call::ValidateConfig(&spec.config_json))
             .await?;
         match answer {
             Answer::ValidateConfig(Ok(info)) => plugin.info = info,
@@ -182,15 +197,21 @@ impl Plugin {
         }
     }
 
-    /// Run one call in a bounded instance.
+    /// Run one call in a bounded instance, for a request `hops` plugin
+    /// callouts deep (its own callouts go one deeper).
     pub(super) async fn invoke(
         &self,
         request_id: &str,
+        hops: u8,
         call: Call<'_>,
     ) -> Result<Answer, PluginError> {
         let _in_flight = self.calls.start();
-        let mut warm = self.acquire().await?;
+        let mut warm = match self.acquire().await {
+            Ok(warm) => warm,
+            Err(error) => return Err(self.failed(request_id, error)),
+        };
         request_id.clone_into(&mut warm.store.data_mut().request_id);
+        warm.store.data_mut().hops = hops;
         warm.store.set_epoch_deadline(self.deadline_ticks());
         let guest = warm.guest.weir_plugin_guest();
         let store = &mut warm.store;
@@ -219,13 +240,29 @@ impl Plugin {
                 timeout_ms: self.timeout.as_millis() as u64,
             },
         };
+        Err(self.failed(request_id, error))
+    }
+
+    /// Count and log a failed call, whether it failed before it ran (no
+    /// instance to be had) or while running.
+    fn failed(&self, request_id: &str, error: PluginError) -> PluginError {
         self.shared.metrics.counter_add(
             "weir_plugin_errors_total",
             &[("plugin", &self.name), ("kind", error.kind())],
             1,
         );
-        tracing::warn!(plugin = %self.name, request = request_id, error = %error, "plugin call failed");
-        Err(error)
+        if !error.is_overload() {
+            tracing::warn!(plugin = %self.name, request = request_id, error = %error, "plugin call failed");
+        } else if let Some(left_out) = self.overload_warnings.allow() {
+            tracing::warn!(
+                plugin = %self.name,
+                request = request_id,
+                left_out,
+                error = %error,
+                "plugin capacity exhausted: raise [runtime] max_instances, or find what holds instances (a slow callout?)"
+            );
+        }
+        error
     }
 
     fn classify(&self, err: wasmtime::Error, store: &Store<HostState>) -> PluginError {

@@ -72,6 +72,8 @@ pub struct HostState {
     pub shared: Arc<PluginShared>,
     /// The request being served, for log lines.
     pub request_id: String,
+    /// How many plugin callouts deep that request is.
+    pub hops: u8,
 }
 
 impl HostState {
@@ -89,6 +91,7 @@ impl HostState {
             memory_exceeded: false,
             shared,
             request_id: String::new(),
+            hops: 0,
         }
     }
 
@@ -286,6 +289,6 @@ impl http_client::Host for HostState {
         &mut self,
         req: http_client::OutboundRequest,
     ) -> Result<http_client::OutboundResponse, http_client::FetchError> {
-        self.shared.outbound.fetch(req).await
+        self.shared.outbound.fetch(req, self.hops).await
     }
 }

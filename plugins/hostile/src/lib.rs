@@ -32,6 +32,14 @@
 //!   a reserved `le` label, a 1 MiB label value, too many labels, a
 //!   malformed name, a NaN, a name used as two types; and `errors_total`,
 //!   the name of a host metric;
+//! * `fetch`: call `http-client.fetch` on `url` (or on the request's
+//!   `x-hostile-url` header, so one proxy can try many destinations),
+//!   sending a forged `weir-hop: 0` and `Host: admin` the host must
+//!   replace, and report in `x-hostile-result`: `status=<code>` (with
+//!   ` location=<Location>`, ` bytes=<body length>` and, when the answer
+//!   carried one, ` inner=[<its x-hostile-result>]`) or
+//!   `error=<fetch-error case>: <message>`. Pointed at Weir itself, it
+//!   calls itself until the host's hop limit stops it;
 //! * `ok`: behave.
 //!
 //! `phase`: `request` (default) or `response`.
@@ -59,7 +67,7 @@ use weir::plugin::types::{
     HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
     ResponseHead,
 };
-use weir::plugin::{clock, config, log, metrics};
+use weir::plugin::{clock, config, http_client, log, metrics};
 
 /// The response header the escape attempts report in.
 const RESULT_HEADER: &str = "x-hostile-result";
@@ -85,6 +93,7 @@ enum Mode {
     Properties,
     RefuseConfig,
     MetricsFlood,
+    Fetch,
     Ok,
 }
 
@@ -143,6 +152,10 @@ struct Config {
     /// `metrics-flood`: new series recorded per request.
     #[serde(default = "default_series_per_request")]
     series_per_request: u32,
+    /// `fetch`: the URL to call when the request names none.
+    url: Option<String>,
+    /// `fetch`: the call's `timeout-ms`.
+    fetch_timeout_ms: Option<u32>,
 }
 
 fn default_count() -> u32 {
@@ -186,6 +199,9 @@ impl Config {
         }
         if config.mode == Mode::RefuseConfig {
             return Err(padded(config.size));
+        }
+        if config.mode == Mode::Fetch && config.url.is_none() {
+            return Err("mode fetch needs `url`".into());
         }
         Ok(config)
     }
@@ -419,6 +435,63 @@ fn open_sockets(address: &str) -> Vec<Attempt> {
     vec![tcp, udp, dns]
 }
 
+/// The request header that overrides `url` in `fetch` mode.
+const URL_HEADER: &str = "x-hostile-url";
+
+/// `fetch`: call out and describe the answer.
+fn fetch(config: &Config, req: &Request) -> Option<String> {
+    if config.mode != Mode::Fetch {
+        return None;
+    }
+    let url = req
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(URL_HEADER))
+        .map(|(_, value)| value.clone())
+        .or_else(|| config.url.clone())
+        .unwrap_or_default();
+    let request = http_client::OutboundRequest {
+        method: "GET".into(),
+        url,
+        // Forgeries the host must overwrite: a hop count reset to zero, and
+        // another virtual host than the one allow-listed.
+        headers: vec![
+            ("weir-hop".into(), "0".into()),
+            ("host".into(), "admin".into()),
+        ],
+        body: Vec::new(),
+        timeout_ms: config.fetch_timeout_ms,
+    };
+    let text = match http_client::fetch(&request) {
+        Ok(response) => {
+            let header = |wanted: &str| {
+                response
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+                    .map(|(_, value)| value.clone())
+            };
+            let mut text = format!("status={}", response.status);
+            if let Some(location) = header("location") {
+                text.push_str(&format!(" location={location}"));
+            }
+            text.push_str(&format!(" bytes={}", response.body.len()));
+            if let Some(inner) = header(RESULT_HEADER) {
+                text.push_str(&format!(" inner=[{inner}]"));
+            }
+            text
+        }
+        Err(http_client::FetchError::NotAllowed(why)) => format!("error=not-allowed: {why}"),
+        Err(http_client::FetchError::InvalidRequest(why)) => {
+            format!("error=invalid-request: {why}")
+        }
+        Err(http_client::FetchError::Connect(why)) => format!("error=connect: {why}"),
+        Err(http_client::FetchError::Timeout) => "error=timeout".to_owned(),
+        Err(http_client::FetchError::Protocol(why)) => format!("error=protocol: {why}"),
+    };
+    Some(header_safe(&text))
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
@@ -462,7 +535,7 @@ impl Guest for Hostile {
                 ..unchanged()
             });
         }
-        if let Some(result) = escape(&config) {
+        if let Some(result) = escape(&config).or_else(|| fetch(&config, &req)) {
             return RequestAction::Respond(Response {
                 status: 200,
                 headers: vec![(RESULT_HEADER.to_owned(), result)],
@@ -518,7 +591,7 @@ impl Guest for Hostile {
         if let Some(op) = bad_header(&config) {
             changes.headers.push(op);
         }
-        if let Some(result) = escape(&config) {
+        if let Some(result) = escape(&config).or_else(|| fetch(&config, &req)) {
             changes
                 .headers
                 .push(HeaderOp::Set((RESULT_HEADER.to_owned(), result)));

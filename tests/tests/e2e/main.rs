@@ -11,6 +11,7 @@ mod failures;
 mod hardening;
 mod kv_redis;
 mod metrics_bounds;
+mod outbound_bounds;
 mod plugin_auth;
 mod plugin_bounds;
 mod plugin_cache_policy;

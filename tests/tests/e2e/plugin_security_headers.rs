@@ -236,6 +236,7 @@ fn exchange(scheme: &'static str) -> Exchange {
         properties: Vec::new(),
         upstream: None,
         cache: None,
+        hops: 0,
         body: None,
         credentialed: false,
     }
