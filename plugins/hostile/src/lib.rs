@@ -22,6 +22,13 @@
 //!   header, `denied: <errors>` or `LEAK <what leaked>`;
 //! * `set-path`: rewrite the request path to `path`, byte for byte (the
 //!   host must canonicalise it, or refuse an ambiguous one);
+//! * host state: `kv-flood` sets `count` (default 100) unique keys of
+//!   `value_bytes` (default 1024) each, then answers locally, reporting
+//!   `set=N too-large=N other=N` in `x-hostile-result`; with
+//!   `flood_at_load = true` it floods from `validate-config` too.
+//!   `kv-claim` reads `key`, reports what it found in a request header
+//!   `x-hostile-kv: <value> saw <found>` (appended, so several claimants
+//!   on one request each add theirs), then stores `value` there;
 //! * `ok`: behave.
 //!
 //! `phase`: `request` (default) or `response`.
@@ -49,7 +56,7 @@ use weir::plugin::types::{
     HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
     ResponseHead,
 };
-use weir::plugin::{clock, config, log};
+use weir::plugin::{clock, config, kv, log};
 
 /// The response header the escape attempts report in.
 const RESULT_HEADER: &str = "x-hostile-result";
@@ -71,6 +78,8 @@ enum Mode {
     ReadEnv,
     OpenSocket,
     SetPath,
+    KvFlood,
+    KvClaim,
     Ok,
 }
 
@@ -119,6 +128,27 @@ struct Config {
     huge: Huge,
     /// `set-path`: the path to rewrite the request to, as given.
     path: Option<String>,
+    /// `kv-flood`: keys set per request.
+    #[serde(default = "default_count")]
+    count: u32,
+    /// `kv-flood`: the size of each value.
+    #[serde(default = "default_value_bytes")]
+    value_bytes: usize,
+    /// `kv-flood`: flood from `validate-config` too (as `weir check` runs it).
+    #[serde(default)]
+    flood_at_load: bool,
+    /// `kv-claim`: the key to read and write.
+    key: Option<String>,
+    /// `kv-claim`: the value to store.
+    value: Option<String>,
+}
+
+fn default_count() -> u32 {
+    100
+}
+
+fn default_value_bytes() -> usize {
+    1024
 }
 
 fn default_prefix() -> String {
@@ -134,6 +164,9 @@ impl Config {
         let config: Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
         if config.mode == Mode::OpenSocket && config.address.is_none() {
             return Err("mode open-socket needs `address`".into());
+        }
+        if config.mode == Mode::KvClaim && (config.key.is_none() || config.value.is_none()) {
+            return Err("mode kv-claim needs `key` and `value`".into());
         }
         Ok(config)
     }
@@ -344,6 +377,42 @@ fn open_sockets(address: &str) -> Vec<Attempt> {
     vec![tcp, udp, dns]
 }
 
+/// Set `count` keys no earlier call used, and tally how the host answered.
+fn flood_kv(config: &Config) -> String {
+    let value = vec![b'v'; config.value_bytes];
+    // Unique across calls and instances: instances of one plugin share its
+    // monotonic clock.
+    let call = clock::monotonic_ns();
+    let (mut set, mut too_large, mut other) = (0u32, 0u32, 0u32);
+    for i in 0..config.count {
+        match kv::set(&format!("flood-{call}-{i}"), &value, None) {
+            Ok(()) => set += 1,
+            Err(kv::KvError::TooLarge) => too_large += 1,
+            Err(_) => other += 1,
+        }
+    }
+    format!("set={set} too-large={too_large} other={other}")
+}
+
+/// Report what `key` held, then store `value` there.
+fn claim_kv(config: &Config) -> HeaderOp {
+    let key = config.key.as_deref().unwrap_or_default();
+    let value = config.value.as_deref().unwrap_or_default();
+    let found = match kv::get(key) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(None) => "nothing".to_owned(),
+        Err(err) => format!("error {err:?}"),
+    };
+    let stored = match kv::set(key, value.as_bytes(), None) {
+        Ok(()) => String::new(),
+        Err(err) => format!(", set failed: {err:?}"),
+    };
+    HeaderOp::Append((
+        "x-hostile-kv".to_owned(),
+        header_safe(&format!("{value} saw {found}{stored}")),
+    ))
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
@@ -366,7 +435,10 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn validate_config(config: String) -> Result<PluginInfo, String> {
-        Config::parse(&config)?;
+        let config = Config::parse(&config)?;
+        if config.mode == Mode::KvFlood && config.flood_at_load {
+            flood_kv(&config);
+        }
         Ok(PluginInfo {
             on_request: true,
             on_response: true,
@@ -401,6 +473,15 @@ impl Guest for Hostile {
                 body: Vec::new(),
             }),
             Mode::HugeResponse => RequestAction::Respond(huge_response(config.huge)),
+            Mode::KvFlood => RequestAction::Respond(Response {
+                status: 200,
+                headers: vec![(RESULT_HEADER.to_owned(), flood_kv(&config))],
+                body: Vec::new(),
+            }),
+            Mode::KvClaim => RequestAction::Continue(RequestChanges {
+                headers: vec![claim_kv(&config)],
+                ..unchanged()
+            }),
             Mode::SetPath => RequestAction::Continue(RequestChanges {
                 path: config.path.clone(),
                 ..unchanged()

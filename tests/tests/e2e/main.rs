@@ -8,6 +8,7 @@ mod cli;
 mod example_demo;
 mod failures;
 mod hardening;
+mod kv_bounds;
 mod kv_redis;
 mod plugin_auth;
 mod plugin_cache_policy;
