@@ -18,6 +18,8 @@ use crate::metrics::MetricsLimits;
 use crate::plugin::outbound;
 use file::{FileConfig, OnErrorFile, StrategyFile};
 
+use crate::kv::KvLimits;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,11 +44,12 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub enum KvSettings {
-    Memory,
+    Memory(KvLimits),
     Redis {
         url: String,
         prefix: String,
         timeout: Duration,
+        max_value_bytes: usize,
     },
 }
 
@@ -476,20 +479,9 @@ impl Validator<'_> {
                 store_set_cookie: c.store_set_cookie,
             }),
             admin,
-            kv: match &raw.kv {
-                file::KvFile::Memory => KvSettings::Memory,
-                file::KvFile::Redis {
-                    url,
-                    prefix,
-                    timeout_ms,
-                } => KvSettings::Redis {
-                    url: url.clone(),
-                    prefix: prefix.clone(),
-                    timeout: Duration::from_millis(*timeout_ms),
-                },
-            },
             warnings: Vec::new(),
             metrics,
+            kv: self.kv(&raw.kv),
         };
         if let KvSettings::Redis { url, .. } = &config.kv {
             if !(url.starts_with("redis://")
@@ -819,6 +811,80 @@ impl Validator<'_> {
                     list_or_none(&known)
                 ),
             );
+        }
+    }
+
+    /// `[kv]`: every size must be positive, and a plugin's share may not
+    /// exceed the whole (it would no longer protect the other plugins).
+    fn kv(&mut self, raw: &file::KvFile) -> KvSettings {
+        match raw {
+            file::KvFile::Memory {
+                max_bytes,
+                max_entries,
+                plugin_max_bytes,
+                plugin_max_entries,
+                max_value_bytes,
+            } => {
+                let limits = KvLimits {
+                    max_bytes: *max_bytes,
+                    max_entries: *max_entries,
+                    plugin_max_bytes: plugin_max_bytes.unwrap_or((max_bytes / 4).max(1)),
+                    plugin_max_entries: plugin_max_entries.unwrap_or((max_entries / 10).max(1)),
+                    max_value_bytes: *max_value_bytes,
+                };
+                for (key, value) in [
+                    ("max_bytes", limits.max_bytes),
+                    ("max_entries", limits.max_entries),
+                    ("plugin_max_bytes", limits.plugin_max_bytes),
+                    ("plugin_max_entries", limits.plugin_max_entries),
+                    ("max_value_bytes", limits.max_value_bytes as u64),
+                ] {
+                    if value == 0 {
+                        self.fail(None, format!("kv.{key}"), "must be greater than 0".into());
+                    }
+                }
+                for (share, part, whole, all) in [
+                    (
+                        "plugin_max_bytes",
+                        limits.plugin_max_bytes,
+                        "max_bytes",
+                        limits.max_bytes,
+                    ),
+                    (
+                        "plugin_max_entries",
+                        limits.plugin_max_entries,
+                        "max_entries",
+                        limits.max_entries,
+                    ),
+                ] {
+                    // A zero whole is reported above; comparing with it
+                    // would only repeat that.
+                    if all > 0 && part > all {
+                        self.fail(
+                            None,
+                            format!("kv.{share}"),
+                            format!("{part} exceeds kv.{whole} ({all})"),
+                        );
+                    }
+                }
+                KvSettings::Memory(limits)
+            }
+            file::KvFile::Redis {
+                url,
+                prefix,
+                timeout_ms,
+                max_value_bytes,
+            } => {
+                if *max_value_bytes == 0 {
+                    self.fail(None, "kv.max_value_bytes", "must be greater than 0".into());
+                }
+                KvSettings::Redis {
+                    url: url.clone(),
+                    prefix: prefix.clone(),
+                    timeout: Duration::from_millis(*timeout_ms),
+                    max_value_bytes: *max_value_bytes,
+                }
+            }
         }
     }
 

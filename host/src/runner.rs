@@ -48,12 +48,18 @@ impl Weir {
     pub fn new(config: &Config) -> Result<Weir, StartError> {
         let runtime = Runtime::new(&config.runtime).map_err(|e| StartError::Plugins(vec![e]))?;
         let kv: Arc<dyn KvStore> = match &config.kv {
-            KvSettings::Memory => Arc::new(MemoryKv::default()),
+            // Bounded (`[kv]`): `weir check` loads plugins through here
+            // too, so a `validate-config` flooding the store is held to the
+            // same bounds as serving.
+            KvSettings::Memory(limits) => Arc::new(MemoryKv::new(*limits)),
             KvSettings::Redis {
                 url,
                 prefix,
                 timeout,
-            } => Arc::new(RedisKv::new(url, prefix, *timeout).map_err(StartError::Kv)?),
+                max_value_bytes,
+            } => Arc::new(
+                RedisKv::new(url, prefix, *timeout, *max_value_bytes).map_err(StartError::Kv)?,
+            ),
         };
         Ok(Weir {
             runtime,

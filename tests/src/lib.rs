@@ -138,6 +138,12 @@ impl TestProxy {
             .expect("proxy running")
     }
 
+    /// What the KV store holds (the memory backend; `None` for Redis),
+    /// after its pending expiry and eviction work has run.
+    pub fn kv_usage(&self) -> Option<weir::kv::KvUsage> {
+        self.running.as_ref().and_then(|r| r.weir.kv.usage())
+    }
+
     /// Write a new config body to the proxy's file, without reloading
     /// (the file watcher, or [`TestProxy::reload`], picks it up).
     pub fn rewrite(&self, body: &str) {

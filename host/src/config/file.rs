@@ -506,20 +506,50 @@ pub struct MetricsFile {
     pub max_name_bytes: Option<Spanned<usize>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
 pub enum KvFile {
-    /// In-process: one instance only.
-    #[default]
-    Memory,
-    /// Shared by every instance pointing at the same Redis.
+    /// In-process: one instance only. Sizes count keys, values and the
+    /// store's per-entry overhead (see `crate::kv::KvLimits`).
+    Memory {
+        /// The whole store, in bytes.
+        #[serde(default = "default_kv_max_bytes")]
+        max_bytes: u64,
+        /// The whole store, in entries.
+        #[serde(default = "default_kv_max_entries")]
+        max_entries: u64,
+        /// One plugin's share; absent: a quarter of `max_bytes`.
+        plugin_max_bytes: Option<u64>,
+        /// One plugin's share; absent: a tenth of `max_entries`.
+        plugin_max_entries: Option<u64>,
+        /// Largest value a plugin may store.
+        #[serde(default = "default_kv_max_value_bytes")]
+        max_value_bytes: usize,
+    },
+    /// Shared by every instance pointing at the same Redis, which bounds
+    /// its own memory (`maxmemory`).
     Redis {
         url: String,
         #[serde(default = "default_kv_prefix")]
         prefix: String,
         #[serde(default = "default_kv_timeout_ms")]
         timeout_ms: u64,
+        /// Largest value a plugin may store.
+        #[serde(default = "default_kv_max_value_bytes")]
+        max_value_bytes: usize,
     },
+}
+
+impl Default for KvFile {
+    fn default() -> Self {
+        KvFile::Memory {
+            max_bytes: default_kv_max_bytes(),
+            max_entries: default_kv_max_entries(),
+            plugin_max_bytes: None,
+            plugin_max_entries: None,
+            max_value_bytes: default_kv_max_value_bytes(),
+        }
+    }
 }
 
 fn default_kv_prefix() -> String {
@@ -527,4 +557,13 @@ fn default_kv_prefix() -> String {
 }
 fn default_kv_timeout_ms() -> u64 {
     250
+}
+fn default_kv_max_bytes() -> u64 {
+    crate::kv::KvLimits::default().max_bytes
+}
+fn default_kv_max_entries() -> u64 {
+    crate::kv::KvLimits::default().max_entries
+}
+fn default_kv_max_value_bytes() -> usize {
+    crate::kv::KvLimits::default().max_value_bytes
 }

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use super::Config;
+use super::{Config, KvSettings};
+use crate::kv::KvLimits;
 
 fn errors(text: &str) -> Vec<String> {
     match Config::parse(Path::new("/etc/weir/proxy.toml"), text) {
@@ -167,6 +168,47 @@ fn metrics_limits_default_and_refuse_zero_with_their_line() {
     let errs = errors(&format!("{LISTENER}[metrics]\nmax_series = 10\n"));
     assert!(
         errs[0].starts_with("/etc/weir/proxy.toml:4: metrics.max_series: unknown field"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn kv_limits_default_and_shares_follow_the_whole() {
+    let parse = |kv: &str| Config::parse(Path::new("/srv/proxy.toml"), &format!("{LISTENER}{kv}"));
+    let config = parse("").unwrap();
+    assert!(matches!(config.kv, KvSettings::Memory(limits) if limits == KvLimits::default()));
+    let config = parse("[kv]\nbackend = \"memory\"\nmax_bytes = 1048576\n").unwrap();
+    let KvSettings::Memory(limits) = config.kv else {
+        panic!("memory backend")
+    };
+    assert_eq!(limits.plugin_max_bytes, 262_144);
+    assert_eq!(limits.plugin_max_entries, 100_000);
+}
+
+#[test]
+fn kv_limits_are_checked_with_their_key() {
+    let errs = errors(&format!(
+        "{LISTENER}[kv]\nbackend = \"memory\"\nmax_bytes = 0\nmax_value_bytes = 0\nmax_entries = 10\nplugin_max_entries = 11\n"
+    ));
+    let all = errs.join("\n");
+    for expected in [
+        "kv.max_bytes: must be greater than 0",
+        "kv.max_value_bytes: must be greater than 0",
+        "kv.plugin_max_entries: 11 exceeds kv.max_entries (10)",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    // Redis bounds its own memory: sizing the store there is a typo.
+    let errs = errors(&format!(
+        "{LISTENER}[kv]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1\"\nmax_bytes = 1\n"
+    ));
+    assert!(errs[0].contains("unknown field `max_bytes`"), "{}", errs[0]);
+    let errs = errors(&format!(
+        "{LISTENER}[kv]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1\"\nmax_value_bytes = 0\n"
+    ));
+    assert!(
+        errs[0].contains("kv.max_value_bytes: must be greater than 0"),
         "{}",
         errs[0]
     );

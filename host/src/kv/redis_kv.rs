@@ -2,13 +2,19 @@
 //! rate-limit counters and idempotency keys. Atomic operations that Redis
 //! has no single command for (increment-with-TTL-on-create, compare-and-swap)
 //! are Lua scripts, which Redis runs atomically.
+//!
+//! Keys and values are capped as in the memory backend; the data itself
+//! lives in Redis, bounded by its `maxmemory` and eviction policy, which
+//! the operator sets for the fleet. Per-plugin quotas are not kept here:
+//! counting them in Redis would take a script on every write and drift
+//! whenever Redis expires or evicts a key on its own.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{check_sizes, KvError, KvFuture, KvStore};
+use super::{check_value, KvError, KvFuture, KvKey, KvStore};
 
 /// INCRBY that sets the TTL only when it created the key.
 const INCREMENT: &str = r"
@@ -38,7 +44,11 @@ return 0
 
 pub struct RedisKv {
     connection: ConnectionManager,
+    /// Before every key, so several deployments can share one Redis.
     prefix: String,
+    /// Redis bounds its own memory (`maxmemory`), but a value still passes
+    /// through the host on its way there and back.
+    max_value_bytes: usize,
     increment: Script,
     compare_and_swap: Script,
 }
@@ -59,7 +69,12 @@ impl RedisKv {
     /// Connect lazily: a Redis outage at start-up or later makes KV calls
     /// fail with `unavailable` (plugins decide what that means) instead of
     /// stopping the proxy.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisKv, KvError> {
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        max_value_bytes: usize,
+    ) -> Result<RedisKv, KvError> {
         let client = redis::Client::open(url)
             .map_err(|e| KvError::Unavailable(format!("redis url {url:?}: {e}")))?;
         let config = ConnectionManagerConfig::new()
@@ -71,18 +86,20 @@ impl RedisKv {
         Ok(RedisKv {
             connection,
             prefix: prefix.to_owned(),
+            max_value_bytes,
             increment: Script::new(INCREMENT),
             compare_and_swap: Script::new(COMPARE_AND_SWAP),
         })
     }
 
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+    /// The configured prefix, then the plugin's namespaced key.
+    fn key(&self, key: &KvKey<'_>) -> String {
+        format!("{}{}", self.prefix, key.stored())
     }
 }
 
 impl KvStore for RedisKv {
-    fn get<'a>(&'a self, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+    fn get<'a>(&'a self, key: &'a KvKey<'a>) -> KvFuture<'a, Option<Vec<u8>>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
             connection
@@ -92,9 +109,14 @@ impl KvStore for RedisKv {
         })
     }
 
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl_ms: Option<u64>) -> KvFuture<'a, ()> {
+    fn set<'a>(
+        &'a self,
+        key: &'a KvKey<'a>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> KvFuture<'a, ()> {
         Box::pin(async move {
-            check_sizes(key, Some(&value))?;
+            check_value(&value, self.max_value_bytes)?;
             let mut connection = self.connection.clone();
             let key = self.key(key);
             match ttl_ms {
@@ -110,7 +132,7 @@ impl KvStore for RedisKv {
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> KvFuture<'a, ()> {
+    fn delete<'a>(&'a self, key: &'a KvKey<'a>) -> KvFuture<'a, ()> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
             connection
@@ -120,9 +142,13 @@ impl KvStore for RedisKv {
         })
     }
 
-    fn increment<'a>(&'a self, key: &'a str, delta: i64, ttl_ms: Option<u64>) -> KvFuture<'a, i64> {
+    fn increment<'a>(
+        &'a self,
+        key: &'a KvKey<'a>,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> KvFuture<'a, i64> {
         Box::pin(async move {
-            check_sizes(key, None)?;
             let mut connection = self.connection.clone();
             self.increment
                 .key(self.key(key))
@@ -136,13 +162,13 @@ impl KvStore for RedisKv {
 
     fn compare_and_swap<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a KvKey<'a>,
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> KvFuture<'a, bool> {
         Box::pin(async move {
-            check_sizes(key, Some(&new))?;
+            check_value(&new, self.max_value_bytes)?;
             let mut connection = self.connection.clone();
             let (flag, expected) = match expected {
                 Some(value) => ("1", value),

@@ -13,7 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::weir::plugin::{clock, config, http_client, kv, log, metrics, types};
 use super::outbound;
 use crate::config::LogLimits;
-use crate::kv::{KvError, KvStore};
+use crate::kv::{KvError, KvKey, KvStore};
 use crate::metrics::Metrics;
 
 /// What every instance of one plugin shares.
@@ -95,8 +95,25 @@ impl HostState {
         }
     }
 
-    fn kv_key(&self, key: &str) -> String {
-        format!("{}/{}", self.shared.name, key)
+    /// The plugin's key inside its own namespace (see [`KvKey`]): no key
+    /// a plugin can write names another plugin's entry.
+    fn kv_key(&self, key: &str) -> Result<KvKey<'_>, KvError> {
+        KvKey::new(&self.shared.name, key)
+    }
+
+    /// The plugin's view of a KV outcome. Refusals are counted here, for
+    /// every backend, so an operator sees a plugin hitting its bounds.
+    fn kv_outcome<T>(&self, outcome: Result<T, KvError>) -> Result<T, kv::KvError> {
+        outcome.map_err(|err| {
+            if let KvError::TooLarge(why) = &err {
+                self.shared.metrics.counter_add(
+                    "weir_plugin_kv_refused_total",
+                    &[("plugin", &self.shared.name), ("reason", why.as_str())],
+                    1,
+                );
+            }
+            kv_error(err)
+        })
     }
 }
 
@@ -202,14 +219,17 @@ fn kv_error(err: KvError) -> kv::KvError {
     match err {
         KvError::Unavailable(why) => kv::KvError::Unavailable(why),
         KvError::NotAnInteger => kv::KvError::NotAnInteger,
-        KvError::TooLarge => kv::KvError::TooLarge,
+        KvError::TooLarge(_) => kv::KvError::TooLarge,
     }
 }
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
-        let key = self.kv_key(&key);
-        self.shared.kv.get(&key).await.map_err(kv_error)
+        let outcome = match self.kv_key(&key) {
+            Ok(key) => self.shared.kv.get(&key).await,
+            Err(err) => Err(err),
+        };
+        self.kv_outcome(outcome)
     }
 
     async fn set(
@@ -218,17 +238,19 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), kv::KvError> {
-        let key = self.kv_key(&key);
-        self.shared
-            .kv
-            .set(&key, value, ttl_ms)
-            .await
-            .map_err(kv_error)
+        let outcome = match self.kv_key(&key) {
+            Ok(key) => self.shared.kv.set(&key, value, ttl_ms).await,
+            Err(err) => Err(err),
+        };
+        self.kv_outcome(outcome)
     }
 
     async fn delete(&mut self, key: String) -> Result<(), kv::KvError> {
-        let key = self.kv_key(&key);
-        self.shared.kv.delete(&key).await.map_err(kv_error)
+        let outcome = match self.kv_key(&key) {
+            Ok(key) => self.shared.kv.delete(&key).await,
+            Err(err) => Err(err),
+        };
+        self.kv_outcome(outcome)
     }
 
     async fn increment(
@@ -237,12 +259,11 @@ impl kv::Host for HostState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, kv::KvError> {
-        let key = self.kv_key(&key);
-        self.shared
-            .kv
-            .increment(&key, delta, ttl_ms)
-            .await
-            .map_err(kv_error)
+        let outcome = match self.kv_key(&key) {
+            Ok(key) => self.shared.kv.increment(&key, delta, ttl_ms).await,
+            Err(err) => Err(err),
+        };
+        self.kv_outcome(outcome)
     }
 
     async fn compare_and_swap(
@@ -252,12 +273,16 @@ impl kv::Host for HostState {
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, kv::KvError> {
-        let key = self.kv_key(&key);
-        self.shared
-            .kv
-            .compare_and_swap(&key, expected, new, ttl_ms)
-            .await
-            .map_err(kv_error)
+        let outcome = match self.kv_key(&key) {
+            Ok(key) => {
+                self.shared
+                    .kv
+                    .compare_and_swap(&key, expected, new, ttl_ms)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        self.kv_outcome(outcome)
     }
 }
 

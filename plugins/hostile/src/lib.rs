@@ -40,6 +40,13 @@
 //!   carried one, ` inner=[<its x-hostile-result>]`) or
 //!   `error=<fetch-error case>: <message>`. Pointed at Weir itself, it
 //!   calls itself until the host's hop limit stops it;
+//! * host state: `kv-flood` sets `count` (default 100) unique keys of
+//!   `value_bytes` (default 1024) each, then answers locally, reporting
+//!   `set=N too-large=N other=N` in `x-hostile-result`; with
+//!   `flood_at_load = true` it floods from `validate-config` too.
+//!   `kv-claim` reads `key`, reports what it found in a request header
+//!   `x-hostile-kv: <value> saw <found>` (appended, so several claimants
+//!   on one request each add theirs), then stores `value` there;
 //! * `ok`: behave.
 //!
 //! `phase`: `request` (default) or `response`.
@@ -67,7 +74,7 @@ use weir::plugin::types::{
     HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
     ResponseHead,
 };
-use weir::plugin::{clock, config, http_client, log, metrics};
+use weir::plugin::{clock, config, http_client, kv, log, metrics};
 
 /// The response header the escape attempts report in.
 const RESULT_HEADER: &str = "x-hostile-result";
@@ -94,6 +101,8 @@ enum Mode {
     RefuseConfig,
     MetricsFlood,
     Fetch,
+    KvFlood,
+    KvClaim,
     Ok,
 }
 
@@ -142,7 +151,8 @@ struct Config {
     huge: Huge,
     /// `set-path`: the path to rewrite the request to, as given.
     path: Option<String>,
-    /// `log-flood`: lines per request; `properties`: properties set.
+    /// `log-flood`: lines per request; `properties`: properties set;
+    /// `kv-flood`: keys set per request.
     #[serde(default = "default_count")]
     count: u32,
     /// `log-flood`: bytes per line; `properties`: bytes per value;
@@ -156,10 +166,20 @@ struct Config {
     url: Option<String>,
     /// `fetch`: the call's `timeout-ms`.
     fetch_timeout_ms: Option<u32>,
+    /// `kv-flood`: the size of each value.
+    #[serde(default = "default_value_bytes")]
+    value_bytes: usize,
+    /// `kv-flood`: flood from `validate-config` too (as `weir check` runs it).
+    #[serde(default)]
+    flood_at_load: bool,
+    /// `kv-claim`: the key to read and write.
+    key: Option<String>,
+    /// `kv-claim`: the value to store.
+    value: Option<String>,
 }
 
 fn default_count() -> u32 {
-    1000
+    100
 }
 
 fn default_size() -> u32 {
@@ -183,6 +203,10 @@ fn default_series_per_request() -> u32 {
     200
 }
 
+fn default_value_bytes() -> usize {
+    1024
+}
+
 fn default_prefix() -> String {
     "/boom".into()
 }
@@ -202,6 +226,9 @@ impl Config {
         }
         if config.mode == Mode::Fetch && config.url.is_none() {
             return Err("mode fetch needs `url`".into());
+        }
+        if config.mode == Mode::KvClaim && (config.key.is_none() || config.value.is_none()) {
+            return Err("mode kv-claim needs `key` and `value`".into());
         }
         Ok(config)
     }
@@ -492,6 +519,42 @@ fn fetch(config: &Config, req: &Request) -> Option<String> {
     Some(header_safe(&text))
 }
 
+/// Set `count` keys no earlier call used, and tally how the host answered.
+fn flood_kv(config: &Config) -> String {
+    let value = vec![b'v'; config.value_bytes];
+    // Unique across calls and instances: instances of one plugin share its
+    // monotonic clock.
+    let call = clock::monotonic_ns();
+    let (mut set, mut too_large, mut other) = (0u32, 0u32, 0u32);
+    for i in 0..config.count {
+        match kv::set(&format!("flood-{call}-{i}"), &value, None) {
+            Ok(()) => set += 1,
+            Err(kv::KvError::TooLarge) => too_large += 1,
+            Err(_) => other += 1,
+        }
+    }
+    format!("set={set} too-large={too_large} other={other}")
+}
+
+/// Report what `key` held, then store `value` there.
+fn claim_kv(config: &Config) -> HeaderOp {
+    let key = config.key.as_deref().unwrap_or_default();
+    let value = config.value.as_deref().unwrap_or_default();
+    let found = match kv::get(key) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(None) => "nothing".to_owned(),
+        Err(err) => format!("error {err:?}"),
+    };
+    let stored = match kv::set(key, value.as_bytes(), None) {
+        Ok(()) => String::new(),
+        Err(err) => format!(", set failed: {err:?}"),
+    };
+    HeaderOp::Append((
+        "x-hostile-kv".to_owned(),
+        header_safe(&format!("{value} saw {found}{stored}")),
+    ))
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
@@ -514,7 +577,10 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn validate_config(config: String) -> Result<PluginInfo, String> {
-        Config::parse(&config)?;
+        let config = Config::parse(&config)?;
+        if config.mode == Mode::KvFlood && config.flood_at_load {
+            flood_kv(&config);
+        }
         Ok(PluginInfo {
             on_request: true,
             on_response: true,
@@ -549,6 +615,15 @@ impl Guest for Hostile {
                 body: Vec::new(),
             }),
             Mode::HugeResponse => RequestAction::Respond(huge_response(config.huge)),
+            Mode::KvFlood => RequestAction::Respond(Response {
+                status: 200,
+                headers: vec![(RESULT_HEADER.to_owned(), flood_kv(&config))],
+                body: Vec::new(),
+            }),
+            Mode::KvClaim => RequestAction::Continue(RequestChanges {
+                headers: vec![claim_kv(&config)],
+                ..unchanged()
+            }),
             Mode::SetPath => RequestAction::Continue(RequestChanges {
                 path: config.path.clone(),
                 ..unchanged()

@@ -127,7 +127,7 @@ fn describe(err: kv::KvError) -> String {
     match err {
         kv::KvError::Unavailable(why) => format!("kv unavailable: {why}"),
         kv::KvError::NotAnInteger => "kv: not an integer".into(),
-        kv::KvError::TooLarge => "kv: key or value too large".into(),
+        kv::KvError::TooLarge => "kv: too large (key, value, or the plugin's quota)".into(),
     }
 }
 

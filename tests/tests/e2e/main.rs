@@ -9,6 +9,7 @@ mod cli;
 mod example_demo;
 mod failures;
 mod hardening;
+mod kv_bounds;
 mod kv_redis;
 mod metrics_bounds;
 mod outbound_bounds;
