@@ -255,6 +255,9 @@ pub struct PluginSpec {
     pub logs: LogLimits,
     /// `http-client` bounds: destinations, concurrency, deadline, size.
     pub outbound: outbound::Settings,
+    /// Calls running at once; more wait up to `queue_timeout`, then 503.
+    pub max_concurrency: usize,
+    pub queue_timeout: Duration,
 }
 
 /// How much one plugin may log: each message is cut at `max_bytes` (with a
@@ -966,6 +969,8 @@ impl Validator<'_> {
                 burst: plugin.log_burst,
             },
             outbound,
+            max_concurrency: plugin.max_concurrency.max(1),
+            queue_timeout: Duration::from_millis(plugin.queue_timeout_ms),
         })
     }
 

@@ -276,14 +276,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let bound = listener.local_addr()?;
         tracing::info!(address = %bound, "admin listening");
         admin_addr = Some(bound);
-        let proxy = proxy.clone();
-        let limits = limits.clone();
-        let mut stopped = stopped.clone();
+        let finished = serve_admin_apart(
+            listener.into_std()?,
+            proxy.clone(),
+            settings,
+            limits.clone(),
+            stopped.clone(),
+        )?;
         tasks.spawn(async move {
-            let signal = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            crate::admin::serve(listener, proxy, settings, &limits, signal).await;
+            let _ = finished.await;
         });
     }
     // Now known (port 0 included): plugins' callouts may not reach these by name.
@@ -309,4 +310,46 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         });
     }
     Ok(running)
+}
+
+/// Serve the admin listener on a thread and runtime of its own, so that
+/// health checks and scrapes answer even while plugin calls or a flood of
+/// requests keep every request worker busy. Resolves when it has stopped.
+fn serve_admin_apart(
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    settings: crate::config::AdminSettings,
+    limits: crate::config::Limits,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("weir-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(error = %err, "admin listener: no runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        tracing::error!(error = %err, "admin listener unusable");
+                        return;
+                    }
+                };
+                let signal = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                crate::admin::serve(listener, proxy, settings, &limits, signal).await;
+            });
+            let _ = done.send(());
+        })?;
+    Ok(finished)
 }

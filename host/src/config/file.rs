@@ -390,6 +390,20 @@ pub struct PluginFile {
     /// Log lines allowed in one burst.
     #[serde(default = "default_log_burst")]
     pub log_burst: u32,
+    /// Calls of this plugin running at once, all requests together.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// How long a call beyond `max_concurrency` waits before it is
+    /// refused with 503.
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
+}
+
+fn default_max_concurrency() -> usize {
+    32
+}
+fn default_queue_timeout_ms() -> u64 {
+    100
 }
 
 fn default_max_log_bytes() -> usize {

@@ -181,6 +181,12 @@ impl Validator<'_> {
                 1..=100_000,
             );
             self.range(at("log_burst"), plugin.log_burst, 1..=1_000_000);
+            self.range(at("max_concurrency"), plugin.max_concurrency, 1..=10_000);
+            self.range(
+                at("queue_timeout_ms"),
+                plugin.queue_timeout_ms,
+                0..=MAX_TIMEOUT_MS,
+            );
         }
 
         if let Some(cache) = &raw.cache {

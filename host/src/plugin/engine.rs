@@ -104,11 +104,23 @@ impl Runtime {
         &self.inner.linker
     }
 
-    /// Compile (or fetch from the disk cache) a component.
-    pub fn compile(&self, path: &Path) -> Result<Component, PluginError> {
-        Component::from_file(&self.inner.engine, path).map_err(|e| PluginError::Load {
-            message: format!("{}: not a valid component: {e:#}", path.display()),
-        })
+    /// Compile (or fetch from the disk cache) a component, on a blocking
+    /// thread: compiling a large (JavaScript, Python) component takes
+    /// seconds of CPU, which on a request worker would freeze every
+    /// connection that worker serves (on a one-thread runtime, all of them).
+    pub async fn compile(&self, path: &Path) -> Result<Component, PluginError> {
+        let engine = self.inner.engine.clone();
+        let owned = path.to_owned();
+        let compiled =
+            tokio::task::spawn_blocking(move || Component::from_file(&engine, &owned)).await;
+        match compiled {
+            Ok(result) => result.map_err(|e| PluginError::Load {
+                message: format!("{}: not a valid component: {e:#}", path.display()),
+            }),
+            Err(join) => Err(PluginError::Load {
+                message: format!("{}: compilation did not finish: {join}", path.display()),
+            }),
+        }
     }
 }
 

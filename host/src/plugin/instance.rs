@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{self, types};
-use super::engine::{Calls, Runtime, EPOCH_TICK};
+use super::engine::{Calls, Runtime};
 use super::outbound;
 use super::state::{HostState, PluginShared};
 use super::throttle::Throttle;
@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 /// Extra wall time, beyond the epoch deadline, before an await inside a host
 /// import (KV, HTTP) is abandoned.
 const HOST_CALL_SLACK: Duration = Duration::from_millis(50);
+
+/// Epoch ticks (`engine::EPOCH_TICK`, 1 ms) a guest runs between yields.
+const YIELD_TICKS: u64 = 1;
 
 /// A plugin ready to serve: linked, its config accepted.
 pub struct Plugin {
@@ -38,6 +41,11 @@ pub struct Plugin {
     /// Capacity exhaustion fails every request at once: warn about it
     /// once a second, not once per request.
     overload_warnings: Throttle,
+    /// Calls of this plugin running at once (`max_concurrency`): one busy
+    /// plugin cannot take every instance slot and worker turn.
+    slots: tokio::sync::Semaphore,
+    /// How long a call beyond `max_concurrency` waits for a slot.
+    queue_timeout: Duration,
 }
 
 /// An instance and its store.
@@ -70,7 +78,7 @@ impl Plugin {
         metrics: Metrics,
         listeners: &outbound::OwnListeners,
     ) -> Result<Plugin, PluginError> {
-        let component = runtime.compile(&spec.file)?;
+        let component = runtime.compile(&spec.file).await?;
         let instance_pre =
             runtime
                 .linker()
@@ -119,6 +127,8 @@ impl Plugin {
             pool: Mutex::new(Vec::new()),
             calls: runtime.calls(),
             overload_warnings: Throttle::default(),
+            slots: tokio::sync::Semaphore::new(spec.max_concurrency),
+            queue_timeout: spec.queue_timeout,
         };
         let answer = plugin
             .invoke("load", 0, Call::ValidateConfig(&spec.config_json))
@@ -140,8 +150,21 @@ impl Plugin {
     async fn instantiate(&self) -> Result<Warm, PluginError> {
         let mut store = Store::new(self.pre.engine(), HostState::new(self.shared.clone()));
         store.limiter(|state| state);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks());
+        // At every epoch tick a running guest gives its thread back to the
+        // runtime (other requests, the admin listener, other plugins run),
+        // then goes on, until its own wall-time deadline has passed: then
+        // it is interrupted, as a trap the call reports as a timeout.
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().call_deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(YIELD_TICKS))
+            }
+        });
+        // Instantiation runs guest code too (start functions, a language
+        // runtime's initialisation): the same wall-time limit applies.
+        store.data_mut().call_deadline = Instant::now() + self.timeout;
+        store.set_epoch_deadline(YIELD_TICKS);
         match self.pre.instantiate_async(&mut store).await {
             Ok(guest) => Ok(Warm {
                 store,
@@ -160,11 +183,6 @@ impl Plugin {
                 }
             }
         }
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_micros().max(1);
-        (self.timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
     }
 
     async fn acquire(&self) -> Result<Warm, PluginError> {
@@ -205,6 +223,22 @@ impl Plugin {
         hops: u8,
         call: Call<'_>,
     ) -> Result<Answer, PluginError> {
+        let _slot = match self.slots.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
+                Ok(Ok(slot)) => slot,
+                _ => {
+                    let error = PluginError::Overload {
+                        plugin: self.name.clone(),
+                        message: format!(
+                            "every max_concurrency slot busy, none freed within {} ms",
+                            self.queue_timeout.as_millis()
+                        ),
+                    };
+                    return Err(self.failed(request_id, error));
+                }
+            },
+        };
         let _in_flight = self.calls.start();
         let mut warm = match self.acquire().await {
             Ok(warm) => warm,
@@ -212,7 +246,8 @@ impl Plugin {
         };
         request_id.clone_into(&mut warm.store.data_mut().request_id);
         warm.store.data_mut().hops = hops;
-        warm.store.set_epoch_deadline(self.deadline_ticks());
+        warm.store.data_mut().call_deadline = Instant::now() + self.timeout;
+        warm.store.set_epoch_deadline(YIELD_TICKS);
         let guest = warm.guest.weir_plugin_guest();
         let store = &mut warm.store;
         let run = async move {

@@ -74,6 +74,9 @@ pub struct HostState {
     pub request_id: String,
     /// How many plugin callouts deep that request is.
     pub hops: u8,
+    /// When the current call's wall time runs out. Checked at every epoch
+    /// tick, where the guest otherwise yields its thread.
+    pub call_deadline: std::time::Instant,
 }
 
 impl HostState {
@@ -92,6 +95,7 @@ impl HostState {
             shared,
             request_id: String::new(),
             hops: 0,
+            call_deadline: Instant::now(),
         }
     }
 

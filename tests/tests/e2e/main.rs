@@ -8,6 +8,7 @@ mod chain;
 mod cli;
 mod example_demo;
 mod failures;
+mod fairness;
 mod hardening;
 mod kv_bounds;
 mod kv_redis;
