@@ -132,6 +132,29 @@ pub fn path(raw: &str, options: PathOptions) -> Canonical {
     }
 }
 
+/// Whether `raw` is canonical already, found by one scan without
+/// allocating: only bytes that stand raw in a canonical path, no escapes,
+/// no dot-segments, and no empty segment but a trailing one (when merging).
+/// Most paths are; they skip [`path`] entirely.
+pub fn is_canonical(raw: &str, merge_slashes: bool) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    if !rest.bytes().all(|b| b == b'/' || is_raw_pchar(b)) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        match segment {
+            "." | ".." => return false,
+            "" if merge_slashes && !last => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Unreserved characters (RFC 3986 §2.3): always decoded.
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')

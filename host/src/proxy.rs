@@ -294,22 +294,28 @@ impl Generation {
         let hops = outbound::take_hops(&mut head.headers)?;
         let scheme = if conn.tls.is_some() { "https" } else { "http" };
         let authority = authority(&head, scheme)?;
-        let path = match canonical::path(head.uri.path(), settings.paths) {
-            Canonical::Path(path) => path,
-            Canonical::Redirect(path) => {
-                let location = match head.uri.query() {
-                    Some(query) => format!("{path}?{query}"),
-                    None => path,
-                };
-                return Ok(Admitted::Redirect(crate::error::redirect_response(
-                    &location,
-                )));
+        // Most paths are canonical already: one scan, no allocation.
+        let raw = head.uri.path();
+        let canonical = if canonical::is_canonical(raw, settings.paths.merge_slashes) {
+            None
+        } else {
+            match canonical::path(raw, settings.paths) {
+                Canonical::Path(path) => Some(path),
+                Canonical::Redirect(path) => {
+                    let location = match head.uri.query() {
+                        Some(query) => format!("{path}?{query}"),
+                        None => path,
+                    };
+                    let response = crate::error::redirect_response(&location);
+                    return Ok(Admitted::Redirect(response));
+                }
+                Canonical::Refused(why) => return Err(ProxyError::Path(why)),
             }
-            Canonical::Refused(why) => return Err(ProxyError::Path(why)),
         };
         // Origin-form from here on: an absolute-form target's authority was
         // taken above (RFC 9112 §3.2.2) and the upstream gets a Host of it.
-        if path != head.uri.path() || head.uri.scheme().is_some() {
+        if canonical.is_some() || head.uri.scheme().is_some() {
+            let path = canonical.unwrap_or_else(|| head.uri.path().to_owned());
             head.uri = origin_form(&path, head.uri.query())?;
         }
         if !authority.is_empty() {

@@ -153,6 +153,13 @@ fn canonical_paths_are_fixed_points_without_dot_or_empty_segments() {
 }
 
 pub(super) fn check_invariants(raw: &str, options: PathOptions) {
+    if is_canonical(raw, options.merge_slashes) {
+        assert_eq!(
+            path(raw, options),
+            Canonical::Path(raw.to_owned()),
+            "{raw:?} passed the fast check"
+        );
+    }
     let out = match path(raw, options) {
         Canonical::Path(p) => p,
         Canonical::Redirect(target) => {
@@ -205,6 +212,19 @@ pub(super) fn check_invariants(raw: &str, options: PathOptions) {
             "{raw:?} → {out:?}"
         );
     }
+}
+
+#[test]
+fn the_fast_check_knows_canonical_paths() {
+    for canonical in ["/", "/a", "/a/", "/a/b:c@d", "/..a/b..", "/a/..."] {
+        assert!(is_canonical(canonical, true), "{canonical:?}");
+    }
+    for not in [
+        "", "a", "//", "/a//b", "/./a", "/a/..", "/%61", "/a;b", "/a\\b", "/é",
+    ] {
+        assert!(!is_canonical(not, true), "{not:?}");
+    }
+    assert!(is_canonical("/a//b", false));
 }
 
 #[test]
