@@ -103,3 +103,34 @@ async fn calls_beyond_max_concurrency_wait_briefly_then_get_503() {
     let ok = client().get(proxy.url("/fine")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+/// A stderr nobody reads (a full pipe) must not stall requests that log:
+/// lines are dropped instead. With synchronous writes the first request to
+/// log into the full pipe would block for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_stderr_does_not_stall_requests() {
+    let upstream = Upstream::echo().await;
+    let (_dir, path) = weir_tests::config_file(&format!(
+        "default_upstream = \"up\"\nchain = [\"noisy\"]\n{}\n{}count = 200\nsize = 4000\ntrigger_prefix = \"/\"\n",
+        upstream.toml("up"),
+        hostile_plugin(
+            "noisy",
+            "log-flood",
+            "log_lines_per_second = 100000\nlog_burst = 100000\ntimeout_ms = 5000"
+        )
+    ));
+    // The log is read until Weir listens, then never again.
+    let weir = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
+    let client = client();
+    // 40 requests x 200 lines x 4 KB: 32 MB into a 64 KB pipe.
+    for i in 0..40 {
+        let response = client
+            .get(format!("http://{}/{i}", weir.address))
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} stalled: {e}"));
+        assert_eq!(response.status(), 200);
+    }
+    drop(weir);
+}
