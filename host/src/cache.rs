@@ -5,32 +5,44 @@
 //! key parts), or share authenticated responses where config allows.
 //!
 //! Concurrent misses for one key make one upstream request: the first
-//! becomes the leader and streams the response to its client while the body
-//! is copied into the cache; the others wait for it, then hit.
+//! becomes the leader; a task reads the response into the cache at the
+//! upstream's pace (see [`fill`]) and the leader and the others stream from
+//! it, each at its own pace.
+//!
+//! [`ResponseCache::forward`] is the whole flow: bypass, lookup, coalesce,
+//! revalidate, forward, store.
+
+mod fill;
 
 use std::collections::HashMap;
-use std::pin::Pin;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, request, response, HeaderValue, Method};
-use http_body::{Frame, SizeHint};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 use moka::sync::Cache;
 use moka::Expiry;
 use tokio::sync::watch;
+use tracing::Instrument;
 
-use crate::body::{Body, BodyError};
+use crate::body::{self, Body};
 use crate::config::CacheSettings;
+use fill::Fill;
 
 /// RFC 9211 `Cache-Status` name of this cache.
 const CACHE_NAME: &str = "weir";
 /// Most variants (by `Vary`) kept for one URL.
 const MAX_VARIANTS: usize = 8;
+/// The RFC 9211 response header.
+const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+/// How long a cache miss waits for a concurrent request fetching the same
+/// key, when it cannot stream from it, before fetching itself.
+const COALESCE_WAIT: Duration = Duration::from_secs(30);
 
 /// One stored response.
+#[derive(Clone)]
 pub struct Stored {
     policy: CachePolicy,
     status: http::StatusCode,
@@ -45,7 +57,53 @@ pub struct Stored {
     vary_key: Vec<(String, Option<HeaderValue>)>,
 }
 
+/// How a stored response serves a request.
+enum Judged {
+    /// As it is: this head; `ttl` is its remaining freshness, for
+    /// `Cache-Status: ttl=` (none once past a plugin's cap).
+    Fresh {
+        head: response::Parts,
+        ttl: Option<Duration>,
+    },
+    /// Once revalidated with this conditional request.
+    Stale(request::Parts),
+    /// Not at all (another variant).
+    Other,
+}
+
 impl Stored {
+    /// How this response serves `req` at `now`.
+    fn judge(&self, req: &request::Parts, now: SystemTime) -> Judged {
+        // Past the plugin's cap: judge it as if its lifetime were over.
+        let judged_at = if now >= self.fresh_until {
+            now + Duration::from_secs(100 * 365 * 24 * 3600)
+        } else {
+            now
+        };
+        match self.policy.before_request(req, judged_at) {
+            BeforeRequest::Fresh(parts) => {
+                let (mut head, ()) = http::Response::new(()).into_parts();
+                head.status = self.status;
+                head.headers = parts.headers;
+                let mut ttl = None;
+                if judged_at == now {
+                    let age = self.policy.age(now).as_secs();
+                    if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
+                        head.headers.insert(header::AGE, age);
+                    }
+                    let capped = self.fresh_until.duration_since(now).unwrap_or_default();
+                    ttl = Some(self.policy.time_to_live(now).min(capped));
+                }
+                Judged::Fresh { head, ttl }
+            }
+            BeforeRequest::Stale {
+                request,
+                matches: true,
+            } => Judged::Stale(request),
+            BeforeRequest::Stale { .. } => Judged::Other,
+        }
+    }
+
     fn weight(&self) -> u32 {
         let headers: usize = self
             .headers
@@ -107,7 +165,7 @@ pub struct Facts<'a> {
 }
 
 /// The outcome of a lookup.
-pub enum Lookup {
+enum Lookup {
     /// Fresh: serve this; `ttl` is its remaining freshness, for
     /// `Cache-Status: ttl=` (none once past a plugin's cap).
     Hit {
@@ -130,6 +188,8 @@ pub enum Status {
         stored: bool,
     },
     Revalidated,
+    /// Streamed from a concurrent request's response while it filled.
+    Collapsed,
     /// Not looked up: the method, the client, or a plugin said so.
     Bypass(&'static str),
 }
@@ -144,6 +204,7 @@ impl Status {
             Status::Miss { stored: true } => format!("{CACHE_NAME}; fwd=miss; stored"),
             Status::Miss { stored: false } => format!("{CACHE_NAME}; fwd=miss"),
             Status::Revalidated => format!("{CACHE_NAME}; fwd=stale; fwd-status=304"),
+            Status::Collapsed => format!("{CACHE_NAME}; fwd=miss; collapsed"),
             Status::Bypass(why) => format!("{CACHE_NAME}; fwd={why}"),
         };
         HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("weir"))
@@ -152,8 +213,23 @@ impl Status {
 
 pub struct ResponseCache {
     entries: Cache<String, Variants>,
-    inflight: Mutex<HashMap<String, watch::Receiver<()>>>,
+    inflight: Mutex<HashMap<String, InFlight>>,
     settings: CacheSettings,
+}
+
+/// A key some request is fetching right now.
+struct InFlight {
+    /// Closed when the fetch is over (stored, or given up).
+    done: watch::Receiver<()>,
+    /// Set once its response is filling and may be shared.
+    shared: Option<Shared>,
+}
+
+/// A response filling the cache that concurrent requests may stream.
+#[derive(Clone)]
+struct Shared {
+    stored: Arc<Stored>,
+    fill: Arc<Fill>,
 }
 
 /// Held by the one request fetching a key; waiters wake when it drops.
@@ -165,12 +241,35 @@ pub struct Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        self.cache
-            .inflight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+        self.cache.inflight().remove(&self.key);
     }
+}
+
+/// What a miss became when it met the requests fetching the same key.
+enum Coalesced {
+    /// Nobody was: fetch it.
+    Lead(Leader),
+    /// Stream the response that is filling.
+    Follow(response::Parts, Body),
+    /// The other fetch ended (or took too long): look up again.
+    LookAgain,
+}
+
+/// Which body the cache asks the upstream request to carry.
+pub enum Outgoing {
+    /// The client's request body, as admitted.
+    Client,
+    /// None: a conditional request revalidating a stored response.
+    Conditional,
+}
+
+/// One request's dealings with the cache.
+struct Visit<'a> {
+    key: String,
+    /// The request as the cache policy judges it.
+    policy_req: request::Parts,
+    directives: &'a Directives,
+    is_head: bool,
 }
 
 impl ResponseCache {
@@ -192,6 +291,146 @@ impl ResponseCache {
             inflight: Mutex::new(HashMap::new()),
             settings,
         }
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
+        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answer a request through the cache: from a stored or filling
+    /// response when one serves, otherwise by `send`ing it upstream (once
+    /// for all concurrent misses of a key) and storing what may be stored.
+    /// Every answer carries `Cache-Status` (RFC 9211).
+    pub async fn forward<F, Fut, E>(
+        self: &Arc<Self>,
+        facts: &Facts<'_>,
+        head: request::Parts,
+        send: F,
+    ) -> Result<(response::Parts, Body), E>
+    where
+        F: FnOnce(request::Parts, Outgoing) -> Fut,
+        Fut: Future<Output = Result<(response::Parts, Body), E>>,
+    {
+        if let Some(why) = self.bypass_reason(&head.method, &facts.directives) {
+            let (mut parts, body) = send(head, Outgoing::Client).await?;
+            set_status(&mut parts, Status::Bypass(why), None);
+            return Ok((parts, body));
+        }
+        let visit = Visit {
+            key: ResponseCache::key(facts, &head),
+            policy_req: self.policy_request(&head, facts),
+            directives: &facts.directives,
+            is_head: head.method == Method::HEAD,
+        };
+        let mut leader = None;
+        for attempt in 0..2 {
+            match self.lookup(&visit.key, &visit.policy_req) {
+                Lookup::Hit { response, ttl } => {
+                    return Ok(visit.answer(response, Status::Hit, ttl));
+                }
+                Lookup::Revalidate { stored, request } => {
+                    return self.revalidate(visit, &stored, request, head, send).await;
+                }
+                Lookup::Miss if attempt == 0 => {
+                    match self.lead_or_follow(&visit.key, &visit.policy_req).await {
+                        Coalesced::Lead(lead) => {
+                            leader = Some(lead);
+                            break;
+                        }
+                        Coalesced::Follow(mut parts, body) => {
+                            set_status(&mut parts, Status::Collapsed, None);
+                            let body = if visit.is_head { body::empty() } else { body };
+                            return Ok((parts, body));
+                        }
+                        // Another request fetched this key meanwhile.
+                        Coalesced::LookAgain => {}
+                    }
+                }
+                Lookup::Miss => break,
+            }
+        }
+        let (parts, body) = send(head, Outgoing::Client).await?;
+        Ok(self.store(visit, parts, body, leader))
+    }
+
+    /// Ask the upstream whether a stale response is still good; serve it
+    /// refreshed on a 304, or whatever came instead.
+    async fn revalidate<F, Fut, E>(
+        self: &Arc<Self>,
+        visit: Visit<'_>,
+        stored: &Stored,
+        conditional: request::Parts,
+        mut head: request::Parts,
+        send: F,
+    ) -> Result<(response::Parts, Body), E>
+    where
+        F: FnOnce(request::Parts, Outgoing) -> Fut,
+        Fut: Future<Output = Result<(response::Parts, Body), E>>,
+    {
+        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+            if let Some(value) = conditional.headers.get(&name) {
+                head.headers.insert(name, value.clone());
+            }
+        }
+        let (parts, body) = send(head, Outgoing::Conditional).await?;
+        if parts.status == http::StatusCode::NOT_MODIFIED {
+            if let Some(response) = self.refreshed(&visit, stored, &conditional, &parts) {
+                return Ok(visit.answer(response, Status::Revalidated, None));
+            }
+        }
+        Ok(self.store(visit, parts, body, None))
+    }
+
+    /// Store the upstream's response if it may be stored: it is read into
+    /// the cache by a task of its own, and the client streams from that.
+    fn store(
+        self: &Arc<Self>,
+        visit: Visit<'_>,
+        mut parts: response::Parts,
+        body: Body,
+        leader: Option<Leader>,
+    ) -> (response::Parts, Body) {
+        let policy = (!visit.is_head)
+            .then(|| self.storable(&visit.policy_req, &parts))
+            .flatten();
+        let Some(policy) = policy else {
+            set_status(&mut parts, Status::Miss { stored: false }, None);
+            return (parts, body);
+        };
+        let length = declared_length(&parts.headers);
+        let limit = self.settings.max_entry_bytes;
+        if length.is_some_and(|length| length > limit as u64) {
+            set_status(&mut parts, Status::Miss { stored: false }, None);
+            return (parts, body);
+        }
+        let vary = vary_key(&visit.policy_req.headers, &parts.headers);
+        let stored = self.stored(policy, &parts, Bytes::new(), visit.directives, vary);
+        let fill = Fill::new(length);
+        let reader = fill.reader(true);
+        if let (Some(leader), Some(_)) = (&leader, length) {
+            // Its size is known to fit: others may stream it while it fills.
+            if let Some(flight) = self.inflight().get_mut(&leader.key) {
+                flight.shared = Some(Shared {
+                    stored: Arc::new(stored.clone()),
+                    fill: fill.clone(),
+                });
+            }
+        }
+        let cache = self.clone();
+        let key = visit.key;
+        tokio::spawn(
+            async move {
+                if let Some(whole) = fill.run(body, limit).await {
+                    let mut stored = stored;
+                    stored.body = whole;
+                    cache.insert(key, stored);
+                }
+                drop(leader);
+            }
+            .in_current_span(),
+        );
+        set_status(&mut parts, Status::Miss { stored: true }, None);
+        (parts, reader)
     }
 
     /// Why this request may not use the cache, if it may not.
@@ -244,64 +483,52 @@ impl ResponseCache {
         head
     }
 
-    pub fn lookup(&self, key: &str, req: &request::Parts) -> Lookup {
+    fn lookup(&self, key: &str, req: &request::Parts) -> Lookup {
         let Some(variants) = self.entries.get(key) else {
             return Lookup::Miss;
         };
         let now = SystemTime::now();
         for stored in &variants.0 {
-            // Past the plugin's cap: judge it as if its lifetime were over.
-            let judged_at = if now >= stored.fresh_until {
-                now + Duration::from_secs(100 * 365 * 24 * 3600)
-            } else {
-                now
-            };
-            match stored.policy.before_request(req, judged_at) {
-                BeforeRequest::Fresh(parts) => {
-                    let mut response = http::Response::new(stored.body.clone());
-                    *response.status_mut() = stored.status;
-                    *response.headers_mut() = parts.headers;
-                    let mut ttl = None;
-                    if judged_at == now {
-                        let age = stored.policy.age(now).as_secs();
-                        if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
-                            response.headers_mut().insert(header::AGE, age);
-                        }
-                        ttl = Some(
-                            stored
-                                .policy
-                                .time_to_live(now)
-                                .min(stored.fresh_until.duration_since(now).unwrap_or_default()),
-                        );
-                    }
+            match stored.judge(req, now) {
+                Judged::Fresh { head, ttl } => {
+                    let response = http::Response::from_parts(head, stored.body.clone());
                     return Lookup::Hit { response, ttl };
                 }
-                BeforeRequest::Stale {
-                    request,
-                    matches: true,
-                } if has_validators(&stored.headers) => {
+                Judged::Stale(request) if has_validators(&stored.headers) => {
                     return Lookup::Revalidate {
                         stored: stored.clone(),
                         request,
                     };
                 }
-                BeforeRequest::Stale { .. } => {}
+                Judged::Stale(_) | Judged::Other => {}
             }
         }
         Lookup::Miss
     }
 
-    /// Become the leader for `key`, or wait for the current leader to finish
-    /// (then `None`: look up again).
-    pub async fn lead_or_wait(self: &Arc<Self>, key: &str, wait: Duration) -> Option<Leader> {
-        let waiting = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Become the leader for `key`; or stream the leader's response if it
+    /// is filling and serves this request; or wait for the leader to finish
+    /// (then look up again).
+    async fn lead_or_follow(self: &Arc<Self>, key: &str, req: &request::Parts) -> Coalesced {
+        let mut done = {
+            let mut inflight = self.inflight();
             match inflight.get(key) {
-                Some(rx) => rx.clone(),
+                Some(flight) => {
+                    if let Some(Shared { stored, fill }) = &flight.shared {
+                        if let Judged::Fresh { head, .. } = stored.judge(req, SystemTime::now()) {
+                            return Coalesced::Follow(head, fill.reader(false));
+                        }
+                    }
+                    flight.done.clone()
+                }
                 None => {
                     let (tx, rx) = watch::channel(());
-                    inflight.insert(key.to_owned(), rx);
-                    return Some(Leader {
+                    let flight = InFlight {
+                        done: rx,
+                        shared: None,
+                    };
+                    inflight.insert(key.to_owned(), flight);
+                    return Coalesced::Lead(Leader {
                         cache: self.clone(),
                         key: key.to_owned(),
                         _done: tx,
@@ -309,10 +536,9 @@ impl ResponseCache {
                 }
             }
         };
-        let mut waiting = waiting;
         // Resolves with Err when the leader drops its sender.
-        let _ = tokio::time::timeout(wait, waiting.changed()).await;
-        None
+        let _ = tokio::time::timeout(COALESCE_WAIT, done.changed()).await;
+        Coalesced::LookAgain
     }
 
     /// Decide whether a response may be stored; returns its policy.
@@ -375,43 +601,13 @@ impl ResponseCache {
         }
     }
 
-    /// Wrap a response body so that, when it has streamed completely, it is
-    /// stored. The leader guard (if any) is released when the body ends.
-    #[allow(clippy::too_many_arguments)]
-    pub fn store_on_completion(
-        self: &Arc<Self>,
-        key: String,
-        policy_req: &request::Parts,
-        policy: CachePolicy,
-        head: &response::Parts,
-        body: Body,
-        directives: &Directives,
-        leader: Option<Leader>,
-    ) -> Body {
-        let vary = vary_key(&policy_req.headers, &head.headers);
-        let template = self.stored(policy, head, Bytes::new(), directives, vary);
-        let tee = TeeBody {
-            inner: body,
-            buffer: Some(BytesMut::new()),
-            limit: self.settings.max_entry_bytes,
-            pending: Some(PendingStore {
-                cache: self.clone(),
-                key,
-                template,
-                _leader: leader,
-            }),
-        };
-        http_body_util::BodyExt::boxed(tee)
-    }
-
     /// A 304 answered a revalidation: refresh the entry, serve its body.
-    pub fn refreshed(
+    fn refreshed(
         &self,
-        key: String,
+        visit: &Visit<'_>,
         stored: &Stored,
         conditional: &request::Parts,
         not_modified: &response::Parts,
-        directives: &Directives,
     ) -> Option<http::Response<Bytes>> {
         match stored
             .policy
@@ -424,14 +620,11 @@ impl ResponseCache {
                     policy,
                     &head,
                     stored.body.clone(),
-                    directives,
+                    visit.directives,
                     stored.vary_key.clone(),
                 );
-                self.insert(key, refreshed);
-                let mut response = http::Response::new(stored.body.clone());
-                *response.status_mut() = stored.status;
-                *response.headers_mut() = head.headers;
-                Some(response)
+                self.insert(visit.key.clone(), refreshed);
+                Some(http::Response::from_parts(head, stored.body.clone()))
             }
             AfterResponse::Modified(..) => None,
         }
@@ -478,6 +671,39 @@ impl ResponseCache {
     }
 }
 
+impl Visit<'_> {
+    /// A response from the cache, as this request gets it.
+    fn answer(
+        &self,
+        response: http::Response<Bytes>,
+        status: Status,
+        ttl: Option<Duration>,
+    ) -> (response::Parts, Body) {
+        let (mut parts, bytes) = response.into_parts();
+        set_status(&mut parts, status, ttl);
+        let body = if self.is_head {
+            body::empty()
+        } else {
+            body::full(bytes)
+        };
+        (parts, body)
+    }
+}
+
+fn set_status(parts: &mut response::Parts, status: Status, ttl: Option<Duration>) {
+    parts.headers.insert(CACHE_STATUS, status.header_value(ttl));
+}
+
+/// The body length the upstream declared, if it did.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 fn has_validators(headers: &http::HeaderMap) -> bool {
     headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
 }
@@ -505,79 +731,6 @@ fn vary_key(
             (name, value)
         })
         .collect()
-}
-
-struct PendingStore {
-    cache: Arc<ResponseCache>,
-    key: String,
-    template: Stored,
-    _leader: Option<Leader>,
-}
-
-/// A body that copies what it streams, and stores it when complete.
-struct TeeBody {
-    inner: Body,
-    buffer: Option<BytesMut>,
-    limit: usize,
-    pending: Option<PendingStore>,
-}
-
-impl TeeBody {
-    /// The whole body has streamed: store it.
-    fn finish(&mut self) {
-        if let (Some(buffer), Some(pending)) = (self.buffer.take(), self.pending.take()) {
-            let mut stored = pending.template;
-            stored.body = buffer.freeze();
-            pending.cache.insert(pending.key, stored);
-        }
-    }
-}
-
-impl http_body::Body for TeeBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(buffer)) = (frame.data_ref(), this.buffer.as_mut()) {
-                    if buffer.len() + data.len() > this.limit {
-                        // Too large to cache: keep streaming, store nothing.
-                        this.buffer = None;
-                        this.pending = None;
-                    } else {
-                        buffer.extend_from_slice(data);
-                    }
-                }
-                // hyper stops polling once a body says it has ended, so a
-                // sized body may never yield the final `None`.
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-            }
-            Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken body is never stored.
-                this.buffer = None;
-                this.pending = None;
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

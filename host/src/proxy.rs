@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{request, response, Method, Request, Response, Version};
+use http::{request, response, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::{self, Body};
-use crate::cache::{self, Lookup, ResponseCache};
+use crate::cache::{self, Outgoing, ResponseCache};
 use crate::canonical::{self, Canonical};
 use crate::config::Config;
 use crate::error::ProxyError;
@@ -32,7 +32,6 @@ use crate::plugin::{Chain, Exchange, RequestOutcome};
 use crate::upstream::{Replay, Upstreams};
 
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
 /// Facts about one client connection, shared by its requests.
 #[derive(Debug, Clone)]
@@ -130,14 +129,6 @@ impl Proxy {
         .instrument(span)
         .await
     }
-}
-
-/// How long a cache miss waits for a concurrent request fetching the same
-/// key before fetching itself.
-const COALESCE_WAIT: Duration = Duration::from_secs(30);
-
-fn set_cache_status(parts: &mut response::Parts, status: cache::Status, ttl: Option<Duration>) {
-    parts.headers.insert(CACHE_STATUS, status.header_value(ttl));
 }
 
 fn cache_directives(wit: Option<&types::CacheDirectives>) -> cache::Directives {
@@ -265,6 +256,11 @@ impl Generation {
             version,
             &self.config.proxy.via_name,
         );
+        if forbids_content(state.head.status) {
+            // A plugin made it a 204 or 304: it has no content (RFC 9110 §6.4.1).
+            drop_content(&mut state.head.headers);
+            return Ok(Response::from_parts(state.head, body::empty()));
+        }
         Ok(Response::from_parts(state.head, streamed))
     }
 
@@ -367,8 +363,7 @@ impl Generation {
     }
 
     /// Get the response from the cache or the upstream (through the cache
-    /// when one is configured), hop-by-hop headers stripped, `Cache-Status`
-    /// set.
+    /// when one is configured), hop-by-hop headers stripped.
     async fn fetch(
         &self,
         upstream: &str,
@@ -377,123 +372,15 @@ impl Generation {
         body: Body,
         replay: Replay,
     ) -> Result<(response::Parts, Body), ProxyError> {
-        let directives = &facts.directives;
         let Some(cache) = &self.cache else {
             return self.send(upstream, head, body, replay).await;
         };
-        if let Some(why) = cache.bypass_reason(&head.method, directives) {
-            let (mut parts, body) = self.send(upstream, head, body, replay).await?;
-            set_cache_status(&mut parts, cache::Status::Bypass(why), None);
-            return Ok((parts, body));
-        }
-        let is_head = head.method == Method::HEAD;
-        let policy_req = cache.policy_request(&head, facts);
-        let key = ResponseCache::key(facts, &head);
-        let mut leader = None;
-        let mut revalidating = None;
-        for attempt in 0..2 {
-            match cache.lookup(&key, &policy_req) {
-                Lookup::Hit { response, ttl } => {
-                    let (mut parts, bytes) = response.into_parts();
-                    set_cache_status(&mut parts, cache::Status::Hit, ttl);
-                    let body = if is_head {
-                        body::empty()
-                    } else {
-                        body::full(bytes)
-                    };
-                    return Ok((parts, body));
-                }
-                Lookup::Revalidate { stored, request } => {
-                    revalidating = Some((stored, request));
-                    break;
-                }
-                Lookup::Miss if attempt == 0 => {
-                    leader = cache.lead_or_wait(&key, COALESCE_WAIT).await;
-                    if leader.is_some() {
-                        break;
-                    }
-                    // Another request fetched this key meanwhile: look again.
-                }
-                Lookup::Miss => break,
-            }
-        }
-
-        if let Some((stored, conditional)) = revalidating {
-            let mut cond_head = head.clone();
-            for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
-                if let Some(value) = conditional.headers.get(&name) {
-                    cond_head.headers.insert(name, value.clone());
-                }
-            }
-            let (parts, fresh_body) = self
-                .send(upstream, cond_head, body::empty(), Replay::Empty)
-                .await?;
-            if parts.status == http::StatusCode::NOT_MODIFIED {
-                if let Some(response) =
-                    cache.refreshed(key.clone(), &stored, &conditional, &parts, directives)
-                {
-                    let (mut parts, bytes) = response.into_parts();
-                    set_cache_status(&mut parts, cache::Status::Revalidated, None);
-                    let body = if is_head {
-                        body::empty()
-                    } else {
-                        body::full(bytes)
-                    };
-                    return Ok((parts, body));
-                }
-            }
-            return Ok(self.maybe_store(
-                cache,
-                key,
-                &policy_req,
-                parts,
-                fresh_body,
-                directives,
-                None,
-                is_head,
-            ));
-        }
-
-        let (parts, body) = self.send(upstream, head, body, replay).await?;
-        Ok(self.maybe_store(
-            cache,
-            key,
-            &policy_req,
-            parts,
-            body,
-            directives,
-            leader,
-            is_head,
-        ))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn maybe_store(
-        &self,
-        cache: &Arc<ResponseCache>,
-        key: String,
-        policy_req: &request::Parts,
-        mut parts: response::Parts,
-        body: Body,
-        directives: &cache::Directives,
-        leader: Option<cache::Leader>,
-        is_head: bool,
-    ) -> (response::Parts, Body) {
-        let policy = (!is_head)
-            .then(|| cache.storable(policy_req, &parts))
-            .flatten();
-        match policy {
-            Some(policy) => {
-                let body = cache
-                    .store_on_completion(key, policy_req, policy, &parts, body, directives, leader);
-                set_cache_status(&mut parts, cache::Status::Miss { stored: true }, None);
-                (parts, body)
-            }
-            None => {
-                set_cache_status(&mut parts, cache::Status::Miss { stored: false }, None);
-                (parts, body)
-            }
-        }
+        cache
+            .forward(facts, head, |head, outgoing| match outgoing {
+                Outgoing::Client => self.send(upstream, head, body, replay),
+                Outgoing::Conditional => self.send(upstream, head, body::empty(), Replay::Empty),
+            })
+            .await
     }
 
     /// Forward to the upstream; strip hop-by-hop headers from the answer.
@@ -525,11 +412,25 @@ impl Generation {
             &self.config.proxy.via_name,
         );
         // The body may have been replaced: let the server frame it anew.
-        state.head.headers.remove(header::CONTENT_LENGTH);
-        state.head.headers.remove(header::TRANSFER_ENCODING);
+        drop_content(&mut state.head.headers);
+        if forbids_content(state.head.status) {
+            return Ok(Response::from_parts(state.head, body::empty()));
+        }
         let bytes = state.body.unwrap_or_default();
         Ok(Response::from_parts(state.head, body::full(bytes)))
     }
+}
+
+/// 204 and 304 responses never have content (RFC 9110 §6.4.1), whatever
+/// the upstream or a plugin left in them.
+fn forbids_content(status: http::StatusCode) -> bool {
+    status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED
+}
+
+/// Remove the framing of a body about to be replaced or dropped.
+fn drop_content(headers: &mut http::HeaderMap) {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// Read a body into memory, refusing more than `limit` bytes.

@@ -32,6 +32,9 @@ pub enum StartError {
     Tls(crate::tls::TlsError),
     #[error("{0}")]
     Config(crate::config::ConfigErrors),
+    /// A blocking step (file reads, parsing) panicked or was cancelled.
+    #[error("loading failed: {0}")]
+    Blocking(String),
 }
 
 /// Process-wide pieces that outlive a configuration generation.
@@ -98,8 +101,13 @@ impl Weir {
         if !errors.is_empty() {
             return Err(StartError::Plugins(errors));
         }
-        let upstreams =
-            Upstreams::new(&config.upstreams, &self.metrics).map_err(StartError::Tls)?;
+        // Reads CA files and the system roots: not on a request worker.
+        let specs = config.upstreams.clone();
+        let metrics = self.metrics.clone();
+        let upstreams = tokio::task::spawn_blocking(move || Upstreams::new(&specs, &metrics))
+            .await
+            .map_err(|err| StartError::Blocking(err.to_string()))?
+            .map_err(StartError::Tls)?;
         let names: HashSet<String> = upstreams.names().map(str::to_owned).collect();
         Ok(Generation {
             chain: Chain::new(plugins, names, config.proxy.paths, config.limits.properties),
@@ -210,7 +218,12 @@ impl Reloader {
 }
 
 async fn reload(weir: &Weir, proxy: &Proxy, path: &std::path::Path) -> Result<(), StartError> {
-    let config = Config::load(path).map_err(StartError::Config)?;
+    // Reading and parsing files is blocking work: not on a request worker.
+    let owned = path.to_owned();
+    let config = tokio::task::spawn_blocking(move || Config::load(&owned))
+        .await
+        .map_err(|err| StartError::Blocking(err.to_string()))?
+        .map_err(StartError::Config)?;
     let current = proxy.current();
     if config.runtime != current.config.runtime {
         tracing::warn!("[runtime] changes take effect at the next restart");

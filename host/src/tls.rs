@@ -209,27 +209,45 @@ impl ReloadingConfig {
 
     /// Poll the files; rebuild and swap when they change. A broken new file
     /// is refused with a log line and the previous config keeps serving.
+    /// Reading and parsing the files runs on a blocking thread, never on a
+    /// request worker.
     pub async fn watch(self: Arc<Self>) {
-        let mut seen = self.newest_change();
         let mut ticker =
             tokio::time::interval(self.spec.reload_check.max(Duration::from_millis(10)));
+        let mut seen = {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.newest_change())
+                .await
+                .ok()
+                .flatten()
+        };
         loop {
             ticker.tick().await;
-            let changed = self.newest_change();
-            if changed == seen {
-                continue;
-            }
-            seen = changed;
-            match server_config(&self.spec) {
-                Ok(config) => {
-                    self.current.store(config);
-                    tracing::info!("TLS certificates reloaded");
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "TLS reload refused; keeping the previous certificates")
-                }
+            let this = self.clone();
+            let checked = tokio::task::spawn_blocking(move || this.reload_if_changed(seen)).await;
+            if let Ok(newest) = checked {
+                seen = newest;
             }
         }
+    }
+
+    /// Rebuild the config if a file changed since `seen`; returns the
+    /// newest change time now.
+    fn reload_if_changed(&self, seen: Option<SystemTime>) -> Option<SystemTime> {
+        let changed = self.newest_change();
+        if changed == seen {
+            return seen;
+        }
+        match server_config(&self.spec) {
+            Ok(config) => {
+                self.current.store(config);
+                tracing::info!("TLS certificates reloaded");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "TLS reload refused; keeping the previous certificates")
+            }
+        }
+        changed
     }
 }
 

@@ -1,12 +1,12 @@
 //! Criterion benchmarks of the host's own per-request work around the
 //! plugins, without sockets:
 //!
-//! * `cache hit`: what `proxy::Generation::fetch` does for a request the
-//!   cache answers — the bypass check, the policy request, the primary key,
-//!   the lookup (asserted to be a fresh hit, with its remaining TTL) and the
-//!   `Cache-Status` header. The entry is stored beforehand through the path
-//!   the proxy uses (`storable`, then `store_on_completion` with the body
-//!   streamed to its end), for the JSON `bench/run.py`'s origin serves.
+//! * `cache hit`: `ResponseCache::forward` for a request the cache answers
+//!   (on a current-thread runtime) — the bypass check, the policy request,
+//!   the primary key, the lookup (asserted to be a fresh hit) and the
+//!   `Cache-Status` header. The entry is stored beforehand through the same
+//!   call, as a miss whose fill task reads the JSON `bench/run.py`'s origin
+//!   serves.
 //! * `headers to WIT`: `convert::headers_to_wit` on a 10-header browser
 //!   request, as every plugin call pays for the request head (and each
 //!   response-phase call again for the response head).
@@ -24,6 +24,7 @@
 //!
 //! Run: `cargo bench -p weir-tests --bench hot_paths`
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, response};
 use http_body_util::BodyExt;
-use weir::cache::{self, Directives, Facts, Lookup, ResponseCache};
+use weir::cache::{Directives, Facts, ResponseCache};
 use weir::config::CacheSettings;
 use weir::metrics::Metrics;
 use weir::plugin::bindings::types::{self, HeaderOp};
@@ -99,9 +100,8 @@ fn facts() -> Facts<'static> {
     }
 }
 
-fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &request::Parts) {
-    let facts = facts();
-    let directives = &facts.directives;
+/// The origin's answer to the cacheable request.
+fn origin_answer() -> (response::Parts, weir::body::Body) {
     let (parts, ()) = http::Response::builder()
         .header("server", "nginx")
         .header("content-type", "application/json")
@@ -110,45 +110,49 @@ fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &reques
         .body(())
         .expect("response")
         .into_parts();
-    let policy_req = cache.policy_request(head, &facts);
-    let key = ResponseCache::key(&facts, head);
-    let policy = cache
-        .storable(&policy_req, &parts)
-        .expect("the origin's answer is storable");
-    let body = cache.store_on_completion(
-        key,
-        &policy_req,
-        policy,
-        &parts,
-        weir::body::full(CACHED_BODY),
-        directives,
-        None,
-    );
-    // The entry is stored once its body has streamed to the client.
+    (parts, weir::body::full(CACHED_BODY))
+}
+
+/// Store the entry through the path the proxy uses: a miss forwarded, the
+/// response read into the cache by its fill task.
+fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &request::Parts) {
+    let (parts, body) = rt
+        .block_on(cache.forward(&facts(), head.clone(), |_, _| async {
+            Ok::<_, Infallible>(origin_answer())
+        }))
+        .expect("forwarded");
+    assert_eq!(parts.headers[CACHE_STATUS], "weir; fwd=miss; stored");
     let streamed = rt
         .block_on(body.collect())
         .expect("body streams")
         .to_bytes();
     assert_eq!(streamed, CACHED_BODY);
+    // The fill task stores it: wait until a lookup hits.
+    for _ in 0..1000 {
+        if cache_hit(rt, cache, head).is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("the entry was never stored");
 }
 
-/// `fetch`'s path for a request the cache answers, up to the response
-/// head and bytes it turns into the client's response.
-fn cache_hit(cache: &ResponseCache, head: &request::Parts) -> (response::Parts, bytes::Bytes) {
-    let facts = facts();
-    assert!(cache
-        .bypass_reason(&head.method, &facts.directives)
-        .is_none());
-    let policy_req = cache.policy_request(head, &facts);
-    let key = ResponseCache::key(&facts, head);
-    let Lookup::Hit { response, ttl } = cache.lookup(&key, &policy_req) else {
-        panic!("expected a fresh cache hit for {key}");
-    };
-    let (mut parts, bytes) = response.into_parts();
-    parts
-        .headers
-        .insert(CACHE_STATUS, cache::Status::Hit.header_value(ttl));
-    (parts, bytes)
+/// `ResponseCache::forward` for a request the cache answers: the bypass
+/// check, the policy request, the primary key, the lookup and the
+/// `Cache-Status` header. `None` if it was not a hit.
+fn cache_hit(
+    rt: &tokio::runtime::Runtime,
+    cache: &Arc<ResponseCache>,
+    head: &request::Parts,
+) -> Option<(response::Parts, weir::body::Body)> {
+    let mut forwarded = false;
+    let answer = rt
+        .block_on(cache.forward(&facts(), head.clone(), |_, _| {
+            forwarded = true;
+            async { Ok::<_, Infallible>(origin_answer()) }
+        }))
+        .expect("answered");
+    (!forwarded).then_some(answer)
 }
 
 /// What a plugin such as auth hands back with `continue`: identity headers
@@ -194,13 +198,16 @@ fn bench_cache(c: &mut Criterion) {
     let cache = Arc::new(ResponseCache::new(settings()));
     let head = cacheable_request();
     store(&rt, &cache, &head);
-    let (parts, bytes) = cache_hit(&cache, &head);
+    let (parts, body) = cache_hit(&rt, &cache, &head).expect("a hit");
+    assert!(parts.headers[CACHE_STATUS]
+        .to_str()
+        .is_ok_and(|status| status.starts_with("weir; hit")));
+    let bytes = rt.block_on(body.collect()).expect("body").to_bytes();
     assert_eq!(bytes, CACHED_BODY);
-    assert!(parts.headers.contains_key(CACHE_STATUS));
 
     c.bench_function(
         "cache hit (key, policy request, lookup, Cache-Status)",
-        |b| b.iter(|| cache_hit(&cache, &head)),
+        |b| b.iter(|| cache_hit(&rt, &cache, &head)),
     );
 }
 

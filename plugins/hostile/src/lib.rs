@@ -22,6 +22,8 @@
 //!   header, `denied: <errors>` or `LEAK <what leaked>`;
 //! * `set-path`: rewrite the request path to `path`, byte for byte (the
 //!   host must canonicalise it, or refuse an ambiguous one);
+//! * `set-status` (response phase): change the status to `status` (the
+//!   host must drop the content of a 204 or 304);
 //! * host bounds: `log-flood` (`count` lines of `size` bytes per request,
 //!   each trying to forge a host log line), `properties` (`count`
 //!   properties of `size` bytes), `refuse-config` (refuse the config with
@@ -96,6 +98,7 @@ enum Mode {
     ReadEnv,
     OpenSocket,
     SetPath,
+    SetStatus,
     LogFlood,
     Properties,
     RefuseConfig,
@@ -151,6 +154,8 @@ struct Config {
     huge: Huge,
     /// `set-path`: the path to rewrite the request to, as given.
     path: Option<String>,
+    /// `set-status`: the status to answer with.
+    status: Option<u16>,
     /// `log-flood`: lines per request; `properties`: properties set;
     /// `kv-flood`: keys set per request.
     #[serde(default = "default_count")]
@@ -223,6 +228,9 @@ impl Config {
         }
         if config.mode == Mode::RefuseConfig {
             return Err(padded(config.size));
+        }
+        if config.mode == Mode::SetStatus && config.status.is_none() {
+            return Err("mode set-status needs `status`".into());
         }
         if config.mode == Mode::Fetch && config.url.is_none() {
             return Err("mode fetch needs `url`".into());
@@ -673,6 +681,7 @@ impl Guest for Hostile {
         }
         match config.mode {
             Mode::BadStatus => changes.status = Some(1000),
+            Mode::SetStatus => changes.status = config.status,
             Mode::HugeResponse if config.huge == Huge::Headers => {
                 changes.headers = (0..100_000)
                     .map(|i| HeaderOp::Append((format!("x-huge-{i}"), "1".to_owned())))

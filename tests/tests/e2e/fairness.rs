@@ -134,3 +134,178 @@ async fn a_stuck_stderr_does_not_stall_requests() {
     }
     drop(weir);
 }
+
+/// A cacheable 4 MiB response, streamed in 64 KiB chunks a few
+/// milliseconds apart (so that a second client arrives while it fills):
+/// with `Content-Length` when `sized`, chunked otherwise. Counts its
+/// requests.
+async fn big_cacheable(sized: bool) -> (Upstream, Arc<AtomicUsize>) {
+    use futures_util::StreamExt;
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let upstream = Upstream::serve(move |_req| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+            tokio::spawn(async move {
+                for _ in 0..BIG / chunk.len() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    if tx.send(chunk.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|bytes| Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes)));
+            let mut response =
+                http::Response::new(weir::body::boxed(http_body_util::StreamBody::new(frames)));
+            let headers = response.headers_mut();
+            headers.insert("cache-control", "max-age=60".parse().unwrap());
+            if sized {
+                headers.insert("content-length", BIG.into());
+            }
+            response
+        }
+    })
+    .await;
+    (upstream, count)
+}
+
+const BIG: usize = 4 * 1024 * 1024;
+
+/// Send a GET and read only the response head; the caller then reads the
+/// body when it likes. The receive buffer is kept small so that a client
+/// that stops reading really stops the bytes.
+async fn stalled_reader(proxy: &TestProxy, path: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = proxy.all_addrs()[0];
+    let mut stream = socket.connect(addr).await.unwrap();
+    // The same authority as `proxy.url`, so the same cache key.
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (stream, seen)
+}
+
+/// Read the rest of a stalled reader's response; returns its body length.
+async fn drain(mut stream: tokio::net::TcpStream, seen: Vec<u8>) -> (String, usize) {
+    use tokio::io::AsyncReadExt;
+    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+    let mut body = seen[end..].to_vec();
+    let chunked = head.contains("transfer-encoding: chunked");
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let done = if chunked {
+            body.ends_with(b"\r\n0\r\n\r\n")
+        } else {
+            body.len() >= BIG
+        };
+        if done {
+            break;
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("the slow reader's response stalled")
+            .unwrap();
+        assert!(n > 0, "closed early after {} bytes", body.len());
+        body.extend_from_slice(&buf[..n]);
+    }
+    let length = if chunked {
+        // Count the data bytes, not the chunk framing.
+        body.iter().filter(|&&b| b == b'x').count()
+    } else {
+        body.len()
+    };
+    (head, length)
+}
+
+async fn cached(upstream: &Upstream) -> TestProxy {
+    TestProxy::start(&format!(
+        "default_upstream = \"up\"\n{}\n[cache]\ncapacity_bytes = 67108864\nmax_entry_bytes = 16777216\n{}",
+        upstream.toml("up"),
+        admin_section()
+    ))
+    .await
+}
+
+/// A second client of a filling response is not paced by the first: it
+/// streams from the entry as the upstream fills it, while the first client
+/// has read nothing of the body.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_does_not_hold_back_a_second_client_of_a_sized_response() {
+    let (upstream, count) = big_cacheable(true).await;
+    let proxy = cached(&upstream).await;
+    let (slow, seen) = stalled_reader(&proxy, "/big").await;
+    let second = client().get(proxy.url("/big")).send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    let status = second.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = second.bytes().await.unwrap();
+    assert_eq!(body.len(), BIG);
+    assert_eq!(status, "weir; fwd=miss; collapsed");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // The slow reader still gets all of it, at its own pace.
+    let (head, length) = drain(slow, seen).await;
+    assert!(head.contains("fwd=miss; stored"), "{head}");
+    assert_eq!(length, BIG);
+    // And a third client hits what was stored.
+    let third = client().get(proxy.url("/big")).send().await.unwrap();
+    assert!(third.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .starts_with("weir; hit"));
+    assert_eq!(third.bytes().await.unwrap().len(), BIG);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+/// Of a chunked response (length unknown until it ends) the second client
+/// waits for the fill, which runs at the upstream's pace: it is served
+/// while the first client still has not read the body.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_does_not_hold_back_a_second_client_of_a_chunked_response() {
+    let (upstream, count) = big_cacheable(false).await;
+    let proxy = cached(&upstream).await;
+    let (slow, seen) = stalled_reader(&proxy, "/big").await;
+    let second = client().get(proxy.url("/big")).send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(second.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .starts_with("weir; hit"));
+    assert_eq!(second.bytes().await.unwrap().len(), BIG);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let (_, length) = drain(slow, seen).await;
+    assert_eq!(length, BIG);
+}
+
+/// A response too large for the cache still reaches its (slow) client
+/// whole, and is not stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_chunked_response_streams_whole_and_is_not_stored() {
+    let (upstream, count) = big_cacheable(false).await;
+    let proxy = TestProxy::start(&format!(
+        "default_upstream = \"up\"\n{}\n[cache]\ncapacity_bytes = 67108864\nmax_entry_bytes = 1048576\n",
+        upstream.toml("up"),
+    ))
+    .await;
+    let (slow, seen) = stalled_reader(&proxy, "/big").await;
+    let (_, length) = drain(slow, seen).await;
+    assert_eq!(length, BIG);
+    let again = client().get(proxy.url("/big")).send().await.unwrap();
+    assert_eq!(again.bytes().await.unwrap().len(), BIG);
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}

@@ -296,6 +296,49 @@ async fn status_outside_200_to_599_is_rejected() {
     invalid_answer_is_rejected("bad-status", "").await;
 }
 
+/// A plugin that turns a response into a 204 or a 304 gets one without
+/// content (RFC 9110 §6.4.1), over HTTP/1.1 (raw, so a stray body would
+/// show) and h2.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_changed_to_204_or_304_loses_its_content() {
+    let upstream = Upstream::serve(|_req| async { respond(200, "a body that must go") }).await;
+    for status in [204, 304] {
+        let proxy = proxy_in_front(
+            &upstream.toml("up"),
+            "set-status",
+            "",
+            &format!("phase = \"response\"\nstatus = {status}"),
+        )
+        .await;
+        let raw = weir_tests::raw_exchange(
+            proxy.all_addrs()[0],
+            b"GET /boom HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a whole head");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{raw}");
+        assert!(
+            !head.to_ascii_lowercase().contains("content-length: 1"),
+            "{raw}"
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "{raw}"
+        );
+        assert_eq!(body, "", "{raw}");
+        let h2 = weir_tests::h2c_client()
+            .get(proxy.url("/boom"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(h2.status().as_u16(), status);
+        assert!(h2.bytes().await.unwrap().is_empty());
+        // Other paths keep their status and body.
+        let other = client().get(proxy.url("/fine")).send().await.unwrap();
+        assert_eq!(other.text().await.unwrap(), "a body that must go");
+    }
+}
+
 // ----- Escape attempts ------------------------------------------------------
 
 /// What the escape attempt reported, after checking it was denied.
