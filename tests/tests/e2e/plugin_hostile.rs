@@ -511,13 +511,22 @@ async fn trap_is_logged_with_the_plugin_name_and_a_backtrace() {
         .await
         .unwrap();
     assert_eq!(response.status(), 500);
-    // The warning is written before the answer is sent.
-    child.start_kill().unwrap();
+    // Logs reach stderr from a thread of their own: read until the warning
+    // (and whatever follows it at once) has arrived, then stop the process.
     let mut log = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        log.push_str(&line);
-        log.push('\n');
+    let mut seen = false;
+    loop {
+        let wait = std::time::Duration::from_millis(if seen { 500 } else { 10_000 });
+        match tokio::time::timeout(wait, lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                seen |= line.contains("plugin call failed");
+                log.push_str(&line);
+                log.push('\n');
+            }
+            _ => break,
+        }
     }
+    child.start_kill().unwrap();
     let _ = child.wait().await;
 
     let warning = log
