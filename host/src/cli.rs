@@ -193,14 +193,25 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let plugins = config.chain.len();
+    let mut summary = format!(
+        "{} plugins",
+        config
+            .plugin_specs()
+            .iter()
+            .map(|spec| &spec.name)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    );
+    if !config.routes.is_empty() {
+        summary.push_str(&format!(", {} routes", config.routes.len()));
+    }
     for warning in &config.warnings {
         eprintln!("{}: warning: {warning}", path.display());
     }
     let weir = Weir::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     match weir.load(config).await {
         Ok(_) => {
-            println!("{}: ok ({plugins} plugins)", path.display());
+            println!("{}: ok ({summary})", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Err(StartError::Plugins(errors)) => {

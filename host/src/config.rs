@@ -4,6 +4,9 @@
 //! `proxy.toml:14: plugins.auth.file: no such file plugins/auth.wasm`.
 
 pub mod file;
+mod routes;
+
+pub use routes::RouteSpec;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -30,8 +33,10 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub default_upstream: Option<String>,
-    /// Plugins in chain order.
+    /// Plugins in chain order: the chain of requests no route matches.
     pub chain: Vec<PluginSpec>,
+    /// `[[routes]]` in match order.
+    pub routes: Vec<RouteSpec>,
     pub cache: Option<CacheSettings>,
     pub admin: Option<AdminSettings>,
     pub kv: KvSettings,
@@ -310,6 +315,18 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl Config {
+    /// Every distinct plugin instance set this config needs: one per
+    /// plugin and effective config, over the top-level chain and every
+    /// route's, in first-use order.
+    pub fn plugin_specs(&self) -> Vec<&PluginSpec> {
+        let mut seen = HashSet::new();
+        self.chain
+            .iter()
+            .chain(self.routes.iter().flat_map(|route| &route.chain))
+            .filter(|spec| seen.insert((spec.name.as_str(), spec.config_json.as_str())))
+            .collect()
+    }
+
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -436,7 +453,9 @@ impl Validator<'_> {
             self.check_upstream_ref(name, "default_upstream", &upstreams);
             name.get_ref().clone()
         });
-        let chain = self.chain(&raw);
+        let mut base = routes::BaseSpecs::new();
+        let chain = self.plugin_list("chain", &raw.chain, &raw, &mut base);
+        let routes = self.routes(&raw, &mut base, &chain, &upstreams);
         self.check_ranges(&raw);
         let metrics = self.metrics(&raw.metrics);
 
@@ -473,6 +492,7 @@ impl Validator<'_> {
             upstreams,
             default_upstream,
             chain,
+            routes,
             cache: raw.cache.as_ref().map(|c| CacheSettings {
                 capacity_bytes: c.capacity_bytes,
                 max_entry_bytes: c.max_entry_bytes,
@@ -494,7 +514,11 @@ impl Validator<'_> {
                 self.fail(None, "kv.url", format!("{url:?} is not a redis:// URL"));
             }
         }
-        for spec in &config.chain {
+        let mut checked = HashSet::new();
+        for spec in config.plugin_specs() {
+            if !checked.insert(&spec.name) {
+                continue;
+            }
             if spec.memory_bytes > config.runtime.max_memory_bytes {
                 self.fail(
                     None,
@@ -889,38 +913,6 @@ impl Validator<'_> {
                 }
             }
         }
-    }
-
-    fn chain(&mut self, raw: &FileConfig) -> Vec<PluginSpec> {
-        let mut seen = HashSet::new();
-        let mut chain = Vec::new();
-        for (i, entry) in raw.chain.iter().enumerate() {
-            let name = entry.get_ref();
-            if !seen.insert(name.clone()) {
-                self.fail(
-                    Some(entry.span()),
-                    format!("chain[{i}]"),
-                    format!("plugin {name:?} appears twice in the chain"),
-                );
-                continue;
-            }
-            let Some(plugin) = raw.plugins.get(name) else {
-                let known: Vec<&str> = raw.plugins.keys().map(String::as_str).collect();
-                self.fail(
-                    Some(entry.span()),
-                    format!("chain[{i}]"),
-                    format!(
-                        "unknown plugin {name:?} (configured: {})",
-                        list_or_none(&known)
-                    ),
-                );
-                continue;
-            };
-            if let Some(spec) = self.plugin(name, plugin) {
-                chain.push(spec);
-            }
-        }
-        chain
     }
 
     fn plugin(&mut self, name: &str, plugin: &file::PluginFile) -> Option<PluginSpec> {

@@ -20,6 +20,7 @@ pub mod kv;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+pub mod route;
 pub mod runner;
 pub mod scaffold;
 pub mod server;

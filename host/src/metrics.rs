@@ -24,7 +24,7 @@
 
 mod plugin;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -71,10 +71,17 @@ impl Default for MetricsLimits {
 pub struct Metrics {
     host: Arc<HostSeries>,
     plugins: Arc<PluginRegistry>,
-    /// `weir_requests_total` by status class: counted for every request,
-    /// so lock-free and allocation-free.
-    requests: Arc<[AtomicU64; 5]>,
+    /// `weir_requests_total` by status class of requests no route
+    /// matched: counted for every request, so lock-free and
+    /// allocation-free.
+    requests: RouteRequests,
+    /// The same by route (`route` label), one set per route name.
+    routes: Arc<RwLock<BTreeMap<String, RouteRequests>>>,
 }
+
+/// One route's `weir_requests_total` counters, by status class; held by
+/// the route, so counting needs no lookup.
+pub type RouteRequests = Arc<[AtomicU64; 5]>;
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -100,7 +107,10 @@ const HOST_HELP: [(&str, &str); 5] = [
         "weir_upstream_retries_total",
         "Upstream requests retried, by upstream and reason.",
     ),
-    (REQUESTS, "Requests served, by status class."),
+    (
+        REQUESTS,
+        "Requests served, by route (none: no route matched) and status class.",
+    ),
 ];
 
 pub type Labels = Vec<(String, String)>;
@@ -123,10 +133,32 @@ impl Metrics {
         }
     }
 
-    /// Count one served request by its status.
-    pub fn request_served(&self, status: u16) {
+    /// The counters of the route named `route` (`None`: requests no
+    /// route matched). A route keeps its series across reloads; series of
+    /// routes a reload removed are dropped by [`Metrics::keep_routes`].
+    pub fn route_requests(&self, route: Option<&str>) -> RouteRequests {
+        let Some(name) = route else {
+            return self.requests.clone();
+        };
+        if let Some(found) = read(&self.routes).get(name) {
+            return found.clone();
+        }
+        write(&self.routes)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Forget the series of routes not in `names` (after a reload), so
+    /// the `route` label stays bounded by the routes configured.
+    pub fn keep_routes(&self, names: &HashSet<&str>) {
+        write(&self.routes).retain(|name, _| names.contains(name.as_str()));
+    }
+
+    /// Count one served request by its route and status.
+    pub fn request_served(counters: &RouteRequests, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[class].fetch_add(1, Ordering::Relaxed);
+        counters[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Add to a host counter. `name` is a literal of the host's (never a
@@ -191,8 +223,13 @@ impl Metrics {
             .map(|(key, counter)| (key.clone(), counter.clone()))
             .collect();
         host.sort_by(|a, b| a.0.cmp(&b.0));
+        let routes = read(&self.routes)
+            .iter()
+            .map(|(name, counters)| (name.clone(), counters.clone()))
+            .collect();
         Snapshot {
             requests: self.requests.clone(),
+            routes,
             host,
             plugins: self.plugins.snapshot(),
         }
@@ -202,7 +239,8 @@ impl Metrics {
 /// What a scrape renders: every series as it was listed when the snapshot
 /// was taken, with the values read (atomically, one by one) at render time.
 struct Snapshot {
-    requests: Arc<[AtomicU64; 5]>,
+    requests: RouteRequests,
+    routes: Vec<(String, RouteRequests)>,
     host: Vec<(Arc<HostKey>, Arc<AtomicU64>)>,
     plugins: plugin::Snapshot,
 }
@@ -217,6 +255,16 @@ impl Snapshot {
                 "{REQUESTS}{{status=\"{class}\"}} {}",
                 count.load(Ordering::Relaxed)
             );
+        }
+        // Route names are checked at load ([a-z0-9_-]): no escaping needed.
+        for (route, counters) in &self.routes {
+            for (class, count) in STATUS_CLASSES.iter().zip(counters.iter()) {
+                let _ = writeln!(
+                    out,
+                    "{REQUESTS}{{route=\"{route}\",status=\"{class}\"}} {}",
+                    count.load(Ordering::Relaxed)
+                );
+            }
         }
         let mut current = "";
         for (key, value) in &self.host {

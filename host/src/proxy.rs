@@ -24,11 +24,12 @@ use crate::canonical::{self, Canonical};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, Forwarded};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteRequests};
 use crate::plugin::bindings::types;
 use crate::plugin::chain::ResponseState;
 use crate::plugin::outbound;
 use crate::plugin::{Chain, Exchange, RequestOutcome};
+use crate::route::{self, Router};
 use crate::upstream::{Replay, Upstreams};
 
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
@@ -46,9 +47,31 @@ pub struct ConnMeta {
 /// with.
 pub struct Generation {
     pub config: Config,
-    pub chain: Chain,
+    /// `[[routes]]`, indexed for matching.
+    pub routes: Router<Route>,
+    /// What serves the requests no route matches: the top-level chain.
+    pub fallback: Route,
+    /// Whether any route (or the fallback) runs plugins: only they read
+    /// the connection facts, so a plugin-free proxy skips building them.
+    pub has_plugins: bool,
     pub upstreams: Upstreams,
     pub cache: Option<Arc<ResponseCache>>,
+}
+
+/// What serves the requests one route matches.
+pub struct Route {
+    /// `None` for the fallback.
+    pub name: Option<String>,
+    pub chain: Arc<Chain>,
+    /// Used unless a plugin picks an upstream; else `default_upstream`.
+    pub upstream: Option<String>,
+    /// Whether the response cache (when configured) serves this route.
+    pub cache: bool,
+    pub max_request_body_bytes: u64,
+    /// Overrides the upstream's `response_timeout_ms`.
+    pub response_timeout: Option<Duration>,
+    /// This route's `weir_requests_total` counters.
+    pub requests: RouteRequests,
 }
 
 /// The proxy: the current generation plus process-wide state.
@@ -102,10 +125,12 @@ impl Proxy {
             method = %req.method(),
             path = %req.uri().path(),
             client = %conn.client,
+            route = tracing::field::Empty,
         );
         let started = Instant::now();
         async {
-            let result = generation.serve(req, conn, id.clone()).await;
+            let mut routed = &generation.fallback;
+            let result = generation.serve(req, conn, id.clone(), &mut routed).await;
             let mut response = result.unwrap_or_else(|err| {
                 match &err {
                     // Already logged, with its backtrace, where it failed.
@@ -118,7 +143,7 @@ impl Proxy {
                 response.headers_mut().insert(X_REQUEST_ID, value);
             }
             let status = response.status();
-            self.metrics.request_served(status.as_u16());
+            Metrics::request_served(&routed.requests, status.as_u16());
             tracing::info!(
                 status = status.as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64,
@@ -153,104 +178,210 @@ enum Admitted {
 
 impl Generation {
     /// The request path, as named steps: admit (limits, the canonical
-    /// request) → request phase → forward (through the cache) → response
-    /// phase → respond.
-    async fn serve(
-        &self,
+    /// request) → route → request phase → forward (through the cache or
+    /// straight to the upstream) → response phase → respond. `routed` is
+    /// set to the route serving it, for the caller's metrics.
+    async fn serve<'g>(
+        &'g self,
         req: Request<Incoming>,
         conn: &ConnMeta,
         id: String,
+        routed: &mut &'g Route,
     ) -> Result<Response<Body>, ProxyError> {
-        let limits = &self.config.limits;
         let (head, incoming) = req.into_parts();
         let mut ex = match self.admit(head, conn, id)? {
             Admitted::Serve(ex) => *ex,
             Admitted::Redirect(response) => return Ok(response),
         };
+        let route = self.route(&mut ex)?;
+        *routed = route;
         let version = ex.head.version;
-        let scheme = ex.scheme;
-        let body: Body = Limited::new(incoming, limits.max_request_body_bytes as usize).boxed();
-        let body = if self.chain.wants_request_body() {
-            ex.body = Some(buffer(body, limits.max_buffered_body_bytes).await?);
-            None
-        } else {
-            Some(body)
-        };
-
-        match self.chain.request_phase(&mut ex).await? {
-            RequestOutcome::Respond { ran, response } => {
-                let (head, bytes) = response.into_parts();
-                let state = ResponseState {
-                    head,
-                    body: Some(bytes),
-                };
-                return self.respond(&ex, ran, state, version).await;
-            }
-            RequestOutcome::Continue => {}
+        let body = self.request_body(route, &mut ex, incoming).await?;
+        if let RequestOutcome::Respond { ran, response } =
+            route.chain.request_phase(&mut ex).await?
+        {
+            let (head, bytes) = response.into_parts();
+            let state = ResponseState {
+                head,
+                body: Some(bytes),
+            };
+            return self.respond(route, &ex, ran, state, version).await;
         }
+        // The response phase sees the request as the chain left it.
+        let ran = route.chain.len();
+        let view = route.chain.has_response_phase(ran).then(|| ex.snapshot());
+        let (head, streamed) = self.forward(route, ex, body, conn).await?;
+        match view {
+            Some(view) => {
+                self.response_phase(route, &view, ran, head, streamed, version)
+                    .await
+            }
+            None => {
+                let mut head = head;
+                headers::append_via(&mut head.headers, version, &self.config.proxy.via_name);
+                Ok(Response::from_parts(head, streamed))
+            }
+        }
+    }
 
-        let upstream = match ex.upstream.clone().or(self.config.default_upstream.clone()) {
+    /// The route serving this canonical request: the first of `[[routes]]`
+    /// that matches, else the fallback (the top-level chain). Its body
+    /// limit is checked here, before any plugin runs.
+    fn route(&self, ex: &mut Exchange) -> Result<&Route, ProxyError> {
+        let route = if self.routes.is_empty() {
+            &self.fallback
+        } else {
+            let request = route::Request {
+                authority: &ex.authority,
+                path: ex.head.uri.path(),
+                query: ex.head.uri.query(),
+                method: &ex.head.method,
+                headers: &ex.head.headers,
+            };
+            self.routes.find(&request).unwrap_or(&self.fallback)
+        };
+        if let Some(name) = &route.name {
+            tracing::Span::current().record("route", name.as_str());
+            ex.route = Some(name.clone());
+        }
+        if let Some(length) = content_length(&ex.head.headers)? {
+            if length > route.max_request_body_bytes {
+                return Err(ProxyError::RequestBodyTooLarge {
+                    limit: route.max_request_body_bytes,
+                });
+            }
+        }
+        Ok(route)
+    }
+
+    /// The request body, bounded by the route's limit: buffered into the
+    /// exchange when a plugin of the route reads it (then `None`), else
+    /// left to stream.
+    async fn request_body(
+        &self,
+        route: &Route,
+        ex: &mut Exchange,
+        incoming: Incoming,
+    ) -> Result<Option<Body>, ProxyError> {
+        let body: Body = Limited::new(incoming, route.max_request_body_bytes as usize).boxed();
+        if route.chain.wants_request_body() {
+            ex.body = Some(buffer(body, self.config.limits.max_buffered_body_bytes).await?);
+            Ok(None)
+        } else {
+            Ok(Some(body))
+        }
+    }
+
+    /// Send the request as the chain left it to its upstream (a plugin's
+    /// choice, the route's, or `default_upstream`), through the cache when
+    /// one is configured and the route uses it.
+    async fn forward(
+        &self,
+        route: &Route,
+        ex: Exchange,
+        body: Option<Body>,
+        conn: &ConnMeta,
+    ) -> Result<(response::Parts, Body), ProxyError> {
+        let upstream = match ex
+            .upstream
+            .clone()
+            .or_else(|| route.upstream.clone())
+            .or_else(|| self.config.default_upstream.clone())
+        {
             Some(name) if self.upstreams.contains(&name) => name,
             Some(name) => return Err(ProxyError::UnknownUpstream(name)),
             None => return Err(ProxyError::NoUpstream),
         };
-        // The response phase sees the request as the chain left it.
-        let ran = self.chain.len();
-        let view = self.chain.has_response_phase(ran).then(|| ex.snapshot());
-        let mut up_head = ex.head;
+        let mut head = ex.head;
         headers::set_forwarded(
-            &mut up_head.headers,
+            &mut head.headers,
             &Forwarded {
                 client_ip: conn.client.ip(),
-                scheme,
+                scheme: ex.scheme,
                 host: &ex.authority,
-                version,
+                version: head.version,
                 via_name: &self.config.proxy.via_name,
                 trust_incoming: self.config.proxy.is_trusted(conn.client.ip()),
             },
         );
         if let Ok(host) = HeaderValue::from_str(&ex.authority) {
-            up_head.headers.insert(header::HOST, host);
+            head.headers.insert(header::HOST, host);
         }
-        if !up_head.headers.contains_key(X_REQUEST_ID) {
+        if !head.headers.contains_key(X_REQUEST_ID) {
             if let Ok(value) = HeaderValue::from_str(&ex.id) {
-                up_head.headers.insert(X_REQUEST_ID, value);
+                head.headers.insert(X_REQUEST_ID, value);
             }
         }
-        let (up_body, replay) = match (ex.body, body) {
+        let (body, replay) = match (ex.body, body) {
             (Some(buffered), _) => {
-                up_head.headers.remove(header::CONTENT_LENGTH);
+                head.headers.remove(header::CONTENT_LENGTH);
                 (body::full(buffered.clone()), Replay::Buffered(buffered))
             }
             (None, Some(streamed)) if streamed.is_end_stream() => (streamed, Replay::Empty),
             (None, Some(streamed)) => (streamed, Replay::Streamed),
             (None, None) => (body::empty(), Replay::Empty),
         };
+        let cache = match &self.cache {
+            Some(cache) if route.cache => cache,
+            _ => return self.send(route, &upstream, head, body, replay).await,
+        };
         let facts = cache::Facts {
-            scheme,
+            scheme: ex.scheme,
             authority: &ex.authority,
             credentialed: ex.credentialed,
             directives: cache_directives(ex.cache.as_ref()),
         };
-        let (mut head, streamed) = self
-            .fetch(&upstream, &facts, up_head, up_body, replay)
+        cache
+            .forward(&facts, head, |head, outgoing| match outgoing {
+                Outgoing::Client => self.send(route, &upstream, head, body, replay),
+                Outgoing::Conditional => {
+                    self.send(route, &upstream, head, body::empty(), Replay::Empty)
+                }
+            })
+            .await
+    }
+
+    /// To the upstream; hop-by-hop headers stripped from the answer.
+    async fn send(
+        &self,
+        route: &Route,
+        upstream: &str,
+        head: request::Parts,
+        body: Body,
+        replay: Replay,
+    ) -> Result<(response::Parts, Body), ProxyError> {
+        let response = self
+            .upstreams
+            .send(upstream, head, body, replay, route.response_timeout)
             .await?;
-        let Some(view) = view else {
-            headers::append_via(&mut head.headers, version, &self.config.proxy.via_name);
-            return Ok(Response::from_parts(head, streamed));
-        };
-        if self.chain.wants_response_body(ran) {
-            let bytes = buffer(streamed, limits.max_buffered_body_bytes)
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok((parts, body))
+    }
+
+    /// The route's response phase over the upstream's (or the cache's)
+    /// answer: buffered if a plugin reads the body, streamed otherwise.
+    async fn response_phase(
+        &self,
+        route: &Route,
+        view: &Exchange,
+        ran: usize,
+        head: response::Parts,
+        streamed: Body,
+        version: Version,
+    ) -> Result<Response<Body>, ProxyError> {
+        if route.chain.wants_response_body(ran) {
+            let bytes = buffer(streamed, self.config.limits.max_buffered_body_bytes)
                 .await
                 .map_err(|_| ProxyError::ResponseTooLargeForPlugin)?;
             let state = ResponseState {
                 head,
                 body: Some(bytes),
             };
-            return self.respond(&view, ran, state, version).await;
+            return self.respond(route, view, ran, state, version).await;
         }
         let mut state = ResponseState { head, body: None };
-        self.chain.response_phase(&view, ran, &mut state).await?;
+        route.chain.response_phase(view, ran, &mut state).await?;
         headers::append_via(
             &mut state.head.headers,
             version,
@@ -276,15 +407,7 @@ impl Generation {
         conn: &ConnMeta,
         id: String,
     ) -> Result<Admitted, ProxyError> {
-        let limits = &self.config.limits;
         let settings = &self.config.proxy;
-        if let Some(length) = content_length(&head.headers)? {
-            if length > limits.max_request_body_bytes {
-                return Err(ProxyError::RequestBodyTooLarge {
-                    limit: limits.max_request_body_bytes,
-                });
-            }
-        }
         // Before any plugin runs: a request too many callouts deep must
         // not make more.
         let hops = outbound::take_hops(&mut head.headers)?;
@@ -347,7 +470,7 @@ impl Generation {
             scheme,
             authority,
             // Only plugins read it: the plain path skips formatting addresses.
-            connection: if self.chain.is_empty() {
+            connection: if !self.has_plugins {
                 no_connection_info()
             } else {
                 connection_info(conn, client_ip, version)
@@ -362,50 +485,16 @@ impl Generation {
         })))
     }
 
-    /// Get the response from the cache or the upstream (through the cache
-    /// when one is configured), hop-by-hop headers stripped.
-    async fn fetch(
-        &self,
-        upstream: &str,
-        facts: &cache::Facts<'_>,
-        head: request::Parts,
-        body: Body,
-        replay: Replay,
-    ) -> Result<(response::Parts, Body), ProxyError> {
-        let Some(cache) = &self.cache else {
-            return self.send(upstream, head, body, replay).await;
-        };
-        cache
-            .forward(facts, head, |head, outgoing| match outgoing {
-                Outgoing::Client => self.send(upstream, head, body, replay),
-                Outgoing::Conditional => self.send(upstream, head, body::empty(), Replay::Empty),
-            })
-            .await
-    }
-
-    /// Forward to the upstream; strip hop-by-hop headers from the answer.
-    async fn send(
-        &self,
-        upstream: &str,
-        head: request::Parts,
-        body: Body,
-        replay: Replay,
-    ) -> Result<(response::Parts, Body), ProxyError> {
-        let response = self.upstreams.send(upstream, head, body, replay).await?;
-        let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        Ok((parts, body))
-    }
-
     /// Run the response phase over a buffered response and build it.
     async fn respond(
         &self,
+        route: &Route,
         ex: &Exchange,
         ran: usize,
         mut state: ResponseState,
         version: Version,
     ) -> Result<Response<Body>, ProxyError> {
-        self.chain.response_phase(ex, ran, &mut state).await?;
+        route.chain.response_phase(ex, ran, &mut state).await?;
         headers::append_via(
             &mut state.head.headers,
             version,

@@ -2,7 +2,7 @@
 //! into a [`Generation`], bind the listeners, serve until told to stop.
 //! The binary and the end-to-end tests both start Weir through here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,12 +10,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cache::ResponseCache;
-use crate::config::{Config, KvSettings};
+use crate::config::{Config, KvSettings, PluginSpec};
 use crate::kv::{KvStore, MemoryKv, RedisKv};
 use crate::metrics::Metrics;
 use crate::plugin::outbound::OwnListeners;
 use crate::plugin::{Chain, Plugin, PluginError, Runtime};
-use crate::proxy::{Generation, Proxy};
+use crate::proxy::{Generation, Proxy, Route};
+use crate::route::Router;
 use crate::server;
 use crate::tls::ReloadingConfig;
 use crate::upstream::Upstreams;
@@ -85,22 +86,7 @@ impl Weir {
         config: Config,
         previous: Option<&Generation>,
     ) -> Result<Generation, StartError> {
-        let mut plugins = Vec::new();
-        let mut errors = Vec::new();
-        for spec in &config.chain {
-            let kv = self.kv.clone();
-            let metrics = self.metrics.clone();
-            match Plugin::load(&self.runtime, spec, kv, metrics, &self.listeners).await {
-                Ok(plugin) => {
-                    tracing::info!(plugin = %spec.name, file = %spec.file.display(), "plugin loaded");
-                    plugins.push(Arc::new(plugin));
-                }
-                Err(err) => errors.push(err),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(StartError::Plugins(errors));
-        }
+        let plugins = self.load_plugins(&config).await?;
         // Reads CA files and the system roots: not on a request worker.
         let specs = config.upstreams.clone();
         let metrics = self.metrics.clone();
@@ -109,8 +95,50 @@ impl Weir {
             .map_err(|err| StartError::Blocking(err.to_string()))?
             .map_err(StartError::Tls)?;
         let names: HashSet<String> = upstreams.names().map(str::to_owned).collect();
+        let chain_of = |specs: &[PluginSpec]| {
+            let chain = specs
+                .iter()
+                .filter_map(|spec| plugins.get(&(&spec.name, &spec.config_json)).cloned())
+                .collect();
+            Arc::new(Chain::new(
+                chain,
+                names.clone(),
+                config.proxy.paths,
+                config.limits.properties,
+            ))
+        };
+        let fallback = Route {
+            name: None,
+            chain: chain_of(&config.chain),
+            upstream: None,
+            cache: true,
+            max_request_body_bytes: config.limits.max_request_body_bytes,
+            response_timeout: None,
+            requests: self.metrics.route_requests(None),
+        };
+        let routes: Vec<_> = config
+            .routes
+            .iter()
+            .map(|spec| {
+                let route = Route {
+                    name: Some(spec.name.clone()),
+                    chain: chain_of(&spec.chain),
+                    upstream: spec.upstream.clone(),
+                    cache: spec.cache,
+                    max_request_body_bytes: spec.max_request_body_bytes,
+                    response_timeout: spec.response_timeout,
+                    requests: self.metrics.route_requests(Some(&spec.name)),
+                };
+                (spec.matcher.clone(), route)
+            })
+            .collect();
+        let has_plugins = !plugins.is_empty();
+        self.metrics
+            .keep_routes(&config.routes.iter().map(|r| r.name.as_str()).collect());
         Ok(Generation {
-            chain: Chain::new(plugins, names, config.proxy.paths, config.limits.properties),
+            routes: Router::new(routes),
+            fallback,
+            has_plugins,
             upstreams,
             cache: config.cache.clone().map(|settings| {
                 previous
@@ -120,6 +148,42 @@ impl Weir {
             }),
             config,
         })
+    }
+
+    /// Every plugin the config's chains use: each file compiled once, each
+    /// distinct config of it validated once and given its own instances.
+    async fn load_plugins<'c>(
+        &self,
+        config: &'c Config,
+    ) -> Result<HashMap<(&'c String, &'c String), Arc<Plugin>>, StartError> {
+        let mut components = HashMap::new();
+        let mut plugins = HashMap::new();
+        let mut errors = Vec::new();
+        for spec in config.plugin_specs() {
+            let component = match components.get(&spec.file) {
+                Some(component) => component,
+                None => match self.runtime.compile(&spec.file).await {
+                    Ok(component) => components.entry(spec.file.clone()).or_insert(component),
+                    Err(err) => {
+                        errors.push(err);
+                        continue;
+                    }
+                },
+            };
+            let (kv, metrics) = (self.kv.clone(), self.metrics.clone());
+            match Plugin::load(&self.runtime, component, spec, kv, metrics, &self.listeners).await {
+                Ok(plugin) => {
+                    tracing::info!(plugin = %spec.name, file = %spec.file.display(), "plugin loaded");
+                    plugins.insert((&spec.name, &spec.config_json), Arc::new(plugin));
+                }
+                Err(err) => errors.push(err),
+            }
+        }
+        if errors.is_empty() {
+            Ok(plugins)
+        } else {
+            Err(StartError::Plugins(errors))
+        }
     }
 }
 
@@ -212,7 +276,13 @@ impl Reloader {
         let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let generation = self.proxy.current();
         std::iter::once(mtime(&self.config_path))
-            .chain(generation.config.chain.iter().map(|spec| mtime(&spec.file)))
+            .chain(
+                generation
+                    .config
+                    .plugin_specs()
+                    .into_iter()
+                    .map(|spec| mtime(&spec.file)),
+            )
             .collect()
     }
 }

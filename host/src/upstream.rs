@@ -11,6 +11,7 @@ mod retry;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{request, Method, Request, Response, StatusCode};
@@ -123,13 +124,15 @@ impl Upstreams {
     }
 
     /// Send a request (head prepared: hop-by-hop stripped, forwarding
-    /// headers set) to the named pool, retrying where safe.
+    /// headers set) to the named pool, retrying where safe. Each attempt
+    /// may take `response_timeout` (a route's), else the upstream's own.
     pub async fn send(
         &self,
         name: &str,
         head: request::Parts,
         body: Body,
         replay: Replay,
+        response_timeout: Option<Duration>,
     ) -> Result<Response<Body>, UpstreamError> {
         let Some(pool) = self.pools.get(name) else {
             return Err(UpstreamError::Protocol {
@@ -138,7 +141,8 @@ impl Upstreams {
                 message: "no such upstream".into(),
             });
         };
-        let response = pool.send(head, body, replay).await?;
+        let timeout = response_timeout.unwrap_or(pool.spec.response_timeout);
+        let response = pool.send(head, body, replay, timeout).await?;
         let idle = pool.spec.idle_timeout;
         Ok(response.map(|body| body::idle_timeout(body, idle)))
     }
@@ -207,6 +211,7 @@ impl Pool {
         head: request::Parts,
         body: Body,
         replay: Replay,
+        response_timeout: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
         self.budget.deposit();
         let idempotent = is_idempotent(&head.method);
@@ -243,7 +248,7 @@ impl Pool {
                     endpoint.home(self.spec.max_idle_per_endpoint),
                     request,
                 );
-                tokio::time::timeout(self.spec.response_timeout, exchange).await
+                tokio::time::timeout(response_timeout, exchange).await
             };
             match outcome {
                 Ok(Ok(response)) => {
@@ -314,7 +319,7 @@ impl Pool {
                         return Err(UpstreamError::Timeout {
                             upstream: self.spec.name.clone(),
                             endpoint: endpoint.authority.to_string(),
-                            timeout_ms: self.spec.response_timeout.as_millis() as u64,
+                            timeout_ms: response_timeout.as_millis() as u64,
                         });
                     }
                     self.note_retry(endpoint, "timeout");

@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
                     ("access-control-request-method", "PUT"),
                 ],
             );
-            let outcome = cors.chain.request_phase(&mut ex).await;
+            let outcome = cors.fallback.chain.request_phase(&mut ex).await;
             assert!(matches!(outcome, Ok(RequestOutcome::Respond { .. })));
             ex
         })
@@ -111,10 +111,11 @@ fn bench(c: &mut Criterion) {
     c.bench_function("cors (JS) actual request, both phases, pooled", |b| {
         b.to_async(&rt).iter(|| async {
             let mut ex = exchange("GET", &[("origin", "https://app.example.com")]);
-            let outcome = cors.chain.request_phase(&mut ex).await;
+            let outcome = cors.fallback.chain.request_phase(&mut ex).await;
             assert!(matches!(outcome, Ok(RequestOutcome::Continue)));
             let mut resp = upstream_response();
-            cors.chain
+            cors.fallback
+                .chain
                 .response_phase(&ex, 1, &mut resp)
                 .await
                 .expect("response phase");
@@ -132,6 +133,7 @@ fn bench(c: &mut Criterion) {
             let ex = exchange("GET", &[]);
             let mut resp = upstream_response();
             security
+                .fallback
                 .chain
                 .response_phase(&ex, 1, &mut resp)
                 .await

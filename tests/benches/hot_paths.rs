@@ -7,6 +7,9 @@
 //!   `Cache-Status` header. The entry is stored beforehand through the same
 //!   call, as a miss whose fill task reads the JSON `bench/run.py`'s origin
 //!   serves.
+//! * `route match`: `route::Router::find` over 1,000 routes (10 hosts × 100
+//!   prefixes) for a request matching one near the end, and for one that
+//!   matches none.
 //! * `headers to WIT`: `convert::headers_to_wit` on a 10-header browser
 //!   request, as every plugin call pays for the request head (and each
 //!   response-phase call again for the response head).
@@ -211,6 +214,46 @@ fn bench_cache(c: &mut Criterion) {
     );
 }
 
+/// 1,000 routes: 10 hosts with 100 path prefixes each, matched for a
+/// request near the end of the table (host 9, prefix 73), as the proxy
+/// does for every request once `[[routes]]` is configured.
+fn bench_routes(c: &mut Criterion) {
+    use weir::route::{HostMatch, Match, PathMatch, Request, Router};
+    let mut routes = Vec::new();
+    for host in 0..10 {
+        for prefix in 0..100 {
+            let matcher = Match {
+                hosts: vec![HostMatch::parse(&format!("api{host}.example.com")).expect("host")],
+                path: PathMatch::prefix(&format!("/svc{prefix}")).expect("prefix"),
+                ..Match::default()
+            };
+            routes.push((matcher, host * 100 + prefix));
+        }
+    }
+    let router = Router::new(routes);
+    let headers = browser_request("/").headers;
+    let method = http::Method::GET;
+    let request = Request {
+        authority: "api9.example.com",
+        path: "/svc73/items/42",
+        query: Some("page=2"),
+        method: &method,
+        headers: &headers,
+    };
+    assert_eq!(router.find(&request), Some(&973));
+    let miss = Request {
+        path: "/nothing/here",
+        ..request
+    };
+    assert_eq!(router.find(&miss), None);
+    c.bench_function("route match, 1000 routes (host, then prefix)", |b| {
+        b.iter(|| router.find(std::hint::black_box(&request)))
+    });
+    c.bench_function("route match, 1000 routes, no route matches", |b| {
+        b.iter(|| router.find(std::hint::black_box(&miss)))
+    });
+}
+
 fn bench_headers(c: &mut Criterion) {
     let headers = browser_request("/api/items?page=2").headers;
     assert_eq!(headers.len(), 10);
@@ -273,5 +316,11 @@ fn bench_metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_cache, bench_headers, bench_metrics);
+criterion_group!(
+    benches,
+    bench_cache,
+    bench_routes,
+    bench_headers,
+    bench_metrics
+);
 criterion_main!(benches);

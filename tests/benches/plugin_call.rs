@@ -160,7 +160,7 @@ fn upstream_response() -> ResponseState {
 /// One request through `generation`'s whole chain, both phases, as
 /// `proxy::Generation::serve` runs them when the request is forwarded.
 async fn both_phases(generation: &Generation) -> Exchange {
-    let chain = &generation.chain;
+    let chain = &generation.fallback.chain;
     let mut ex = exchange(&[("x-api-key", API_KEY)]);
     let outcome = chain.request_phase(&mut ex).await;
     assert!(
@@ -198,7 +198,7 @@ fn bench(c: &mut Criterion) {
         c.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
                 let mut ex = exchange(&[]);
-                let outcome = generation.chain.request_phase(&mut ex).await;
+                let outcome = generation.fallback.chain.request_phase(&mut ex).await;
                 assert!(matches!(outcome, Ok(RequestOutcome::Continue)));
                 ex
             })

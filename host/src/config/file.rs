@@ -38,9 +38,58 @@ pub struct FileConfig {
     /// `[plugins.NAME]`: every plugin that may appear in the chain.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginFile>,
-    /// Plugin names in request-phase order.
+    /// Plugin names in request-phase order: the chain of requests no
+    /// route matches, and of routes that name none.
     #[serde(default)]
     pub chain: Vec<Spanned<String>>,
+    /// `[[routes]]`: tried in order; the first that matches serves.
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// One `[[routes]]` entry. Every match key given must hold; none given
+/// matches every request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Spanned<String>,
+    /// Host names (`api.example.com`, or `*.example.com` for any name
+    /// below it), compared without the port.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// The canonical path, exactly.
+    pub path: Option<Spanned<String>>,
+    /// A canonical path prefix, on segment boundaries: `/api` matches
+    /// `/api` and `/api/v1`, not `/apix`.
+    pub prefix: Option<Spanned<String>>,
+    /// A path pattern: `{name}` matches one segment, a final `{*name}`
+    /// the rest (`/users/{id}/posts`).
+    pub pattern: Option<Spanned<String>>,
+    /// Request methods (`GET` admits `HEAD` too).
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Request headers that must have these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters that must have these values.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// The route's plugin chain; absent: the top-level `chain`.
+    pub chain: Option<Vec<Spanned<String>>>,
+    /// Its upstream, unless a plugin picks one; absent: `default_upstream`.
+    pub upstream: Option<Spanned<String>>,
+    /// Per-plugin config overrides, merged over `[plugins.NAME.config]`.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Table>,
+    /// Whether the response cache serves this route (default: yes, when
+    /// `[cache]` is configured).
+    #[serde(default = "default_true")]
+    pub cache: bool,
+    /// Overrides `limits.max_request_body_bytes` for this route.
+    pub max_request_body_bytes: Option<u64>,
+    /// How long the upstream may take to answer this route's requests
+    /// (overrides the upstream's `response_timeout_ms`).
+    pub response_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -580,4 +629,8 @@ fn default_kv_max_entries() -> u64 {
 }
 fn default_kv_max_value_bytes() -> usize {
     crate::kv::KvLimits::default().max_value_bytes
+}
+
+fn default_true() -> bool {
+    true
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use wasmtime::component::Component;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{self, types};
@@ -69,20 +70,21 @@ pub(super) enum Answer {
 }
 
 impl Plugin {
-    /// Compile, link and validate one plugin. Slow (compilation); never on the
-    /// request path.
+    /// Link and validate one plugin, compiled from `spec.file` (by
+    /// [`Runtime::compile`]; one component serves every config of it).
+    /// Never on the request path.
     pub async fn load(
         runtime: &Runtime,
+        component: &Component,
         spec: &PluginSpec,
         kv: Arc<dyn KvStore>,
         metrics: Metrics,
         listeners: &outbound::OwnListeners,
     ) -> Result<Plugin, PluginError> {
-        let component = runtime.compile(&spec.file).await?;
         let instance_pre =
             runtime
                 .linker()
-                .instantiate_pre(&component)
+                .instantiate_pre(component)
                 .map_err(|e| PluginError::Contract {
                     plugin: spec.name.clone(),
                     message: format!("{e:#}"),

@@ -37,7 +37,7 @@ fn check_accepts_the_example_config() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("ok (4 plugins)"), "{stdout}");
+    assert!(stdout.contains("ok (4 plugins, 2 routes)"), "{stdout}");
 }
 
 fn check_errors(body: &str) -> String {

@@ -56,6 +56,12 @@ async fn readme_walkthrough_against_the_example_config() {
 
     let response = client().get(proxy.url("/anything")).send().await.unwrap();
     assert_eq!(response.status(), 401);
+    // The public health route runs no plugin: no key, no rate limit.
+    for _ in 0..6 {
+        let health = client().get(proxy.url("/health")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        assert!(health.headers().get("cache-status").is_none());
+    }
 
     let get = |path: &str| client().get(proxy.url(path)).header(key.0, key.1).send();
     let first = get("/doc?max_age=60").await.unwrap();

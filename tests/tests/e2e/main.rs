@@ -27,6 +27,7 @@ mod plugin_security_headers;
 mod plugin_tagger;
 mod proxying;
 mod reload;
+mod routes;
 mod scaffold;
 mod tls;
 mod upstreams;

@@ -193,13 +193,14 @@ async fn https_requests_get_hsts_by_default() {
         ("http", None),
     ] {
         let mut ex = exchange(scheme);
-        let outcome = generation.chain.request_phase(&mut ex).await;
+        let outcome = generation.fallback.chain.request_phase(&mut ex).await;
         assert!(matches!(outcome, Ok(RequestOutcome::Continue)));
         let (head, ()) = http::Response::new(()).into_parts();
         let mut resp = ResponseState { head, body: None };
         generation
+            .fallback
             .chain
-            .response_phase(&ex, generation.chain.len(), &mut resp)
+            .response_phase(&ex, generation.fallback.chain.len(), &mut resp)
             .await
             .expect("response phase");
         let got = resp
