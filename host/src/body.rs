@@ -100,3 +100,73 @@ impl http_body::Body for IdleTimeout {
         self.inner.size_hint()
     }
 }
+
+/// A body that adds the length of every data frame to `counter`.
+pub fn counted(inner: Body, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Body {
+    Counted {
+        inner,
+        counter,
+        sent: 0,
+        done: None,
+    }
+    .boxed()
+}
+
+/// A body that calls `done` with the bytes it carried once it is dropped:
+/// after it has been sent, or when the client went away first.
+pub fn on_drop(inner: Body, done: impl FnOnce(u64) + Send + Sync + 'static) -> Body {
+    Counted {
+        inner,
+        counter: std::sync::Arc::default(),
+        sent: 0,
+        done: Some(Box::new(done)),
+    }
+    .boxed()
+}
+
+type Done = Box<dyn FnOnce(u64) + Send + Sync>;
+
+struct Counted {
+    inner: Body,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sent: u64,
+    done: Option<Done>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let len = data.len() as u64;
+                this.sent += len;
+                this.counter
+                    .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.sent);
+        }
+    }
+}

@@ -179,6 +179,16 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
                 }
             });
         }
+        if let Some(log) = running.proxy.access_log().cloned() {
+            if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
+                tokio::spawn(async move {
+                    while usr1.recv().await.is_some() {
+                        log.reopen();
+                        tracing::info!("access log reopened on SIGUSR1");
+                    }
+                });
+            }
+        }
     }
     running.wait().await;
     tracing::info!("stopped");

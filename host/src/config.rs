@@ -39,6 +39,7 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     pub cache: Option<CacheSettings>,
     pub admin: Option<AdminSettings>,
+    pub access_log: Option<crate::access_log::Settings>,
     pub kv: KvSettings,
     /// Things worth an operator's attention that do not stop Weir
     /// (`weir check` prints them; `weir run` logs them).
@@ -448,6 +449,7 @@ impl Validator<'_> {
         }
 
         let admin = raw.admin.as_ref().and_then(|admin| self.admin(admin));
+        let access_log = raw.access_log.as_ref().map(|log| self.access_log(log));
         let upstreams = self.upstreams(&raw);
         let default_upstream = raw.default_upstream.as_ref().map(|name| {
             self.check_upstream_ref(name, "default_upstream", &upstreams);
@@ -502,6 +504,7 @@ impl Validator<'_> {
                 store_set_cookie: c.store_set_cookie,
             }),
             admin,
+            access_log,
             warnings: Vec::new(),
             metrics,
             kv: self.kv(&raw.kv),
@@ -819,6 +822,62 @@ impl Validator<'_> {
             self.fail(None, key, format!("no such file {}", resolved.display()));
         }
         resolved
+    }
+
+    fn access_log(&mut self, raw: &file::AccessLogFile) -> crate::access_log::Settings {
+        use crate::access_log::{Field, Format, Settings, Target};
+        let target = match raw.path.get_ref().as_str() {
+            "stdout" => Target::Stdout,
+            path => Target::File(self.at.base_dir().join(path)),
+        };
+        let fields = match &raw.fields {
+            None => Field::ALL.to_vec(),
+            Some(names) => {
+                let mut fields = Vec::new();
+                for (i, name) in names.iter().enumerate() {
+                    match Field::parse(name.get_ref()) {
+                        Some(field) => fields.push(field),
+                        None => {
+                            let known: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+                            self.fail(
+                                Some(name.span()),
+                                format!("access_log.fields[{i}]"),
+                                format!(
+                                    "unknown field {:?} (known: {})",
+                                    name.get_ref(),
+                                    known.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                }
+                fields
+            }
+        };
+        if !(0.0..=1.0).contains(&raw.sample) {
+            self.fail(
+                None,
+                "access_log.sample",
+                format!("{} is outside 0..=1", raw.sample),
+            );
+        }
+        if !(1..=1 << 20).contains(&raw.buffer_lines) {
+            self.fail(
+                None,
+                "access_log.buffer_lines",
+                format!("{} is outside 1..=1048576", raw.buffer_lines),
+            );
+        }
+        Settings {
+            target,
+            format: match raw.format {
+                file::AccessLogFormatFile::Json => Format::Json,
+                file::AccessLogFormatFile::Combined => Format::Combined,
+            },
+            fields,
+            sample: raw.sample,
+            buffer_lines: raw.buffer_lines,
+        }
     }
 
     fn check_upstream_ref(

@@ -7,6 +7,7 @@
 //! client. [`config`] validates `proxy.toml` once; [`runner`] wires it all.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cache;

@@ -90,7 +90,11 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const REQUESTS: &str = "weir_requests_total";
 
 /// Help text for the host's families (Prometheus tools warn without one).
-const HOST_HELP: [(&str, &str); 5] = [
+const HOST_HELP: [(&str, &str); 6] = [
+    (
+        "weir_access_log_dropped_total",
+        "Access-log lines dropped because the writer could not keep up.",
+    ),
     (
         "weir_connections_refused_total",
         "Client connections refused because limits.max_connections were open.",

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use crate::access_log::{self, AccessLog};
 use crate::body::{self, Body};
 use crate::cache::{self, Outgoing, ResponseCache};
 use crate::canonical::{self, Canonical};
@@ -27,12 +28,14 @@ use crate::headers::{self, Forwarded};
 use crate::metrics::{Metrics, RouteRequests};
 use crate::plugin::bindings::types;
 use crate::plugin::chain::ResponseState;
+use crate::plugin::chain::Runs;
 use crate::plugin::outbound;
 use crate::plugin::{Chain, Exchange, RequestOutcome};
 use crate::route::{self, Router};
 use crate::upstream::{Replay, Upstreams};
 
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
 /// Facts about one client connection, shared by its requests.
 #[derive(Debug, Clone)]
@@ -79,6 +82,7 @@ pub struct Proxy {
     current: ArcSwap<Generation>,
     metrics: Metrics,
     ids: RequestIds,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
@@ -87,7 +91,18 @@ impl Proxy {
             current: ArcSwap::from_pointee(generation),
             metrics,
             ids: RequestIds::new(),
+            access_log: None,
         }
+    }
+
+    /// Write a line per request to this log.
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Proxy {
+        self.access_log = Some(log);
+        self
+    }
+
+    pub fn access_log(&self) -> Option<&Arc<AccessLog>> {
+        self.access_log.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -129,8 +144,14 @@ impl Proxy {
         );
         let started = Instant::now();
         async {
-            let mut routed = &generation.fallback;
-            let result = generation.serve(req, conn, id.clone(), &mut routed).await;
+            let mut served = Served {
+                route: &generation.fallback,
+                log: self
+                    .access_log
+                    .as_ref()
+                    .map(|_| Box::new(Logged::new(&req, &id, conn))),
+            };
+            let result = generation.serve(req, conn, id.clone(), &mut served).await;
             let mut response = result.unwrap_or_else(|err| {
                 match &err {
                     // Already logged, with its backtrace, where it failed.
@@ -143,16 +164,145 @@ impl Proxy {
                 response.headers_mut().insert(X_REQUEST_ID, value);
             }
             let status = response.status();
-            Metrics::request_served(&routed.requests, status.as_u16());
+            Metrics::request_served(&served.route.requests, status.as_u16());
             tracing::info!(
                 status = status.as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "served"
             );
-            response
+            match (&self.access_log, served.log) {
+                (Some(log), Some(logged)) if log.wants(status.as_u16()) => {
+                    logged.finish(response, served.route, log.clone(), started)
+                }
+                _ => response,
+            }
         }
         .instrument(span)
         .await
+    }
+}
+
+/// What serving a request found out, for its metrics and log line.
+struct Served<'g> {
+    route: &'g Route,
+    /// Only when the access log is on.
+    log: Option<Box<Logged>>,
+}
+
+/// The access-log facts of a request, gathered as it is served.
+struct Logged {
+    entry: access_log::Entry,
+    runs: Runs,
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl Logged {
+    /// What the client sent, before admission (a refused request is
+    /// logged as it came).
+    fn new(req: &Request<Incoming>, id: &str, conn: &ConnMeta) -> Logged {
+        let header = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let trace_id = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('-').nth(1))
+            .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
+        Logged {
+            entry: access_log::Entry {
+                start: Some(std::time::SystemTime::now()),
+                request_id: id.to_owned(),
+                trace_id,
+                client_ip: Some(conn.client.ip()),
+                method: req.method().as_str().to_owned(),
+                authority: req
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .or_else(|| header(header::HOST))
+                    .unwrap_or_default(),
+                path: req.uri().path().to_owned(),
+                protocol: protocol(req.version()),
+                user_agent: header(header::USER_AGENT),
+                referer: header(header::REFERER),
+                ..access_log::Entry::default()
+            },
+            runs: Runs::default(),
+            bytes_in: Arc::default(),
+        }
+    }
+
+    /// The request was admitted: log its canonical view from here on.
+    fn admitted(&mut self, ex: &mut Exchange) {
+        self.entry.authority.clone_from(&ex.authority);
+        self.entry.path = ex.head.uri.path().to_owned();
+        ex.runs = Some(self.runs.clone());
+    }
+
+    /// Fill in the answer; the line is written when its body has been
+    /// sent (or the client left).
+    fn finish(
+        self: Box<Self>,
+        response: Response<Body>,
+        route: &Route,
+        log: Arc<AccessLog>,
+        started: Instant,
+    ) -> Response<Body> {
+        let mut logged = *self;
+        let (parts, body) = response.into_parts();
+        let entry = &mut logged.entry;
+        entry.status = parts.status.as_u16();
+        entry.route = route.name.clone();
+        if let Some(call) = parts.extensions.get::<UpstreamCall>() {
+            entry.upstream = Some(call.upstream.clone());
+            entry.upstream_time = Some(call.elapsed);
+        }
+        entry.endpoint = parts
+            .extensions
+            .get::<crate::upstream::AnsweredBy>()
+            .map(|e| e.0.clone());
+        entry.cache = parts
+            .headers
+            .get(&CACHE_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("weir; ").unwrap_or(v).to_owned());
+        let body = body::on_drop(body, move |bytes_out| {
+            let mut entry = logged.entry;
+            entry.bytes_out = bytes_out;
+            entry.bytes_in = logged.bytes_in.load(Ordering::Relaxed);
+            entry.total_time = started.elapsed();
+            entry.plugins = std::mem::take(
+                &mut *logged
+                    .runs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            log.log(&entry);
+        });
+        Response::from_parts(parts, body)
+    }
+}
+
+/// An upstream call's facts, carried on its response (extensions).
+#[derive(Clone)]
+struct UpstreamCall {
+    upstream: String,
+    elapsed: Duration,
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
     }
 }
 
@@ -179,14 +329,14 @@ enum Admitted {
 impl Generation {
     /// The request path, as named steps: admit (limits, the canonical
     /// request) → route → request phase → forward (through the cache or
-    /// straight to the upstream) → response phase → respond. `routed` is
-    /// set to the route serving it, for the caller's metrics.
+    /// straight to the upstream) → response phase → respond. `served`
+    /// learns the route and, for the access log, the canonical view.
     async fn serve<'g>(
         &'g self,
         req: Request<Incoming>,
         conn: &ConnMeta,
         id: String,
-        routed: &mut &'g Route,
+        served: &mut Served<'g>,
     ) -> Result<Response<Body>, ProxyError> {
         let (head, incoming) = req.into_parts();
         let mut ex = match self.admit(head, conn, id)? {
@@ -194,9 +344,13 @@ impl Generation {
             Admitted::Redirect(response) => return Ok(response),
         };
         let route = self.route(&mut ex)?;
-        *routed = route;
+        served.route = route;
+        let counter = served.log.as_mut().map(|log| {
+            log.admitted(&mut ex);
+            log.bytes_in.clone()
+        });
         let version = ex.head.version;
-        let body = self.request_body(route, &mut ex, incoming).await?;
+        let body = self.request_body(route, &mut ex, incoming, counter).await?;
         if let RequestOutcome::Respond { ran, response } =
             route.chain.request_phase(&mut ex).await?
         {
@@ -262,8 +416,12 @@ impl Generation {
         route: &Route,
         ex: &mut Exchange,
         incoming: Incoming,
+        counter: Option<Arc<AtomicU64>>,
     ) -> Result<Option<Body>, ProxyError> {
-        let body: Body = Limited::new(incoming, route.max_request_body_bytes as usize).boxed();
+        let mut body: Body = Limited::new(incoming, route.max_request_body_bytes as usize).boxed();
+        if let Some(counter) = counter {
+            body = body::counted(body, counter);
+        }
         if route.chain.wants_request_body() {
             ex.body = Some(buffer(body, self.config.limits.max_buffered_body_bytes).await?);
             Ok(None)
@@ -350,12 +508,17 @@ impl Generation {
         body: Body,
         replay: Replay,
     ) -> Result<(response::Parts, Body), ProxyError> {
+        let started = Instant::now();
         let response = self
             .upstreams
             .send(upstream, head, body, replay, route.response_timeout)
             .await?;
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
+        parts.extensions.insert(UpstreamCall {
+            upstream: upstream.to_owned(),
+            elapsed: started.elapsed(),
+        });
         Ok((parts, body))
     }
 
@@ -482,6 +645,7 @@ impl Generation {
             hops,
             body: None,
             credentialed,
+            runs: None,
         })))
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::access_log::AccessLog;
 use crate::cache::ResponseCache;
 use crate::config::{Config, KvSettings, PluginSpec};
 use crate::kv::{KvStore, MemoryKv, RedisKv};
@@ -33,6 +34,8 @@ pub enum StartError {
     Tls(crate::tls::TlsError),
     #[error("{0}")]
     Config(crate::config::ConfigErrors),
+    #[error(transparent)]
+    AccessLog(crate::access_log::OpenError),
     /// A blocking step (file reads, parsing) panicked or was cancelled.
     #[error("loading failed: {0}")]
     Blocking(String),
@@ -301,6 +304,9 @@ async fn reload(weir: &Weir, proxy: &Proxy, path: &std::path::Path) -> Result<()
     if config.metrics != current.config.metrics {
         tracing::warn!("[metrics] changes take effect at the next restart");
     }
+    if config.access_log != current.config.access_log {
+        tracing::warn!("[access_log] changes take effect at the next restart");
+    }
     let listeners: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let serving: Vec<_> = current.config.listeners.iter().map(|l| l.address).collect();
     if listeners != serving {
@@ -322,8 +328,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!("{warning}");
     }
     let limits = config.limits.clone();
+    let access_log = config.access_log.clone();
     let generation = weir.load(config).await?;
-    let proxy = Arc::new(Proxy::new(generation, weir.metrics.clone()));
+    let mut proxy = Proxy::new(generation, weir.metrics.clone());
+    if let Some(settings) = access_log {
+        let log =
+            AccessLog::start(settings, weir.metrics.clone()).map_err(StartError::AccessLog)?;
+        proxy = proxy.with_access_log(Arc::new(log));
+    }
+    let proxy = Arc::new(proxy);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();

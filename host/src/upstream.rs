@@ -65,6 +65,10 @@ pub enum Replay {
     Streamed,
 }
 
+/// The endpoint that answered, carried on the response (extensions).
+#[derive(Debug, Clone)]
+pub struct AnsweredBy(pub String);
+
 /// Every configured pool, by name. Dropping it stops the health checkers.
 pub struct Upstreams {
     pools: BTreeMap<String, Arc<Pool>>,
@@ -251,7 +255,10 @@ impl Pool {
                 tokio::time::timeout(response_timeout, exchange).await
             };
             match outcome {
-                Ok(Ok(response)) => {
+                Ok(Ok(mut response)) => {
+                    response
+                        .extensions_mut()
+                        .insert(AnsweredBy(endpoint.authority.to_string()));
                     let status = response.status();
                     if !is_retryable_status(status) {
                         endpoint.record_success();

@@ -45,6 +45,7 @@ fn exchange(method: &str, headers: &[(&str, &str)]) -> Exchange {
         hops: 0,
         body: None,
         credentialed: false,
+        runs: None,
     }
 }
 

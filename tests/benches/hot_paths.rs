@@ -92,8 +92,7 @@ fn cacheable_request() -> request::Parts {
     head
 }
 
-/// Store the origin's answer to `head` the way `fetch` does on a miss.
-/// What `fetch` knows of the benchmark's request beyond its head.
+/// What the cache knows of the benchmark's request beyond its head.
 fn facts() -> Facts<'static> {
     Facts {
         scheme: "http",

@@ -55,6 +55,7 @@ fn exchange(extra_headers: &[(&str, &str)]) -> Exchange {
         hops: 0,
         body: None,
         credentialed: false,
+        runs: None,
     }
 }
 

@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub cache: Option<CacheFile>,
     /// `[admin]`: metrics and cache purge, on a separate listener.
     pub admin: Option<AdminFile>,
+    /// `[access_log]`: one line per request; absent means none.
+    pub access_log: Option<AccessLogFile>,
     /// `[metrics]`: what plugins' metrics may make the host hold.
     #[serde(default)]
     pub metrics: MetricsFile,
@@ -45,6 +47,39 @@ pub struct FileConfig {
     /// `[[routes]]`: tried in order; the first that matches serves.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// A file (relative to the config file), or `"stdout"`.
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub format: AccessLogFormatFile,
+    /// JSON fields to write, in order; absent: all of them.
+    pub fields: Option<Vec<Spanned<String>>>,
+    /// The share of 1xx–3xx requests logged, 0–1; 4xx and 5xx always are.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Lines queued for the writer before new ones are dropped.
+    #[serde(default = "default_buffer_lines")]
+    pub buffer_lines: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormatFile {
+    #[default]
+    Json,
+    Combined,
+}
+
+fn default_sample() -> f64 {
+    1.0
+}
+
+fn default_buffer_lines() -> usize {
+    8192
 }
 
 /// One `[[routes]]` entry. Every match key given must hold; none given

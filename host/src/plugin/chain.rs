@@ -4,7 +4,8 @@
 //! if it had answered "continue, no changes".
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{request, response, HeaderMap, StatusCode};
@@ -14,6 +15,7 @@ use super::bindings::types::{self, RequestAction};
 use super::convert;
 use super::instance::{Answer, Call};
 use super::{Plugin, PluginError};
+use crate::access_log::{Decision, PluginRun};
 use crate::canonical::{self, Canonical, PathOptions};
 use crate::config::{OnError, PropertyLimits};
 
@@ -38,7 +40,13 @@ pub struct Exchange {
     /// `Authorization`, or a header a plugin consumed (removed). The cache
     /// judges storability on this, not on the headers the chain left.
     pub credentialed: bool,
+    /// Where each plugin call's time and decision is recorded, when the
+    /// access log wants them (shared with the response-phase snapshot).
+    pub runs: Option<Runs>,
 }
+
+/// The plugin calls of one request, in order.
+pub type Runs = Arc<std::sync::Mutex<Vec<PluginRun>>>;
 
 impl Exchange {
     /// A copy for the response phase, without the body.
@@ -56,6 +64,7 @@ impl Exchange {
             hops: self.hops,
             body: None,
             credentialed: self.credentialed,
+            runs: self.runs.clone(),
         }
     }
 
@@ -158,6 +167,7 @@ impl Chain {
                 continue;
             }
             let span = tracing::debug_span!("on_request", plugin = %plugin.name);
+            let started = Instant::now();
             let req = ex.to_wit(plugin.info.request_body);
             let answer = plugin
                 .invoke(&ex.id, ex.hops, Call::Request(&req))
@@ -167,23 +177,32 @@ impl Chain {
                 Ok(Answer::Request(action)) => action,
                 Ok(_) => continue,
                 Err(err) => {
+                    record(ex, plugin, "request", started, failed(plugin));
                     policy(plugin, err)?;
                     continue;
                 }
             };
             match action {
                 RequestAction::Continue(changes) => match self.apply_request_changes(ex, changes) {
-                    Ok(()) => {}
-                    Err(message) => policy(plugin, bad_output(plugin, message))?,
+                    Ok(()) => record(ex, plugin, "request", started, Decision::Continue),
+                    Err(message) => {
+                        record(ex, plugin, "request", started, failed(plugin));
+                        policy(plugin, bad_output(plugin, message))?
+                    }
                 },
                 RequestAction::Respond(local) => match local_response(local) {
                     Ok(response) => {
+                        let decision = Decision::Respond(response.status().as_u16());
+                        record(ex, plugin, "request", started, decision);
                         return Ok(RequestOutcome::Respond {
                             ran: index,
                             response,
-                        })
+                        });
                     }
-                    Err(message) => policy(plugin, bad_output(plugin, message))?,
+                    Err(message) => {
+                        record(ex, plugin, "request", started, failed(plugin));
+                        policy(plugin, bad_output(plugin, message))?
+                    }
                 },
             }
         }
@@ -214,18 +233,24 @@ impl Chain {
                     None
                 },
             };
+            let started = Instant::now();
             let answer = plugin
                 .invoke(&ex.id, ex.hops, Call::Response(req, &head))
                 .instrument(span)
                 .await;
             match answer {
-                Ok(Answer::Response(changes)) => {
-                    if let Err(message) = apply_response_changes(resp, changes) {
+                Ok(Answer::Response(changes)) => match apply_response_changes(resp, changes) {
+                    Ok(()) => record(ex, plugin, "response", started, Decision::Continue),
+                    Err(message) => {
+                        record(ex, plugin, "response", started, failed(plugin));
                         policy(plugin, bad_output(plugin, message))?;
                     }
-                }
+                },
                 Ok(_) => {}
-                Err(err) => policy(plugin, err)?,
+                Err(err) => {
+                    record(ex, plugin, "response", started, failed(plugin));
+                    policy(plugin, err)?
+                }
             }
         }
         Ok(())
@@ -432,6 +457,35 @@ fn bad_output(plugin: &Plugin, message: String) -> PluginError {
 }
 
 /// Apply the plugin's `on_error` policy: `Ok` means go on without it.
+/// Note a plugin call for the access log, if it keeps a record.
+fn record(
+    ex: &Exchange,
+    plugin: &Plugin,
+    phase: &'static str,
+    started: Instant,
+    decision: Decision,
+) {
+    if let Some(runs) = &ex.runs {
+        let run = PluginRun {
+            plugin: plugin.name.as_str().into(),
+            phase,
+            micros: started.elapsed().as_micros() as u64,
+            decision,
+        };
+        runs.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(run);
+    }
+}
+
+/// What a failed call amounts to, by the plugin's `on_error`.
+fn failed(plugin: &Plugin) -> Decision {
+    match plugin.on_error {
+        OnError::Deny => Decision::Denied,
+        OnError::Skip => Decision::Skipped,
+    }
+}
+
 fn policy(plugin: &Plugin, err: PluginError) -> Result<(), PluginError> {
     match plugin.on_error {
         OnError::Deny => Err(err),

@@ -1,6 +1,7 @@
 //! Weir end to end: the real proxy, real upstreams, real compiled plugins,
 //! over real sockets. One binary, one module per capability.
 
+mod access_log;
 mod admin;
 mod cache;
 mod canonical_request;

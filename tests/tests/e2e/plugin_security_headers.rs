@@ -240,6 +240,7 @@ fn exchange(scheme: &'static str) -> Exchange {
         hops: 0,
         body: None,
         credentialed: false,
+        runs: None,
     }
 }
 
