@@ -12,6 +12,8 @@
 //! [`ResponseCache::forward`] is the whole flow: bypass, lookup, coalesce,
 //! revalidate, forward, store.
 
+mod conditional;
+mod directives;
 mod fill;
 
 use std::collections::HashMap;
@@ -29,12 +31,22 @@ use tracing::Instrument;
 
 use crate::body::{self, Body};
 use crate::config::CacheSettings;
+use conditional::ClientConditional;
 use fill::Fill;
 
 /// RFC 9211 `Cache-Status` name of this cache.
 const CACHE_NAME: &str = "weir";
 /// Most variants (by `Vary`) kept for one URL.
 const MAX_VARIANTS: usize = 8;
+/// Most URLs remembered as having entries with plugin key parts.
+const MAX_KEYED: u64 = 100_000;
+/// Stored fields a 304 does not replace: they describe the stored body.
+const KEEP_ON_REFRESH: [header::HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_RANGE,
+];
 /// The RFC 9211 response header.
 const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 /// How long a cache miss waits for a concurrent request fetching the same
@@ -81,10 +93,12 @@ impl Stored {
             now
         };
         match self.policy.before_request(req, judged_at) {
-            BeforeRequest::Fresh(parts) => {
+            BeforeRequest::Fresh(_) => {
+                // The stored headers as the origin sent them (its Date, its
+                // Cache-Control), not the policy's rewritten copy.
                 let (mut head, ()) = http::Response::new(()).into_parts();
                 head.status = self.status;
-                head.headers = parts.headers;
+                head.headers = self.headers.clone();
                 let mut ttl = None;
                 if judged_at == now {
                     let age = self.policy.age(now).as_secs();
@@ -213,6 +227,10 @@ impl Status {
 
 pub struct ResponseCache {
     entries: Cache<String, Variants>,
+    /// Primary keys (without plugin key parts) that have entries with
+    /// plugin key parts, so invalidating a URI finds those too. Bounded
+    /// like the entries it indexes.
+    keyed: Cache<String, ()>,
     inflight: Mutex<HashMap<String, InFlight>>,
     settings: CacheSettings,
 }
@@ -270,6 +288,8 @@ struct Visit<'a> {
     policy_req: request::Parts,
     directives: &'a Directives,
     is_head: bool,
+    /// The client's own conditional, answered here rather than forwarded.
+    client: ClientConditional,
 }
 
 impl ResponseCache {
@@ -288,6 +308,7 @@ impl ResponseCache {
             .build();
         ResponseCache {
             entries,
+            keyed: Cache::new(MAX_KEYED),
             inflight: Mutex::new(HashMap::new()),
             settings,
         }
@@ -312,15 +333,24 @@ impl ResponseCache {
         Fut: Future<Output = Result<(response::Parts, Body), E>>,
     {
         if let Some(why) = self.bypass_reason(&head.method, &facts.directives) {
+            let unsafe_method = !is_safe(&head.method);
+            let target = target_of(&head).to_owned();
             let (mut parts, body) = send(head, Outgoing::Client).await?;
+            if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
+                self.invalidate(facts, &target, &parts.headers);
+            }
+            directives::strip_targeted(&mut parts.headers, &self.settings.targeted_field);
             set_status(&mut parts, Status::Bypass(why), None);
             return Ok((parts, body));
         }
+        let mut head = head;
+        let client = ClientConditional::take(&mut head.headers);
         let visit = Visit {
             key: ResponseCache::key(facts, &head),
             policy_req: self.policy_request(&head, facts),
             directives: &facts.directives,
             is_head: head.method == Method::HEAD,
+            client,
         };
         let mut leader = None;
         for attempt in 0..2 {
@@ -337,10 +367,8 @@ impl ResponseCache {
                             leader = Some(lead);
                             break;
                         }
-                        Coalesced::Follow(mut parts, body) => {
-                            set_status(&mut parts, Status::Collapsed, None);
-                            let body = if visit.is_head { body::empty() } else { body };
-                            return Ok((parts, body));
+                        Coalesced::Follow(parts, body) => {
+                            return Ok(visit.respond(parts, body, Status::Collapsed, None));
                         }
                         // Another request fetched this key meanwhile.
                         Coalesced::LookAgain => {}
@@ -390,21 +418,23 @@ impl ResponseCache {
         body: Body,
         leader: Option<Leader>,
     ) -> (response::Parts, Body) {
+        let prepared = directives::prepare(&parts.headers, &self.settings.targeted_field);
+        directives::strip_targeted(&mut parts.headers, &self.settings.targeted_field);
+        let policy_head = head_with(parts.status, prepared.policy_headers);
         let policy = (!visit.is_head)
-            .then(|| self.storable(&visit.policy_req, &parts))
+            .then(|| self.storable(&visit.policy_req, &policy_head))
             .flatten();
         let Some(policy) = policy else {
-            set_status(&mut parts, Status::Miss { stored: false }, None);
-            return (parts, body);
+            return visit.respond(parts, body, Status::Miss { stored: false }, None);
         };
         let length = declared_length(&parts.headers);
         let limit = self.settings.max_entry_bytes;
         if length.is_some_and(|length| length > limit as u64) {
-            set_status(&mut parts, Status::Miss { stored: false }, None);
-            return (parts, body);
+            return visit.respond(parts, body, Status::Miss { stored: false }, None);
         }
         let vary = vary_key(&visit.policy_req.headers, &parts.headers);
-        let stored = self.stored(policy, &parts, Bytes::new(), visit.directives, vary);
+        let stored_head = head_with(parts.status, prepared.client_headers);
+        let stored = self.stored(policy, &stored_head, Bytes::new(), visit.directives, vary);
         let fill = Fill::new(length);
         let reader = fill.reader(true);
         if let (Some(leader), Some(_)) = (&leader, length) {
@@ -417,7 +447,7 @@ impl ResponseCache {
             }
         }
         let cache = self.clone();
-        let key = visit.key;
+        let key = visit.key.clone();
         tokio::spawn(
             async move {
                 if let Some(whole) = fill.run(body, limit).await {
@@ -429,8 +459,43 @@ impl ResponseCache {
             }
             .in_current_span(),
         );
-        set_status(&mut parts, Status::Miss { stored: true }, None);
-        (parts, reader)
+        visit.respond(parts, reader, Status::Miss { stored: true }, None)
+    }
+
+    /// A successful unsafe request (POST, PUT, DELETE, or a method not
+    /// known to be safe) invalidates what is stored for its URI, and for
+    /// the same-origin URIs in `Location` and `Content-Location` (RFC 9111
+    /// §4.4), every variant and every plugin key part.
+    fn invalidate(&self, facts: &Facts<'_>, target: &str, response: &http::HeaderMap) {
+        let origin = format!("{}://{}", facts.scheme, facts.authority);
+        let mut targets = vec![target.to_owned()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(value) = response.get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let path = match value.strip_prefix(&origin) {
+                Some(rest) if rest.starts_with('/') => rest,
+                Some(_) => continue,
+                None if value.starts_with('/') && !value.starts_with("//") => value,
+                None => continue,
+            };
+            targets.push(path.to_owned());
+        }
+        for target in targets {
+            let base = format!("{origin}{target}");
+            self.entries.remove(&base);
+            if self.keyed.contains_key(&base) {
+                // Entries with plugin key parts: `base` U+001F ….
+                let prefix = format!("{base}\u{1f}");
+                if let Err(err) = self
+                    .entries
+                    .invalidate_entries_if(move |key, _| key.starts_with(&prefix))
+                {
+                    tracing::warn!(error = %err, "cache invalidation failed");
+                }
+                self.keyed.invalidate(&base);
+            }
+        }
     }
 
     /// Why this request may not use the cache, if it may not.
@@ -451,7 +516,7 @@ impl ResponseCache {
     /// `:` and the part. Method is not part of it: only GET responses are
     /// stored and HEAD is answered from them.
     pub fn key(facts: &Facts<'_>, head: &request::Parts) -> String {
-        let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let target = target_of(head);
         let mut key = format!("{}://{}{target}", facts.scheme, facts.authority);
         for part in &facts.directives.extra_key {
             key.push('\u{1f}');
@@ -472,6 +537,7 @@ impl ResponseCache {
         if head.method == Method::HEAD {
             head.method = Method::GET;
         }
+        directives::normalise_request(&mut head.headers);
         if facts.directives.share_authenticated && self.settings.allow_shared_authenticated {
             head.headers.remove(header::AUTHORIZATION);
         } else if facts.credentialed && !head.headers.contains_key(header::AUTHORIZATION) {
@@ -550,6 +616,11 @@ impl ResponseCache {
         if policy_req.method != Method::GET {
             return None;
         }
+        // Interim responses are never stored; nor is a partial one as if
+        // it were the whole (RFC 9111 §3, §3.3).
+        if head.status.is_informational() || head.status == http::StatusCode::PARTIAL_CONTENT {
+            return None;
+        }
         if head.headers.contains_key(header::SET_COOKIE) && !self.settings.store_set_cookie {
             return None;
         }
@@ -563,6 +634,9 @@ impl ResponseCache {
     }
 
     fn insert(&self, key: String, stored: Stored) {
+        if let Some((base, _)) = key.split_once('\u{1f}') {
+            self.keyed.insert(base.to_owned(), ());
+        }
         let stored = Arc::new(stored);
         let mut variants = self.entries.get(&key).unwrap_or_default();
         // Replace the variant this response is for (same Vary'd request).
@@ -609,13 +683,26 @@ impl ResponseCache {
         conditional: &request::Parts,
         not_modified: &response::Parts,
     ) -> Option<http::Response<Bytes>> {
+        let prepared = directives::prepare(&not_modified.headers, &self.settings.targeted_field);
+        let policy_304 = head_with(not_modified.status, prepared.policy_headers);
         match stored
             .policy
-            .after_response(conditional, not_modified, SystemTime::now())
+            .after_response(conditional, &policy_304, SystemTime::now())
         {
-            AfterResponse::NotModified(policy, parts) => {
-                let mut head = parts;
-                head.status = stored.status;
+            AfterResponse::NotModified(policy, _) => {
+                // The 304's fields replace the stored ones (its Date too),
+                // except those describing the body (RFC 9111 §3.2, §4.3.4).
+                let mut headers = stored.headers.clone();
+                for name in prepared.client_headers.keys() {
+                    if KEEP_ON_REFRESH.contains(name) {
+                        continue;
+                    }
+                    headers.remove(name);
+                    for value in prepared.client_headers.get_all(name) {
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+                let head = head_with(stored.status, headers);
                 let refreshed = self.stored(
                     policy,
                     &head,
@@ -624,7 +711,11 @@ impl ResponseCache {
                     stored.vary_key.clone(),
                 );
                 self.insert(visit.key.clone(), refreshed);
-                Some(http::Response::from_parts(head, stored.body.clone()))
+                let mut response = http::Response::from_parts(head, stored.body.clone());
+                response
+                    .headers_mut()
+                    .insert(header::AGE, HeaderValue::from_static("0"));
+                Some(response)
             }
             AfterResponse::Modified(..) => None,
         }
@@ -672,22 +763,55 @@ impl ResponseCache {
 }
 
 impl Visit<'_> {
-    /// A response from the cache, as this request gets it.
+    /// A stored response, as this request gets it.
     fn answer(
         &self,
         response: http::Response<Bytes>,
         status: Status,
         ttl: Option<Duration>,
     ) -> (response::Parts, Body) {
-        let (mut parts, bytes) = response.into_parts();
+        let (parts, bytes) = response.into_parts();
+        self.respond(parts, body::full(bytes), status, ttl)
+    }
+
+    /// Any response, as this request gets it: with its `Cache-Status`,
+    /// without a body for HEAD, and as a 304 when the client's own
+    /// conditional matches it.
+    fn respond(
+        &self,
+        mut parts: response::Parts,
+        body: Body,
+        status: Status,
+        ttl: Option<Duration>,
+    ) -> (response::Parts, Body) {
+        if self.client.not_modified(parts.status, &parts.headers) {
+            parts.status = http::StatusCode::NOT_MODIFIED;
+            parts.headers = conditional::not_modified_headers(&parts.headers);
+            set_status(&mut parts, status, ttl);
+            return (parts, body::empty());
+        }
         set_status(&mut parts, status, ttl);
-        let body = if self.is_head {
-            body::empty()
-        } else {
-            body::full(bytes)
-        };
+        let body = if self.is_head { body::empty() } else { body };
         (parts, body)
     }
+}
+
+/// Methods that never change what is stored (RFC 9110 §9.2.1).
+fn is_safe(method: &Method) -> bool {
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
+}
+
+/// A request's origin-form target (path and query).
+fn target_of(head: &request::Parts) -> &str {
+    head.uri.path_and_query().map_or("/", |pq| pq.as_str())
+}
+
+/// A response head with this status and these headers.
+fn head_with(status: http::StatusCode, headers: http::HeaderMap) -> response::Parts {
+    let (mut head, ()) = http::Response::new(()).into_parts();
+    head.status = status;
+    head.headers = headers;
+    head
 }
 
 fn set_status(parts: &mut response::Parts, status: Status, ttl: Option<Duration>) {

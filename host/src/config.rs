@@ -67,6 +67,8 @@ pub struct CacheSettings {
     pub stale_keep: Duration,
     pub allow_shared_authenticated: bool,
     pub store_set_cookie: bool,
+    /// The cache's own targeted field (RFC 9213), e.g. `weir-cache-control`.
+    pub targeted_field: http::HeaderName,
 }
 
 #[derive(Debug, Clone)]
@@ -502,6 +504,17 @@ impl Validator<'_> {
                 stale_keep: Duration::from_secs(c.stale_keep_seconds),
                 allow_shared_authenticated: c.allow_shared_authenticated,
                 store_set_cookie: c.store_set_cookie,
+                targeted_field: match http::HeaderName::from_bytes(c.targeted_field.as_bytes()) {
+                    Ok(name) => name,
+                    Err(_) => {
+                        self.fail(
+                            None,
+                            "cache.targeted_field",
+                            format!("{:?} is not a header name", c.targeted_field),
+                        );
+                        http::HeaderName::from_static("weir-cache-control")
+                    }
+                },
             }),
             admin,
             access_log,

@@ -81,6 +81,7 @@ fn settings() -> CacheSettings {
         stale_keep: Duration::from_secs(600),
         allow_shared_authenticated: false,
         store_set_cookie: false,
+        targeted_field: HeaderName::from_static("weir-cache-control"),
     }
 }
 

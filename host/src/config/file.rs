@@ -549,6 +549,10 @@ pub struct CacheFile {
     pub allow_shared_authenticated: bool,
     /// Store responses carrying `Set-Cookie` (off: they are per-user).
     pub store_set_cookie: bool,
+    /// This cache's own targeted Cache-Control field (RFC 9213): it wins
+    /// over `CDN-Cache-Control`, which wins over `Cache-Control`; neither
+    /// is forwarded to clients.
+    pub targeted_field: String,
 }
 
 impl Default for CacheFile {
@@ -560,6 +564,7 @@ impl Default for CacheFile {
             stale_keep_seconds: 600,
             allow_shared_authenticated: false,
             store_set_cookie: false,
+            targeted_field: "weir-cache-control".into(),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod access_log;
 mod admin;
 mod cache;
+mod cache_rfc;
 mod canonical_request;
 mod chain;
 mod cli;

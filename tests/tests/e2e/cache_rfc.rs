@@ -1,0 +1,330 @@
+//! The response cache against the parts of RFC 9111 and its companions a
+//! shared cache must honour, one test per behaviour, each named after its
+//! section. The upstream counts its requests and answers with whatever
+//! status and headers the request asks for (`x-reply-status`,
+//! `x-reply: name=value|name=value`), so each test states its response.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use weir_tests::{client, respond, TestProxy, Upstream};
+
+struct Origin {
+    upstream: Upstream,
+    seen: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
+}
+
+impl Origin {
+    async fn start() -> Origin {
+        let seen: Arc<Mutex<Vec<(String, http::HeaderMap)>>> = Arc::default();
+        let log = seen.clone();
+        let upstream = Upstream::serve(move |req| {
+            let log = log.clone();
+            async move {
+                let target = req.uri().path_and_query().unwrap().to_string();
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push((format!("{} {target}", req.method()), req.headers().clone()));
+                    log.len()
+                };
+                let status = req
+                    .headers()
+                    .get("x-reply-status")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(200);
+                let mut response = respond(status, format!("body {n}"));
+                if let Some(reply) = req.headers().get("x-reply").and_then(|v| v.to_str().ok()) {
+                    for pair in reply.split('|').filter(|p| !p.is_empty()) {
+                        let (name, value) = pair.split_once('=').unwrap();
+                        response.headers_mut().append(
+                            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                            value.parse().unwrap(),
+                        );
+                    }
+                }
+                response
+            }
+        })
+        .await;
+        Origin { upstream, seen }
+    }
+
+    /// How many requests reached the origin for `method target`.
+    fn count(&self, request: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(seen, _)| seen == request)
+            .count()
+    }
+
+    fn last_headers(&self) -> http::HeaderMap {
+        self.seen.lock().unwrap().last().unwrap().1.clone()
+    }
+
+    async fn proxy(&self, cache: &str) -> TestProxy {
+        TestProxy::start(&format!(
+            "default_upstream = \"up\"\n{}\n[cache]\ncapacity_bytes = 1048576\n{cache}\n",
+            self.upstream.toml("up")
+        ))
+        .await
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+async fn send(proxy: &TestProxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = client().request(method.parse().unwrap(), proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: response.text().await.unwrap(),
+    }
+}
+
+async fn get(proxy: &TestProxy, path: &str, reply: &str) -> Reply {
+    send(proxy, "GET", path, &[("x-reply", reply)]).await
+}
+
+fn cache_status(reply: &Reply) -> &str {
+    reply.headers.get("cache-status").map_or("", String::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9111_4_4_a_successful_unsafe_request_invalidates_the_uri_and_its_locations() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let fresh = "cache-control=max-age=600";
+    for path in ["/doc", "/other", "/third"] {
+        get(&proxy, path, fresh).await;
+        assert!(cache_status(&get(&proxy, path, fresh).await).starts_with("weir; hit"));
+    }
+    // A POST to /doc naming /other (relative) and /third (same origin,
+    // absolute) in Location and Content-Location.
+    let base = proxy.url("");
+    let reply = format!(
+        "location=/other|content-location={}third",
+        base.trim_end_matches('/').to_owned() + "/"
+    );
+    let post = send(&proxy, "POST", "/doc", &[("x-reply", &reply)]).await;
+    assert_eq!(post.status, 200);
+    for path in ["/doc", "/other", "/third"] {
+        let again = get(&proxy, path, fresh).await;
+        assert!(
+            cache_status(&again).contains("fwd=miss"),
+            "{path} was not invalidated: {}",
+            cache_status(&again)
+        );
+    }
+    // A failed unsafe request invalidates nothing.
+    get(&proxy, "/doc", fresh).await;
+    send(&proxy, "DELETE", "/doc", &[("x-reply-status", "500")]).await;
+    assert!(cache_status(&get(&proxy, "/doc", fresh).await).starts_with("weir; hit"));
+    // Methods whose safety is unknown count as unsafe.
+    send(&proxy, "PURGEIT", "/doc", &[]).await;
+    assert!(cache_status(&get(&proxy, "/doc", fresh).await).contains("fwd=miss"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9111_5_2_directive_names_are_case_insensitive() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    get(&proxy, "/upper", "cache-control=MAX-AGE=600").await;
+    assert!(
+        cache_status(&get(&proxy, "/upper", "cache-control=MAX-AGE=600").await)
+            .starts_with("weir; hit")
+    );
+    get(&proxy, "/no-store", "cache-control=max-age=600, NO-STORE").await;
+    get(&proxy, "/no-store", "cache-control=max-age=600, NO-STORE").await;
+    assert_eq!(origin.count("GET /no-store"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9213_targeted_fields_take_precedence_and_are_not_forwarded() {
+    let origin = Origin::start().await;
+    let proxy = origin
+        .proxy("targeted_field = \"acme-cache-control\"")
+        .await;
+    // Cache-Control says no-store; CDN-Cache-Control lets this cache store.
+    let cdn = "cache-control=no-store|cdn-cache-control=max-age=600";
+    let first = get(&proxy, "/cdn", cdn).await;
+    assert!(!first.headers.contains_key("cdn-cache-control"));
+    assert_eq!(first.headers["cache-control"], "no-store");
+    let second = get(&proxy, "/cdn", cdn).await;
+    assert!(cache_status(&second).starts_with("weir; hit"));
+    assert_eq!(
+        second.headers["cache-control"], "no-store",
+        "clients see the origin's"
+    );
+    assert!(!second.headers.contains_key("cdn-cache-control"));
+    // The operator's own field wins over CDN-Cache-Control.
+    let own = "cdn-cache-control=max-age=600|acme-cache-control=no-store";
+    get(&proxy, "/own", own).await;
+    let again = get(&proxy, "/own", own).await;
+    assert_eq!(origin.count("GET /own"), 2);
+    assert!(!again.headers.contains_key("acme-cache-control"));
+    // private inside a targeted field is honoured.
+    let private = "cache-control=max-age=600|cdn-cache-control=private";
+    get(&proxy, "/private", private).await;
+    get(&proxy, "/private", private).await;
+    assert_eq!(origin.count("GET /private"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9111_3_3_a_partial_response_is_not_stored_as_the_whole() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let partial = "cache-control=max-age=600|content-range=bytes 0-5/100";
+    let reply = send(
+        &proxy,
+        "GET",
+        "/partial",
+        &[("x-reply", partial), ("x-reply-status", "206")],
+    )
+    .await;
+    assert_eq!(reply.status, 206);
+    get(&proxy, "/partial", "cache-control=max-age=600").await;
+    assert_eq!(origin.count("GET /partial"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9111_4_3_2_a_client_conditional_is_answered_from_a_fresh_entry() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let reply = "cache-control=max-age=600|etag=\"v1\"|last-modified=Sun, 06 Nov 1994 08:49:37 GMT";
+    // On a miss the conditional is not forwarded: the full response is
+    // stored, and the client gets its 304.
+    let first = send(
+        &proxy,
+        "GET",
+        "/c",
+        &[("x-reply", reply), ("if-none-match", "\"v1\"")],
+    )
+    .await;
+    assert_eq!(first.status, 304);
+    assert!(first.body.is_empty());
+    assert!(!origin.last_headers().contains_key("if-none-match"));
+    // The stored entry is the 200, for a client without a conditional.
+    let plain = get(&proxy, "/c", reply).await;
+    assert_eq!((plain.status, plain.body.as_str()), (200, "body 1"));
+    assert!(cache_status(&plain).starts_with("weir; hit"));
+    // A hit with a matching validator: 304, no body, its validators.
+    let matching = send(
+        &proxy,
+        "GET",
+        "/c",
+        &[("x-reply", reply), ("if-none-match", "W/\"v0\", W/\"v1\"")],
+    )
+    .await;
+    assert_eq!(matching.status, 304);
+    assert_eq!(matching.headers["etag"], "\"v1\"");
+    assert!(
+        !matching.headers.contains_key("content-length")
+            || matching.headers["content-length"] == "0"
+    );
+    let since = send(
+        &proxy,
+        "GET",
+        "/c",
+        &[
+            ("x-reply", reply),
+            ("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT"),
+        ],
+    )
+    .await;
+    assert_eq!(since.status, 304);
+    // A validator that does not match gets the stored 200.
+    let other = send(
+        &proxy,
+        "GET",
+        "/c",
+        &[("x-reply", reply), ("if-none-match", "\"v2\"")],
+    )
+    .await;
+    assert_eq!((other.status, other.body.as_str()), (200, "body 1"));
+    assert_eq!(origin.count("GET /c"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9111_5_2_2_4_qualified_no_cache_and_private_fields_are_never_served_from_cache() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let reply = "cache-control=max-age=600, no-cache=\"x-secret\", private=\"x-user\"|x-secret=s3|x-user=alice|x-kept=1";
+    let first = get(&proxy, "/fields", reply).await;
+    assert_eq!(
+        first.headers["x-secret"], "s3",
+        "the origin's own answer is whole"
+    );
+    let hit = get(&proxy, "/fields", reply).await;
+    assert!(
+        cache_status(&hit).starts_with("weir; hit"),
+        "{}",
+        cache_status(&hit)
+    );
+    assert!(!hit.headers.contains_key("x-secret"));
+    assert!(!hit.headers.contains_key("x-user"));
+    assert_eq!(hit.headers["x-kept"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9111_4_3_4_a_304_refreshes_the_stored_date() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let old = "cache-control=max-age=1|etag=\"v1\"|date=Sun, 06 Nov 1994 08:49:37 GMT";
+    get(&proxy, "/dated", old).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Stale: revalidated, and the 304's Date replaces the stored one.
+    let fresh_date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let refreshed = send(
+        &proxy,
+        "GET",
+        "/dated",
+        &[
+            (
+                "x-reply",
+                &format!("cache-control=max-age=600|etag=\"v1\"|date={fresh_date}"),
+            ),
+            ("x-reply-status", "304"),
+        ],
+    )
+    .await;
+    assert_eq!(refreshed.status, 200);
+    assert!(
+        cache_status(&refreshed).contains("fwd-status=304"),
+        "{}",
+        cache_status(&refreshed)
+    );
+    let hit = get(&proxy, "/dated", old).await;
+    assert!(cache_status(&hit).starts_with("weir; hit"));
+    assert_eq!(hit.headers["date"], fresh_date);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9110_5_6_7_an_expires_with_extra_spaces_is_understood() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let reply = "expires=Thu,  01 Dec  2094 16:00:00 GMT";
+    get(&proxy, "/spaced", reply).await;
+    let again = get(&proxy, "/spaced", reply).await;
+    assert!(
+        cache_status(&again).starts_with("weir; hit"),
+        "{}",
+        cache_status(&again)
+    );
+    assert_eq!(origin.count("GET /spaced"), 1);
+}
