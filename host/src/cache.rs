@@ -32,6 +32,7 @@ use tracing::Instrument;
 use crate::body::{self, Body};
 use crate::config::CacheSettings;
 use conditional::ClientConditional;
+use directives::StaleWindows;
 use fill::Fill;
 
 /// RFC 9211 `Cache-Status` name of this cache.
@@ -67,6 +68,9 @@ pub struct Stored {
     keep_until: Instant,
     /// Which request this variant answers (see `Vary`).
     vary_key: Vec<(String, Option<HeaderValue>)>,
+    /// How long past `fresh_until` it may still be served (RFC 5861).
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
 }
 
 /// How a stored response serves a request.
@@ -115,6 +119,25 @@ impl Stored {
                 matches: true,
             } => Judged::Stale(request),
             BeforeRequest::Stale { .. } => Judged::Other,
+        }
+    }
+
+    /// This response served past its freshness, with its `Age`.
+    fn stale_response(&self, now: SystemTime) -> http::Response<Bytes> {
+        let mut response = http::Response::new(self.body.clone());
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        let age = self.policy.age(now).as_secs();
+        if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
+            response.headers_mut().insert(header::AGE, age);
+        }
+        response
+    }
+
+    fn windows(&self) -> StaleWindows {
+        StaleWindows {
+            while_revalidate: Some(self.stale_while_revalidate),
+            if_error: Some(self.stale_if_error),
         }
     }
 
@@ -186,10 +209,15 @@ enum Lookup {
         response: http::Response<Bytes>,
         ttl: Option<Duration>,
     },
-    /// Stale but revalidatable: send this conditional request upstream.
-    Revalidate {
+    /// Stale, but still of use: revalidate it with this request (a
+    /// conditional one when it has validators), serve it meanwhile within
+    /// its stale-while-revalidate window, or if the upstream fails within
+    /// its stale-if-error window.
+    Stale {
         stored: Arc<Stored>,
         request: request::Parts,
+        while_revalidate: bool,
+        if_error: bool,
     },
     Miss,
 }
@@ -204,6 +232,11 @@ pub enum Status {
     Revalidated,
     /// Streamed from a concurrent request's response while it filled.
     Collapsed,
+    /// Served stale while a background revalidation runs (RFC 5861 §3).
+    StaleWhileRevalidate,
+    /// Served stale because the upstream failed: its status, or none when
+    /// it could not be reached (RFC 5861 §4).
+    StaleIfError(Option<u16>),
     /// Not looked up: the method, the client, or a plugin said so.
     Bypass(&'static str),
 }
@@ -219,6 +252,15 @@ impl Status {
             Status::Miss { stored: false } => format!("{CACHE_NAME}; fwd=miss"),
             Status::Revalidated => format!("{CACHE_NAME}; fwd=stale; fwd-status=304"),
             Status::Collapsed => format!("{CACHE_NAME}; fwd=miss; collapsed"),
+            Status::StaleWhileRevalidate => {
+                format!("{CACHE_NAME}; hit; detail=stale-while-revalidate")
+            }
+            Status::StaleIfError(Some(status)) => {
+                format!("{CACHE_NAME}; fwd=stale; fwd-status={status}; detail=stale-if-error")
+            }
+            Status::StaleIfError(None) => {
+                format!("{CACHE_NAME}; fwd=stale; detail=stale-if-error")
+            }
             Status::Bypass(why) => format!("{CACHE_NAME}; fwd={why}"),
         };
         HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("weir"))
@@ -273,6 +315,18 @@ enum Coalesced {
     LookAgain,
 }
 
+/// Sends a revalidation upstream from a task of the cache's own (for
+/// stale-while-revalidate), after the request that found the entry stale
+/// has been answered; `None` when the upstream could not be reached.
+pub type Revalidator = Arc<
+    dyn Fn(
+            request::Parts,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Option<(response::Parts, Body)>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Which body the cache asks the upstream request to carry.
 pub enum Outgoing {
     /// The client's request body, as admitted.
@@ -326,6 +380,7 @@ impl ResponseCache {
         self: &Arc<Self>,
         facts: &Facts<'_>,
         head: request::Parts,
+        background: Revalidator,
         send: F,
     ) -> Result<(response::Parts, Body), E>
     where
@@ -358,8 +413,31 @@ impl ResponseCache {
                 Lookup::Hit { response, ttl } => {
                     return Ok(visit.answer(response, Status::Hit, ttl));
                 }
-                Lookup::Revalidate { stored, request } => {
-                    return self.revalidate(visit, &stored, request, head, send).await;
+                Lookup::Stale {
+                    stored,
+                    request,
+                    while_revalidate: true,
+                    ..
+                } => {
+                    self.revalidate_in_background(
+                        &visit,
+                        stored.clone(),
+                        request,
+                        head,
+                        background,
+                    );
+                    let response = stored.stale_response(SystemTime::now());
+                    return Ok(visit.answer(response, Status::StaleWhileRevalidate, None));
+                }
+                Lookup::Stale {
+                    stored,
+                    request,
+                    if_error,
+                    ..
+                } => {
+                    return self
+                        .revalidate(visit, &stored, request, head, send, if_error)
+                        .await;
                 }
                 Lookup::Miss if attempt == 0 => {
                     match self.lead_or_follow(&visit.key, &visit.policy_req).await {
@@ -388,25 +466,82 @@ impl ResponseCache {
         visit: Visit<'_>,
         stored: &Stored,
         conditional: request::Parts,
-        mut head: request::Parts,
+        head: request::Parts,
         send: F,
+        stale_if_error: bool,
     ) -> Result<(response::Parts, Body), E>
     where
         F: FnOnce(request::Parts, Outgoing) -> Fut,
         Fut: Future<Output = Result<(response::Parts, Body), E>>,
     {
-        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
-            if let Some(value) = conditional.headers.get(&name) {
-                head.headers.insert(name, value.clone());
+        let head = with_validators(head, &conditional);
+        let (parts, body) = match send(head, Outgoing::Conditional).await {
+            Ok(answer) => answer,
+            // Could not reach the upstream: stale is better than an error.
+            Err(_) if stale_if_error => {
+                let response = stored.stale_response(SystemTime::now());
+                return Ok(visit.answer(response, Status::StaleIfError(None), None));
             }
+            Err(err) => return Err(err),
+        };
+        // The final status after any retries: a 5xx is the upstream's.
+        if parts.status.is_server_error() && stale_if_error {
+            let status = Status::StaleIfError(Some(parts.status.as_u16()));
+            return Ok(visit.answer(stored.stale_response(SystemTime::now()), status, None));
         }
-        let (parts, body) = send(head, Outgoing::Conditional).await?;
         if parts.status == http::StatusCode::NOT_MODIFIED {
-            if let Some(response) = self.refreshed(&visit, stored, &conditional, &parts) {
+            let refreshed =
+                self.refreshed(&visit.key, visit.directives, stored, &conditional, &parts);
+            if let Some(response) = refreshed {
                 return Ok(visit.answer(response, Status::Revalidated, None));
             }
         }
         Ok(self.store(visit, parts, body, None))
+    }
+
+    /// Revalidate a stale entry from a task of its own (at most one per
+    /// key at a time), while the stale copy is served.
+    fn revalidate_in_background(
+        self: &Arc<Self>,
+        visit: &Visit<'_>,
+        stored: Arc<Stored>,
+        conditional: request::Parts,
+        head: request::Parts,
+        background: Revalidator,
+    ) {
+        let Some(leader) = self.try_lead(&visit.key) else {
+            return; // already being fetched
+        };
+        let cache = self.clone();
+        let key = visit.key.clone();
+        let directives = visit.directives.clone();
+        let policy_req = visit.policy_req.clone();
+        let head = with_validators(head, &conditional);
+        tokio::spawn(
+            async move {
+                let Some((parts, body)) = background(head).await else {
+                    return;
+                };
+                if parts.status == http::StatusCode::NOT_MODIFIED {
+                    cache.refreshed(&key, &directives, &stored, &conditional, &parts);
+                    return;
+                }
+                if parts.status.is_server_error() {
+                    return; // keep serving what is stored
+                }
+                let visit = Visit {
+                    key,
+                    policy_req,
+                    directives: &directives,
+                    is_head: false,
+                    client: ClientConditional::default(),
+                };
+                // Nobody reads this copy: drain it so the fill completes.
+                let (_, reader) = cache.store(visit, parts, body, Some(leader));
+                let _ = http_body_util::BodyExt::collect(reader).await;
+            }
+            .in_current_span(),
+        );
     }
 
     /// Store the upstream's response if it may be stored: it is read into
@@ -434,7 +569,14 @@ impl ResponseCache {
         }
         let vary = vary_key(&visit.policy_req.headers, &parts.headers);
         let stored_head = head_with(parts.status, prepared.client_headers);
-        let stored = self.stored(policy, &stored_head, Bytes::new(), visit.directives, vary);
+        let windows = directives::stale_windows(&policy_head.headers);
+        let stored = self.stored(
+            policy,
+            &stored_head,
+            Bytes::new(),
+            visit.directives,
+            (vary, windows),
+        );
         let fill = Fill::new(length);
         let reader = fill.reader(true);
         if let (Some(leader), Some(_)) = (&leader, length) {
@@ -560,16 +702,42 @@ impl ResponseCache {
                     let response = http::Response::from_parts(head, stored.body.clone());
                     return Lookup::Hit { response, ttl };
                 }
-                Judged::Stale(request) if has_validators(&stored.headers) => {
-                    return Lookup::Revalidate {
-                        stored: stored.clone(),
-                        request,
-                    };
+                Judged::Stale(request) => {
+                    let late = now.duration_since(stored.fresh_until).unwrap_or_default();
+                    let while_revalidate = late <= stored.stale_while_revalidate;
+                    let if_error = late <= stored.stale_if_error;
+                    if has_validators(&stored.headers) || while_revalidate || if_error {
+                        return Lookup::Stale {
+                            stored: stored.clone(),
+                            request,
+                            while_revalidate,
+                            if_error,
+                        };
+                    }
                 }
-                Judged::Stale(_) | Judged::Other => {}
+                Judged::Other => {}
             }
         }
         Lookup::Miss
+    }
+
+    /// Become the leader for `key` unless some request already is.
+    fn try_lead(self: &Arc<Self>, key: &str) -> Option<Leader> {
+        let mut inflight = self.inflight();
+        if inflight.contains_key(key) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(());
+        let flight = InFlight {
+            done: rx,
+            shared: None,
+        };
+        inflight.insert(key.to_owned(), flight);
+        Some(Leader {
+            cache: self.clone(),
+            key: key.to_owned(),
+            _done: tx,
+        })
     }
 
     /// Become the leader for `key`; or stream the leader's response if it
@@ -646,24 +814,34 @@ impl ResponseCache {
         self.entries.insert(key, variants);
     }
 
+    /// `(vary_key, windows)`: which request it answers, and how long it
+    /// may be served stale.
     fn stored(
         &self,
         policy: CachePolicy,
         head: &response::Parts,
         body: Bytes,
         directives: &Directives,
-        vary_key: Vec<(String, Option<HeaderValue>)>,
+        (vary_key, windows): (Vec<(String, Option<HeaderValue>)>, StaleWindows),
     ) -> Stored {
         let now = SystemTime::now();
         let mut ttl = policy.time_to_live(now).min(self.settings.max_ttl);
         if let Some(cap) = directives.ttl_cap {
             ttl = ttl.min(cap);
         }
-        let keep = if has_validators(&head.headers) {
-            ttl + self.settings.stale_keep
+        let stale_while_revalidate = windows.while_revalidate.unwrap_or_default();
+        let stale_if_error = windows
+            .if_error
+            .unwrap_or(self.settings.serve_stale_on_error);
+        let revalidate_keep = if has_validators(&head.headers) {
+            self.settings.stale_keep
         } else {
-            ttl
+            Duration::ZERO
         };
+        let keep = ttl
+            + revalidate_keep
+                .max(stale_while_revalidate)
+                .max(stale_if_error);
         Stored {
             policy,
             status: head.status,
@@ -672,13 +850,16 @@ impl ResponseCache {
             fresh_until: now + ttl,
             keep_until: Instant::now() + keep,
             vary_key,
+            stale_while_revalidate,
+            stale_if_error,
         }
     }
 
     /// A 304 answered a revalidation: refresh the entry, serve its body.
     fn refreshed(
         &self,
-        visit: &Visit<'_>,
+        key: &str,
+        directives: &Directives,
         stored: &Stored,
         conditional: &request::Parts,
         not_modified: &response::Parts,
@@ -703,14 +884,18 @@ impl ResponseCache {
                     }
                 }
                 let head = head_with(stored.status, headers);
+                let mut windows = directives::stale_windows(&policy_304.headers);
+                if !policy_304.headers.contains_key(header::CACHE_CONTROL) {
+                    windows = stored.windows();
+                }
                 let refreshed = self.stored(
                     policy,
                     &head,
                     stored.body.clone(),
-                    visit.directives,
-                    stored.vary_key.clone(),
+                    directives,
+                    (stored.vary_key.clone(), windows),
                 );
-                self.insert(visit.key.clone(), refreshed);
+                self.insert(key.to_owned(), refreshed);
                 let mut response = http::Response::from_parts(head, stored.body.clone());
                 response
                     .headers_mut()
@@ -794,6 +979,18 @@ impl Visit<'_> {
         let body = if self.is_head { body::empty() } else { body };
         (parts, body)
     }
+}
+
+/// The request as forwarded, with the validators of the policy's
+/// conditional request (only those: the policy's copy may carry a
+/// stand-in `Authorization`).
+fn with_validators(mut head: request::Parts, conditional: &request::Parts) -> request::Parts {
+    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+        if let Some(value) = conditional.headers.get(&name) {
+            head.headers.insert(name, value.clone());
+        }
+    }
+    head
 }
 
 /// Methods that never change what is stored (RFC 9110 §9.2.1).

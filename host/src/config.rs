@@ -69,6 +69,8 @@ pub struct CacheSettings {
     pub store_set_cookie: bool,
     /// The cache's own targeted field (RFC 9213), e.g. `weir-cache-control`.
     pub targeted_field: http::HeaderName,
+    /// stale-if-error for responses that set none.
+    pub serve_stale_on_error: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -504,6 +506,7 @@ impl Validator<'_> {
                 stale_keep: Duration::from_secs(c.stale_keep_seconds),
                 allow_shared_authenticated: c.allow_shared_authenticated,
                 store_set_cookie: c.store_set_cookie,
+                serve_stale_on_error: Duration::from_secs(c.serve_stale_on_error_seconds),
                 targeted_field: match http::HeaderName::from_bytes(c.targeted_field.as_bytes()) {
                     Ok(name) => name,
                     Err(_) => {

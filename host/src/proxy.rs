@@ -57,7 +57,8 @@ pub struct Generation {
     /// Whether any route (or the fallback) runs plugins: only they read
     /// the connection facts, so a plugin-free proxy skips building them.
     pub has_plugins: bool,
-    pub upstreams: Upstreams,
+    /// Shared with background cache revalidations.
+    pub upstreams: Arc<Upstreams>,
     pub cache: Option<Arc<ResponseCache>>,
 }
 
@@ -489,8 +490,25 @@ impl Generation {
             credentialed: ex.credentialed,
             directives: cache_directives(ex.cache.as_ref()),
         };
+        // For stale-while-revalidate: the same upstream, from a task of
+        // the cache's own after this request has been answered.
+        let background: cache::Revalidator = {
+            let (upstreams, upstream) = (self.upstreams.clone(), upstream.clone());
+            let timeout = route.response_timeout;
+            Arc::new(move |head| {
+                let (upstreams, upstream) = (upstreams.clone(), upstream.clone());
+                Box::pin(async move {
+                    let sent = upstreams
+                        .send(&upstream, head, body::empty(), Replay::Empty, timeout)
+                        .await;
+                    let (mut parts, body) = sent.ok()?.into_parts();
+                    headers::strip_hop_by_hop(&mut parts.headers);
+                    Some((parts, body))
+                })
+            })
+        };
         cache
-            .forward(&facts, head, |head, outgoing| match outgoing {
+            .forward(&facts, head, background, |head, outgoing| match outgoing {
                 Outgoing::Client => self.send(route, &upstream, head, body, replay),
                 Outgoing::Conditional => {
                     self.send(route, &upstream, head, body::empty(), Replay::Empty)

@@ -142,7 +142,7 @@ impl Weir {
             routes: Router::new(routes),
             fallback,
             has_plugins,
-            upstreams,
+            upstreams: Arc::new(upstreams),
             cache: config.cache.clone().map(|settings| {
                 previous
                     .and_then(|p| p.cache.clone())

@@ -82,6 +82,7 @@ fn settings() -> CacheSettings {
         allow_shared_authenticated: false,
         store_set_cookie: false,
         targeted_field: HeaderName::from_static("weir-cache-control"),
+        serve_stale_on_error: Duration::ZERO,
     }
 }
 
@@ -103,6 +104,11 @@ fn facts() -> Facts<'static> {
     }
 }
 
+/// The bench never serves stale: a background revalidation that fails.
+fn no_background() -> weir::cache::Revalidator {
+    Arc::new(|_| Box::pin(async { None }))
+}
+
 /// The origin's answer to the cacheable request.
 fn origin_answer() -> (response::Parts, weir::body::Body) {
     let (parts, ()) = http::Response::builder()
@@ -120,9 +126,11 @@ fn origin_answer() -> (response::Parts, weir::body::Body) {
 /// response read into the cache by its fill task.
 fn store(rt: &tokio::runtime::Runtime, cache: &Arc<ResponseCache>, head: &request::Parts) {
     let (parts, body) = rt
-        .block_on(cache.forward(&facts(), head.clone(), |_, _| async {
-            Ok::<_, Infallible>(origin_answer())
-        }))
+        .block_on(
+            cache.forward(&facts(), head.clone(), no_background(), |_, _| async {
+                Ok::<_, Infallible>(origin_answer())
+            }),
+        )
         .expect("forwarded");
     assert_eq!(parts.headers[CACHE_STATUS], "weir; fwd=miss; stored");
     let streamed = rt
@@ -150,10 +158,12 @@ fn cache_hit(
 ) -> Option<(response::Parts, weir::body::Body)> {
     let mut forwarded = false;
     let answer = rt
-        .block_on(cache.forward(&facts(), head.clone(), |_, _| {
-            forwarded = true;
-            async { Ok::<_, Infallible>(origin_answer()) }
-        }))
+        .block_on(
+            cache.forward(&facts(), head.clone(), no_background(), |_, _| {
+                forwarded = true;
+                async { Ok::<_, Infallible>(origin_answer()) }
+            }),
+        )
         .expect("answered");
     (!forwarded).then_some(answer)
 }

@@ -176,6 +176,33 @@ pub fn prepare(headers: &HeaderMap, targeted: &HeaderName) -> Prepared {
     }
 }
 
+/// How long past freshness a response may still be served (RFC 5861):
+/// `stale-while-revalidate` (while one revalidation runs in the
+/// background) and `stale-if-error` (when the upstream fails), from the
+/// applicable directives of [`Prepared::policy_headers`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StaleWindows {
+    pub while_revalidate: Option<std::time::Duration>,
+    pub if_error: Option<std::time::Duration>,
+}
+
+pub fn stale_windows(policy_headers: &HeaderMap) -> StaleWindows {
+    let mut windows = StaleWindows::default();
+    for directive in parse(policy_headers.get_all(header::CACHE_CONTROL)) {
+        let seconds = directive
+            .value
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
+        match directive.name.as_str() {
+            "stale-while-revalidate" => windows.while_revalidate = seconds,
+            "stale-if-error" => windows.if_error = seconds,
+            _ => {}
+        }
+    }
+    windows
+}
+
 /// Remove the targeted fields: they are for this cache (and CDNs), not for
 /// the client.
 pub fn strip_targeted(headers: &mut HeaderMap, targeted: &HeaderName) {

@@ -553,6 +553,10 @@ pub struct CacheFile {
     /// over `CDN-Cache-Control`, which wins over `Cache-Control`; neither
     /// is forwarded to clients.
     pub targeted_field: String,
+    /// Serve a stale response for this long past its freshness when the
+    /// upstream fails (5xx, unreachable) and the response set no
+    /// `stale-if-error` of its own (nginx `proxy_cache_use_stale`); 0: off.
+    pub serve_stale_on_error_seconds: u64,
 }
 
 impl Default for CacheFile {
@@ -565,6 +569,7 @@ impl Default for CacheFile {
             allow_shared_authenticated: false,
             store_set_cookie: false,
             targeted_field: "weir-cache-control".into(),
+            serve_stale_on_error_seconds: 0,
         }
     }
 }

@@ -197,6 +197,11 @@ impl Validator<'_> {
                 cache.max_ttl_seconds,
                 1..=365 * 24 * 3600,
             );
+            self.range(
+                "cache.serve_stale_on_error_seconds",
+                cache.serve_stale_on_error_seconds,
+                0..=7 * 24 * 3600,
+            );
         }
     }
 }

@@ -328,3 +328,108 @@ async fn rfc9110_5_6_7_an_expires_with_extra_spaces_is_understood() {
     );
     assert_eq!(origin.count("GET /spaced"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc5861_3_stale_while_revalidate_serves_stale_and_revalidates_once_in_the_background() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let reply = "cache-control=max-age=1, stale-while-revalidate=60|etag=\"v1\"";
+    assert_eq!(get(&proxy, "/swr", reply).await.body, "body 1");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Several stale requests at once: each served the stale copy at once,
+    // one revalidation between them.
+    let mut stale = Vec::new();
+    for _ in 0..5 {
+        let url = proxy.url("/swr");
+        stale.push(tokio::spawn(async move {
+            let response = client()
+                .get(url)
+                .header("x-reply", reply)
+                .send()
+                .await
+                .unwrap();
+            let status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (status, response.text().await.unwrap())
+        }));
+    }
+    let mut served_stale = 0;
+    for request in stale {
+        let (status, body) = request.await.unwrap();
+        // Stale, or (once the revalidation has landed) the fresh copy.
+        match body.as_str() {
+            "body 1" => {
+                assert!(status.contains("detail=stale-while-revalidate"), "{status}");
+                served_stale += 1;
+            }
+            "body 2" => assert!(status.starts_with("weir; hit"), "{status}"),
+            other => panic!("{other} ({status})"),
+        }
+    }
+    assert!(served_stale >= 1);
+    // The background revalidation lands; then it is a plain hit.
+    let mut fresh = None;
+    for _ in 0..100 {
+        let reply = get(&proxy, "/swr", reply).await;
+        if cache_status(&reply).starts_with("weir; hit; ttl=") {
+            fresh = Some(reply);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let fresh = fresh.expect("the entry was never revalidated");
+    assert_eq!(fresh.body, "body 2");
+    assert_eq!(origin.count("GET /swr"), 2);
+    let revalidation = origin.seen.lock().unwrap()[1].1.clone();
+    assert_eq!(revalidation["if-none-match"], "\"v1\"");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc5861_4_stale_if_error_serves_stale_on_a_5xx_and_when_the_upstream_is_gone() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let reply = "cache-control=max-age=1, stale-if-error=60";
+    assert_eq!(get(&proxy, "/sie", reply).await.body, "body 1");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let failing = send(
+        &proxy,
+        "GET",
+        "/sie",
+        &[("x-reply", reply), ("x-reply-status", "503")],
+    )
+    .await;
+    assert_eq!((failing.status, failing.body.as_str()), (200, "body 1"));
+    assert!(
+        cache_status(&failing).contains("fwd-status=503; detail=stale-if-error"),
+        "{}",
+        cache_status(&failing)
+    );
+    // Without the directive a 5xx goes through to the client.
+    get(&proxy, "/plain", "cache-control=max-age=1").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let plain = send(&proxy, "GET", "/plain", &[("x-reply-status", "503")]).await;
+    assert_eq!(plain.status, 503);
+    // The upstream gone entirely: still the stale copy.
+    let Origin { upstream, .. } = origin;
+    drop(upstream);
+    let gone = get(&proxy, "/sie", reply).await;
+    assert_eq!((gone.status, gone.body.as_str()), (200, "body 1"));
+    assert!(
+        cache_status(&gone).contains("detail=stale-if-error"),
+        "{}",
+        cache_status(&gone)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc5861_4_the_operator_default_applies_to_responses_without_stale_if_error() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("serve_stale_on_error_seconds = 60").await;
+    get(&proxy, "/default", "cache-control=max-age=1").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let failing = send(&proxy, "GET", "/default", &[("x-reply-status", "502")]).await;
+    assert_eq!((failing.status, failing.body.as_str()), (200, "body 1"));
+    assert!(cache_status(&failing).contains("detail=stale-if-error"));
+}
