@@ -15,6 +15,7 @@
 mod conditional;
 mod directives;
 mod fill;
+mod range;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,6 +35,7 @@ use crate::config::CacheSettings;
 use conditional::ClientConditional;
 use directives::StaleWindows;
 use fill::Fill;
+use range::ClientRange;
 
 /// RFC 9211 `Cache-Status` name of this cache.
 const CACHE_NAME: &str = "weir";
@@ -344,6 +346,8 @@ struct Visit<'a> {
     is_head: bool,
     /// The client's own conditional, answered here rather than forwarded.
     client: ClientConditional,
+    /// The client's `Range`, answered from stored responses.
+    range: ClientRange,
 }
 
 impl ResponseCache {
@@ -406,6 +410,7 @@ impl ResponseCache {
             directives: &facts.directives,
             is_head: head.method == Method::HEAD,
             client,
+            range: ClientRange::read(&head.headers),
         };
         let mut leader = None;
         for attempt in 0..2 {
@@ -535,6 +540,7 @@ impl ResponseCache {
                     directives: &directives,
                     is_head: false,
                     client: ClientConditional::default(),
+                    range: ClientRange::default(),
                 };
                 // Nobody reads this copy: drain it so the fill completes.
                 let (_, reader) = cache.store(visit, parts, body, Some(leader));
@@ -955,7 +961,16 @@ impl Visit<'_> {
         status: Status,
         ttl: Option<Duration>,
     ) -> (response::Parts, Body) {
-        let (parts, bytes) = response.into_parts();
+        let (mut parts, bytes) = response.into_parts();
+        // A conditional that matches wins over the range (RFC 9110 §13.2.2).
+        if !self.is_head && !self.client.not_modified(parts.status, &parts.headers) {
+            if let Some(ranged) = self.range.answer(parts.status, &parts.headers, &bytes) {
+                parts.status = ranged.status;
+                ranged.headers(&mut parts.headers);
+                set_status(&mut parts, status, ttl);
+                return (parts, body::full(ranged.body));
+            }
+        }
         self.respond(parts, body::full(bytes), status, ttl)
     }
 

@@ -2,8 +2,8 @@
 //! judges a response: directive names in any case (`NO-CACHE`), quoted
 //! field lists (`no-cache="set-cookie, x-a"`), targeted fields (RFC 9213:
 //! `CDN-Cache-Control` and the operator's own, which take precedence over
-//! `Cache-Control` for this cache and are not forwarded), and timestamps
-//! with stray whitespace. The crate splits directives on every comma and
+//! `Cache-Control` for this cache and are not forwarded), timestamps with
+//! stray whitespace, and an `Age` with trailing garbage. The crate splits directives on every comma and
 //! compares names case-sensitively; these are handed to it normalised.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -170,6 +170,25 @@ pub fn prepare(headers: &HeaderMap, targeted: &HeaderName) -> Prepared {
             }
         }
     }
+    // Age is delta-seconds; read a value with trailing garbage by its
+    // leading digits (`3600abc` is 3600), and drop one without any.
+    if let Some(age) = policy_headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let digits: String = age
+            .trim()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if digits.is_empty() {
+            policy_headers.remove(header::AGE);
+        } else if digits != age {
+            if let Ok(value) = HeaderValue::from_str(&digits) {
+                policy_headers.insert(header::AGE, value);
+            }
+        }
+    }
     Prepared {
         policy_headers,
         client_headers,
@@ -305,6 +324,15 @@ mod tests {
         assert!(!prepared.client_headers.contains_key("x-user"));
         assert!(!prepared.client_headers.contains_key("set-cookie"));
         assert!(prepared.client_headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn an_age_with_trailing_garbage_counts_by_its_digits() {
+        let weir = HeaderName::from_static("weir-cache-control");
+        let prepared = prepare(&headers(&[("age", "3600abc")]), &weir);
+        assert_eq!(prepared.policy_headers["age"], "3600");
+        let prepared = prepare(&headers(&[("age", "abc")]), &weir);
+        assert!(!prepared.policy_headers.contains_key("age"));
     }
 
     #[test]

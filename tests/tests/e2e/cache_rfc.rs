@@ -433,3 +433,73 @@ async fn rfc5861_4_the_operator_default_applies_to_responses_without_stale_if_er
     assert_eq!((failing.status, failing.body.as_str()), (200, "body 1"));
     assert!(cache_status(&failing).contains("detail=stale-if-error"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9110_14_ranges_are_answered_from_a_stored_full_response() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    let reply = "cache-control=max-age=600|etag=\"r1\"|content-type=text/plain";
+    assert_eq!(get(&proxy, "/r", reply).await.body, "body 1");
+    let ranged = |range: &'static str| {
+        let proxy = &proxy;
+        async move { send(proxy, "GET", "/r", &[("x-reply", reply), ("range", range)]).await }
+    };
+    let one = ranged("bytes=0-3").await;
+    assert_eq!((one.status, one.body.as_str()), (206, "body"));
+    assert_eq!(one.headers["content-range"], "bytes 0-3/6");
+    let suffix = ranged("bytes=-1").await;
+    assert_eq!((suffix.status, suffix.body.as_str()), (206, "1"));
+    let unsatisfiable = ranged("bytes=100-").await;
+    assert_eq!(unsatisfiable.status, 416);
+    assert_eq!(unsatisfiable.headers["content-range"], "bytes */6");
+    let several = ranged("bytes=0-0, 5-5").await;
+    assert_eq!(several.status, 206);
+    assert!(several.headers["content-type"].starts_with("multipart/byteranges; boundary="));
+    assert!(
+        several.body.contains("Content-Range: bytes 0-0/6\r\n\r\nb"),
+        "{}",
+        several.body
+    );
+    assert!(
+        several.body.contains("Content-Range: bytes 5-5/6\r\n\r\n1"),
+        "{}",
+        several.body
+    );
+    let invalid = ranged("bytes=4-1").await;
+    assert_eq!((invalid.status, invalid.body.as_str()), (200, "body 1"));
+    // If-Range with another validator: the whole response.
+    let stale_validator = send(
+        &proxy,
+        "GET",
+        "/r",
+        &[
+            ("x-reply", reply),
+            ("range", "bytes=0-3"),
+            ("if-range", "\"r0\""),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (stale_validator.status, stale_validator.body.as_str()),
+        (200, "body 1")
+    );
+    assert_eq!(origin.count("GET /r"), 1, "every range came from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9111_5_1_an_age_with_trailing_garbage_still_ages_the_response() {
+    let origin = Origin::start().await;
+    let proxy = origin.proxy("").await;
+    // 7200 seconds old already, fresh for 3600: stale on arrival, so not
+    // served from the cache.
+    let reply = "cache-control=max-age=3600|age=7200abc";
+    get(&proxy, "/aged", reply).await;
+    get(&proxy, "/aged", reply).await;
+    assert_eq!(origin.count("GET /aged"), 2);
+    // Within its lifetime it is a hit, its Age counted on.
+    let young = "cache-control=max-age=3600|age=60xyz";
+    get(&proxy, "/young", young).await;
+    let hit = get(&proxy, "/young", young).await;
+    assert!(cache_status(&hit).starts_with("weir; hit"));
+    assert!(hit.headers["age"].parse::<u64>().unwrap() >= 60);
+}
