@@ -503,3 +503,55 @@ async fn rfc9111_5_1_an_age_with_trailing_garbage_still_ages_the_response() {
     assert!(cache_status(&hit).starts_with("weir; hit"));
     assert!(hit.headers["age"].parse::<u64>().unwrap() >= 60);
 }
+
+/// An upstream that sends a 103 (with caching headers of its own) before
+/// its final answer, on a raw socket; counts connections.
+async fn early_hints_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = stream.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
+                          Cache-Control: max-age=600\r\n\r\n\
+                          HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: no-store\r\n\
+                          Connection: close\r\n\r\nfinal",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc9111_3_an_interim_response_is_never_stored() {
+    let (addr, count) = early_hints_upstream().await;
+    let proxy = TestProxy::start(&format!(
+        "default_upstream = \"up\"\n[upstreams.up]\nendpoints = [\"{addr}\"]\n[cache]\ncapacity_bytes = 1048576\n"
+    ))
+    .await;
+    for _ in 0..2 {
+        let response = client().get(proxy.url("/hinted")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "final");
+    }
+    // The 103's max-age stored nothing: the final answer said no-store.
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
