@@ -137,6 +137,13 @@ async fn handle(proxy: &Proxy, settings: &AdminSettings, req: Request<Incoming>)
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            if let Some(cache) = &proxy.current().cache {
+                let host = proxy.metrics().host();
+                host.cache_entries
+                    .set(i64::try_from(cache.entry_count()).unwrap_or(i64::MAX));
+                host.cache_bytes
+                    .set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
+            }
             let mut response = text(StatusCode::OK, proxy.metrics().render());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -277,6 +277,7 @@ pub struct ResponseCache {
     keyed: Cache<String, ()>,
     inflight: Mutex<HashMap<String, InFlight>>,
     settings: CacheSettings,
+    counters: Counters,
 }
 
 /// A key some request is fetching right now.
@@ -348,6 +349,7 @@ struct Visit<'a> {
     client: ClientConditional,
     /// The client's `Range`, answered from stored responses.
     range: ClientRange,
+    counters: &'a Counters,
 }
 
 impl ResponseCache {
@@ -369,7 +371,20 @@ impl ResponseCache {
             keyed: Cache::new(MAX_KEYED),
             inflight: Mutex::new(HashMap::new()),
             settings,
+            counters: Counters::default(),
         }
+    }
+
+    /// Count what the cache does in `weir_cache_requests_total`.
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> ResponseCache {
+        self.counters = Counters::new(metrics);
+        self
+    }
+
+    /// Bytes held (bodies and headers), as the capacity counts them.
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
     }
 
     fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
@@ -399,7 +414,8 @@ impl ResponseCache {
                 self.invalidate(facts, &target, &parts.headers);
             }
             directives::strip_targeted(&mut parts.headers, &self.settings.targeted_field);
-            set_status(&mut parts, Status::Bypass(why), None);
+            self.counters
+                .set_status(&mut parts, Status::Bypass(why), None);
             return Ok((parts, body));
         }
         let mut head = head;
@@ -411,6 +427,7 @@ impl ResponseCache {
             is_head: head.method == Method::HEAD,
             client,
             range: ClientRange::read(&head.headers),
+            counters: &self.counters,
         };
         let mut leader = None;
         for attempt in 0..2 {
@@ -541,6 +558,7 @@ impl ResponseCache {
                     is_head: false,
                     client: ClientConditional::default(),
                     range: ClientRange::default(),
+                    counters: &cache.counters,
                 };
                 // Nobody reads this copy: drain it so the fill completes.
                 let (_, reader) = cache.store(visit, parts, body, Some(leader));
@@ -967,7 +985,7 @@ impl Visit<'_> {
             if let Some(ranged) = self.range.answer(parts.status, &parts.headers, &bytes) {
                 parts.status = ranged.status;
                 ranged.headers(&mut parts.headers);
-                set_status(&mut parts, status, ttl);
+                self.counters.set_status(&mut parts, status, ttl);
                 return (parts, body::full(ranged.body));
             }
         }
@@ -987,10 +1005,10 @@ impl Visit<'_> {
         if self.client.not_modified(parts.status, &parts.headers) {
             parts.status = http::StatusCode::NOT_MODIFIED;
             parts.headers = conditional::not_modified_headers(&parts.headers);
-            set_status(&mut parts, status, ttl);
+            self.counters.set_status(&mut parts, status, ttl);
             return (parts, body::empty());
         }
-        set_status(&mut parts, status, ttl);
+        self.counters.set_status(&mut parts, status, ttl);
         let body = if self.is_head { body::empty() } else { body };
         (parts, body)
     }
@@ -1026,8 +1044,34 @@ fn head_with(status: http::StatusCode, headers: http::HeaderMap) -> response::Pa
     head
 }
 
-fn set_status(parts: &mut response::Parts, status: Status, ttl: Option<Duration>) {
-    parts.headers.insert(CACHE_STATUS, status.header_value(ttl));
+/// `weir_cache_requests_total` by result, and the `Cache-Status` header.
+#[derive(Default)]
+struct Counters(Option<[Arc<std::sync::atomic::AtomicU64>; 6]>);
+
+/// The `result` label values of `weir_cache_requests_total`.
+const RESULTS: [&str; 6] = ["hit", "miss", "stale", "revalidated", "collapsed", "bypass"];
+
+impl Counters {
+    fn new(metrics: &crate::metrics::Metrics) -> Counters {
+        Counters(Some(RESULTS.map(|result| {
+            metrics.counter_handle("weir_cache_requests_total", &[("result", result)])
+        })))
+    }
+
+    fn set_status(&self, parts: &mut response::Parts, status: Status, ttl: Option<Duration>) {
+        parts.headers.insert(CACHE_STATUS, status.header_value(ttl));
+        if let Some(counters) = &self.0 {
+            let result = match status {
+                Status::Hit => 0,
+                Status::Miss { .. } => 1,
+                Status::StaleWhileRevalidate | Status::StaleIfError(_) => 2,
+                Status::Revalidated => 3,
+                Status::Collapsed => 4,
+                Status::Bypass(_) => 5,
+            };
+            counters[result].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// The body length the upstream declared, if it did.

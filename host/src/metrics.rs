@@ -3,12 +3,14 @@
 //!
 //! Plugins name their metrics at run time, which registry-based crates such
 //! as `prometheus-client` cannot express (names are fixed at registration),
-//! so this is a small registry of series keyed by name + labels, in two
-//! halves that never share a name:
+//! so counters live in a small registry of series keyed by name + labels;
+//! three parts that never share a name:
 //!
 //! * host series (this file): `weir_requests_total`, `weir_upstream_*`,
 //!   `weir_plugin_errors_total`, … Their names are literals in the host's
 //!   code; every one starts with `weir_` and none with [`PLUGIN_PREFIX`].
+//! * host histograms and gauges ([`HostMetrics`]): fixed names, so a
+//!   `prometheus-client` registry, appended to the scrape;
 //! * plugin series ([`plugin::PluginRegistry`]): whatever plugins record,
 //!   rendered as `weir_custom_<name>{plugin="<plugin>",…}` after the name,
 //!   the labels and the value were checked and the plugin's share counted
@@ -22,7 +24,12 @@
 //! just long enough to copy the list of `Arc`s (a [`Snapshot`], which owns no
 //! guard) and formats the text outside it.
 
+mod host;
 mod plugin;
+
+pub use host::HostMetrics;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -77,6 +84,8 @@ pub struct Metrics {
     requests: RouteRequests,
     /// The same by route (`route` label), one set per route name.
     routes: Arc<RwLock<BTreeMap<String, RouteRequests>>>,
+    /// Histograms and gauges (`prometheus-client`).
+    histograms: Arc<HostMetrics>,
 }
 
 /// One route's `weir_requests_total` counters, by status class; held by
@@ -90,7 +99,20 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const REQUESTS: &str = "weir_requests_total";
 
 /// Help text for the host's families (Prometheus tools warn without one).
-const HOST_HELP: [(&str, &str); 6] = [
+const HOST_HELP: [(&str, &str); 10] = [
+    (
+        "weir_cache_requests_total",
+        "Requests the response cache answered or forwarded, by result.",
+    ),
+    ("weir_reloads_total", "Configuration reloads, by outcome."),
+    (
+        "weir_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, by listener.",
+    ),
+    (
+        "weir_upstream_requests_total",
+        "Requests sent to an upstream (retries included once), by final outcome.",
+    ),
     (
         "weir_access_log_dropped_total",
         "Access-log lines dropped because the writer could not keep up.",
@@ -157,6 +179,35 @@ impl Metrics {
     /// the `route` label stays bounded by the routes configured.
     pub fn keep_routes(&self, names: &HashSet<&str>) {
         write(&self.routes).retain(|name, _| names.contains(name.as_str()));
+        self.histograms.keep_routes(names);
+    }
+
+    /// A configuration loaded (at start or on reload): now.
+    pub fn note_load(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.histograms
+            .last_reload_success
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    /// The host's histograms and gauges.
+    pub fn host(&self) -> &HostMetrics {
+        &self.histograms
+    }
+
+    /// A host counter's handle, for a caller that counts it often: the
+    /// same series [`Metrics::counter_add`] adds to, found once.
+    pub fn counter_handle(&self, name: &'static str, labels: &[(&str, &str)]) -> Arc<AtomicU64> {
+        let key: HostKey = (name.to_owned(), owned(labels));
+        if let Some(found) = read(&self.host.counters).get(&key) {
+            return found.clone();
+        }
+        write(&self.host.counters)
+            .entry(Arc::new(key))
+            .or_default()
+            .clone()
     }
 
     /// Count one served request by its route and status.
@@ -216,7 +267,9 @@ impl Metrics {
 
     /// Render every series in the Prometheus text exposition format.
     pub fn render(&self) -> String {
-        self.snapshot().render()
+        let mut out = self.snapshot().render();
+        self.histograms.render(&mut out);
+        out
     }
 
     /// The list of every series, taken under the maps' locks (shared, and

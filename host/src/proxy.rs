@@ -76,6 +76,8 @@ pub struct Route {
     pub response_timeout: Option<Duration>,
     /// This route's `weir_requests_total` counters.
     pub requests: RouteRequests,
+    /// This route's `weir_request_duration_seconds`.
+    pub duration: crate::metrics::Histogram,
 }
 
 /// The proxy: the current generation plus process-wide state.
@@ -166,6 +168,10 @@ impl Proxy {
             }
             let status = response.status();
             Metrics::request_served(&served.route.requests, status.as_u16());
+            served
+                .route
+                .duration
+                .observe(started.elapsed().as_secs_f64());
             tracing::info!(
                 status = status.as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64,

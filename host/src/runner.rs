@@ -118,6 +118,7 @@ impl Weir {
             max_request_body_bytes: config.limits.max_request_body_bytes,
             response_timeout: None,
             requests: self.metrics.route_requests(None),
+            duration: self.metrics.host().request_duration(None),
         };
         let routes: Vec<_> = config
             .routes
@@ -131,6 +132,7 @@ impl Weir {
                     max_request_body_bytes: spec.max_request_body_bytes,
                     response_timeout: spec.response_timeout,
                     requests: self.metrics.route_requests(Some(&spec.name)),
+                    duration: self.metrics.host().request_duration(Some(&spec.name)),
                 };
                 (spec.matcher.clone(), route)
             })
@@ -147,7 +149,9 @@ impl Weir {
                 previous
                     .and_then(|p| p.cache.clone())
                     .filter(|cache| *cache.settings() == settings)
-                    .unwrap_or_else(|| Arc::new(ResponseCache::new(settings)))
+                    .unwrap_or_else(|| {
+                        Arc::new(ResponseCache::new(settings).with_metrics(&self.metrics))
+                    })
             }),
             config,
         })
@@ -290,7 +294,20 @@ impl Reloader {
     }
 }
 
+/// Reload, counted in `weir_reloads_total{outcome}`; a success also sets
+/// `weir_last_reload_success_timestamp_seconds`.
 async fn reload(weir: &Weir, proxy: &Proxy, path: &std::path::Path) -> Result<(), StartError> {
+    let result = reload_once(weir, proxy, path).await;
+    let outcome = if result.is_ok() { "success" } else { "failure" };
+    weir.metrics
+        .counter_add("weir_reloads_total", &[("outcome", outcome)], 1);
+    if result.is_ok() {
+        weir.metrics.note_load();
+    }
+    result
+}
+
+async fn reload_once(weir: &Weir, proxy: &Proxy, path: &std::path::Path) -> Result<(), StartError> {
     // Reading and parsing files is blocking work: not on a request worker.
     let owned = path.to_owned();
     let config = tokio::task::spawn_blocking(move || Config::load(&owned))
@@ -330,6 +347,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let limits = config.limits.clone();
     let access_log = config.access_log.clone();
     let generation = weir.load(config).await?;
+    weir.metrics.note_load();
     let mut proxy = Proxy::new(generation, weir.metrics.clone());
     if let Some(settings) = access_log {
         let log =

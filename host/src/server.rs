@@ -40,6 +40,8 @@ pub async fn serve(
         }
     };
     let builder = Arc::new(connection_builder(&limits));
+    let listener_label = local.to_string();
+    let active = proxy.metrics().host().connections(&listener_label);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -73,6 +75,7 @@ pub async fn serve(
             proxy: proxy.clone(),
             watcher: graceful.watcher(),
             _permit: permit,
+            _active: Active::open(&active),
         };
         match &tls {
             None => {
@@ -81,6 +84,10 @@ pub async fn serve(
             Some(tls) => {
                 let acceptor = TlsAcceptor::from(tls.current());
                 let handshake_timeout = limits.header_read_timeout;
+                let failures = proxy.metrics().counter_handle(
+                    "weir_tls_handshake_failures_total",
+                    &[("listener", &listener_label)],
+                );
                 tokio::spawn(async move {
                     let accepted =
                         tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
@@ -93,9 +100,11 @@ pub async fn serve(
                             connection.serve(stream, meta).await;
                         }
                         Ok(Err(err)) => {
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::debug!(client = %client, error = %err, "TLS handshake failed");
                         }
                         Err(_) => {
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::debug!(client = %client, "TLS handshake timed out");
                         }
                     }
@@ -120,6 +129,23 @@ struct Connection {
     watcher: Watcher,
     /// Holds one of `max_connections` until the connection ends.
     _permit: OwnedSemaphorePermit,
+    _active: Active,
+}
+
+/// One open connection in `weir_connections_active`, until dropped.
+struct Active(crate::metrics::Gauge);
+
+impl Active {
+    fn open(gauge: &crate::metrics::Gauge) -> Active {
+        gauge.inc();
+        Active(gauge.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Over `max_connections`: answer a plain-HTTP client with a `503` it can

@@ -90,7 +90,14 @@ struct Pool {
     connector: Arc<Connector>,
     budget: Budget,
     metrics: Metrics,
+    /// `weir_upstream_request_duration_seconds` of this pool.
+    duration: crate::metrics::Histogram,
+    /// `weir_upstream_requests_total` by outcome: 1xx–5xx, then error.
+    outcomes: [Arc<std::sync::atomic::AtomicU64>; 6],
 }
+
+/// The `outcome` label values of `weir_upstream_requests_total`.
+const OUTCOMES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
 impl Upstreams {
     /// Build the pools; starts active health checkers, so call it inside the
@@ -146,7 +153,15 @@ impl Upstreams {
             });
         };
         let timeout = response_timeout.unwrap_or(pool.spec.response_timeout);
-        let response = pool.send(head, body, replay, timeout).await?;
+        let started = std::time::Instant::now();
+        let sent = pool.send(head, body, replay, timeout).await;
+        pool.duration.observe(started.elapsed().as_secs_f64());
+        let outcome = match &sent {
+            Ok(response) => usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1,
+            Err(_) => 5,
+        };
+        pool.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+        let response = sent?;
         let idle = pool.spec.idle_timeout;
         Ok(response.map(|body| body::idle_timeout(body, idle)))
     }
@@ -179,6 +194,13 @@ impl Pool {
             next: AtomicUsize::new(0),
             connector: Arc::new(connector),
             budget: Budget::new(spec.retry_budget_percent),
+            duration: metrics.host().upstream_duration(&spec.name),
+            outcomes: OUTCOMES.map(|outcome| {
+                metrics.counter_handle(
+                    "weir_upstream_requests_total",
+                    &[("upstream", &spec.name), ("outcome", outcome)],
+                )
+            }),
             metrics,
         })
     }

@@ -22,6 +22,9 @@
 //!   series it already has (checks, sort, shared-lock lookup, saturating
 //!   add), the host side of the `metrics` import; the name and labels are
 //!   built outside the timing, as wasmtime hands them over owned.
+//! * `record a request`: the route's `weir_requests_total` class counter
+//!   and its `weir_request_duration_seconds` observation, as every request
+//!   pays.
 //! * `metrics render`: a scrape of one plugin at the default cap (1000
 //!   counter series), which runs while plugins keep recording.
 //!
@@ -306,6 +309,20 @@ fn plugin_labels(route: &str) -> Vec<(String, String)> {
 
 fn bench_metrics(c: &mut Criterion) {
     let metrics = Metrics::default();
+    // What the proxy records for every request: its route's status-class
+    // counter and its latency histogram, through handles the route holds.
+    let requests = metrics.route_requests(Some("api"));
+    let duration = metrics.host().request_duration(Some("api"));
+    c.bench_function(
+        "record a request (route counter + latency histogram)",
+        |b| {
+            b.iter(|| {
+                Metrics::request_served(&requests, std::hint::black_box(200));
+                duration.observe(std::hint::black_box(0.0042));
+            })
+        },
+    );
+
     for i in 0..1000 {
         let route = format!("/r/{i}");
         metrics.plugin_counter_add("bench", "hits_total".into(), plugin_labels(&route), 1);

@@ -457,7 +457,8 @@ fn bad_output(plugin: &Plugin, message: String) -> PluginError {
 }
 
 /// Apply the plugin's `on_error` policy: `Ok` means go on without it.
-/// Note a plugin call for the access log, if it keeps a record.
+/// Time a plugin call in its histogram, and note it for the access log
+/// if that keeps a record.
 fn record(
     ex: &Exchange,
     plugin: &Plugin,
@@ -465,11 +466,14 @@ fn record(
     started: Instant,
     decision: Decision,
 ) {
+    let elapsed = started.elapsed();
+    let histogram = usize::from(phase != "request");
+    plugin.durations[histogram].observe(elapsed.as_secs_f64());
     if let Some(runs) = &ex.runs {
         let run = PluginRun {
             plugin: plugin.name.as_str().into(),
             phase,
-            micros: started.elapsed().as_micros() as u64,
+            micros: elapsed.as_micros() as u64,
             decision,
         };
         runs.lock()

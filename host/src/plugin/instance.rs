@@ -47,6 +47,8 @@ pub struct Plugin {
     slots: tokio::sync::Semaphore,
     /// How long a call beyond `max_concurrency` waits for a slot.
     queue_timeout: Duration,
+    /// `weir_plugin_call_duration_seconds`, request and response phase.
+    pub(super) durations: [crate::metrics::Histogram; 2],
 }
 
 /// An instance and its store.
@@ -102,6 +104,8 @@ impl Plugin {
         .map_err(|e| PluginError::Load {
             message: format!("plugin {}: outbound_ca: {e}", spec.name),
         })?;
+        let durations =
+            ["request", "response"].map(|phase| metrics.host().plugin_duration(&spec.name, phase));
         let shared = Arc::new(PluginShared {
             name: spec.name.clone(),
             config_json: spec.config_json.clone(),
@@ -131,6 +135,7 @@ impl Plugin {
             overload_warnings: Throttle::default(),
             slots: tokio::sync::Semaphore::new(spec.max_concurrency),
             queue_timeout: spec.queue_timeout,
+            durations,
         };
         let answer = plugin
             .invoke("load", 0, Call::ValidateConfig(&spec.config_json))

@@ -519,7 +519,9 @@ async fn early_hints_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic:
                 let mut buf = vec![0u8; 4096];
                 let mut got = Vec::new();
                 while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let Ok(n) = stream.read(&mut buf).await else { return };
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }

@@ -15,6 +15,7 @@ mod hardening;
 mod kv_bounds;
 mod kv_redis;
 mod metrics_bounds;
+mod observability;
 mod outbound_bounds;
 mod plugin_auth;
 mod plugin_bounds;
