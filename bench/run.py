@@ -6,6 +6,11 @@ core 1; nginx with one worker, Weir with one runtime thread, haproxy with
 one thread. Each round measures every configuration once (HTTP/1.1 with
 wrk, HTTP/2 cleartext with h2load); the table reports medians over rounds
 and the ratio of each Weir row to the row it competes with.
+
+`--compare-binary PATH` runs every selected Weir row a second time, in the
+same rounds, against another build of weir (e.g. with a local patch), and
+reports each twin's ratio to the row it copies. `--storm` runs the storms
+of bench/storm.py instead (issue #13).
 """
 
 import argparse
@@ -37,6 +42,11 @@ PORTS = {
     "weir-chain-fresh": 18007,
     "weir-cache": 18006,
 }
+WEIR_NAMES = ["weir", "weir-chain", "weir-chain-fresh", "weir-cache"]
+# The same Weir configurations run by --compare-binary, 50 ports up.
+COMPARE = " [compare binary]"
+for _name in WEIR_NAMES:
+    PORTS[_name + "-cmp"] = PORTS[_name] + 50
 
 # name, port key (h1), port key (h2), path, competes with
 ROWS = [
@@ -166,7 +176,7 @@ def weir_conf(work, name, chain, instances="pooled"):
         endpoints = ["{origin}"]
         max_idle_per_endpoint = 256
     """
-    if name == "weir-cache":
+    if name.startswith("weir-cache"):
         text += """
         [cache]
         capacity_bytes = 67108864
@@ -278,6 +288,7 @@ def wait_port(port, timeout=60):
 
 
 def main():
+    global PLUGINS
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=8)
@@ -286,8 +297,37 @@ def main():
     parser.add_argument("--only", action="append", default=[],
                         help="measure only rows whose label contains this text (repeatable; "
                              "for quick checks while optimising, not for published figures)")
+    parser.add_argument("--weir-binary", type=Path, default=WEIR,
+                        help="the weir to measure (default: target/release/weir)")
+    parser.add_argument("--plugins-dir", type=Path, default=PLUGINS,
+                        help="where the sample plugins' .wasm files are "
+                             "(default: plugins/target/wasm32-wasip2/release)")
+    parser.add_argument("--compare-binary", type=Path, default=None,
+                        help="also run every selected Weir row with this weir binary, "
+                             "interleaved in the same rounds")
+    storm = parser.add_argument_group("storms (issue #13): see bench/storm.py")
+    storm.add_argument("--storm", action="store_true",
+                       help="measure /fast and admin /healthz beside each storm instead")
+    storm.add_argument("--storm-duration", type=int, default=15,
+                       help="seconds of wrk load / scraping per storm")
+    storm.add_argument("--storm-quiet", type=int, default=5,
+                       help="seconds each storm's process is sampled quiet first")
+    storm.add_argument("--storm-busy-connections", type=int, default=64,
+                       help="wrk connections to the spinning plugin")
+    storm.add_argument("--storm-wait-idle", type=int, default=180,
+                       help="seconds to wait, before each storm, for the machine to be idle")
+    storm.add_argument("--storm-reloads", type=int, default=2)
+    storm.add_argument("--storm-slow-rounds", type=int, default=3)
+    storm.add_argument("--storm-only", action="append", default=[],
+                       help="run only this storm: slow, busy, logs, reload, metrics (repeatable)")
     args = parser.parse_args()
+    PLUGINS = args.plugins_dir.resolve()
+    if args.storm:
+        return run_storm(args)
     rows = [r for r in ROWS if not args.only or any(o in r[0] for o in args.only)]
+    if args.compare_binary:
+        rows += [(label + COMPARE, h1 + "-cmp", h2 + "-cmp", path, label)
+                 for label, h1, h2, path, _ in rows if h1.startswith("weir")]
 
     work = Path(tempfile.mkdtemp(prefix="weir-bench-"))
     # nginx workers drop to www-data: let them read the 64 KiB body.
@@ -306,16 +346,22 @@ def main():
         start(["haproxy", "-f", str(haproxy_conf(work))])
         weirs = {}
         sample = ["auth", "ratelimit", "cache", "router"]
-        for name, chain, instances in [("weir", [], None), ("weir-chain", sample, "pooled"),
-                                       ("weir-chain-fresh", sample, "fresh"),
-                                       ("weir-cache", [], None)]:
-            conf = weir_conf(work, name, chain, instances)
-            weirs[name] = start([str(WEIR), "run", "--threads", "1", "--config", str(conf)],
-                                env={**os.environ, "WEIR_LOG": "warn"})
-        for port in PORTS.values():
-            wait_port(port)
+        binaries = [("", args.weir_binary)]
+        if args.compare_binary:
+            binaries.append(("-cmp", args.compare_binary))
+        for suffix, binary in binaries:
+            for name, chain, instances in [("weir", [], None), ("weir-chain", sample, "pooled"),
+                                           ("weir-chain-fresh", sample, "fresh"),
+                                           ("weir-cache", [], None)]:
+                conf = weir_conf(work, name + suffix, chain, instances)
+                weirs[name + suffix] = start(
+                    [str(binary), "run", "--threads", "1", "--config", str(conf)],
+                    env={**os.environ, "WEIR_LOG": "warn"})
+        for key, port in PORTS.items():
+            if not key.endswith("-cmp") or args.compare_binary:
+                wait_port(port)
         # Warm up caches, pools and plugin instances.
-        for _, h1, _, path, _ in ROWS:
+        for _, h1, _, path, _ in ROWS + [r for r in rows if r[0].endswith(COMPARE)]:
             wrk(PORTS[h1], path, 1, 10)
 
         results = {}
@@ -323,11 +369,14 @@ def main():
             idle = cpu_idle_fraction()
             print(f"round {round_no}: machine {idle:.0%} idle before the round"
                   + ("" if idle > 0.9 else "  (WARNING: not idle; figures are suspect)"), flush=True)
-            for label, h1, h2, path, _ in rows:
+            # With a compare binary, every other round runs the rows in
+            # reverse, so neither build always goes first.
+            ordered = rows[::-1] if args.compare_binary and round_no % 2 == 0 else rows
+            for label, h1, h2, path, _ in ordered:
                 r1 = wrk(PORTS[h1], path, args.duration, args.connections)
                 r2 = h2load(PORTS[h2], path, args.duration, args.connections)
                 results.setdefault(label, []).append((r1, r2))
-                print(f"  {label:32} h1 {r1[0]:>9.0f} req/s   h2 {r2[0]:>9.0f} req/s", flush=True)
+                print(f"  {label:48} h1 {r1[0]:>9.0f} req/s   h2 {r2[0]:>9.0f} req/s", flush=True)
 
         rss = {name: peak_rss_mib(p.pid) for name, p in weirs.items()}
         table = render(results, args, rss)
@@ -343,6 +392,21 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_storm(args):
+    sys.dont_write_bytecode = True   # no bench/__pycache__ in the checkout
+    import storm
+    work = Path(tempfile.mkdtemp(prefix="weir-storm-"))
+    work.chmod(0o755)
+    args.plugins_dir = PLUGINS
+    try:
+        table = storm.run_storms(args.weir_binary.resolve(), work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
 
 
 def median(values):
@@ -367,12 +431,25 @@ def render(results, args, rss):
         h1 = [median([r[0][i] for r in runs]) for i in range(4)]
         h2 = [median([r[1][i] for r in runs]) for i in range(4)]
         med[label] = (h1, h2)
-    for label, _, _, _, rival in ROWS:
+    order = [row[0] for row in ROWS]
+    order += [label for label in med if label not in order]
+    for label in order:
+        rival = dict((row[0], row[4]) for row in ROWS).get(label)
+        if label.endswith(COMPARE):
+            rival = label[: -len(COMPARE)]
         if label not in med:
             continue
         h1, h2 = med[label]
         r1 = r2 = ""
-        if rival in med:
+        if label.endswith(COMPARE) and rival in med:
+            # Twins ran back to back in every round: the median of the
+            # per-round ratios cancels the machine's drift between rounds.
+            pairs = list(zip(results[label], results[rival]))
+            p1 = median([a[0][0] / b[0][0] for a, b in pairs])
+            p2 = median([a[1][0] / b[1][0] for a, b in pairs])
+            r1 = f"{p1:.3f}× {rival} (median of per-round ratios)"
+            r2 = f"{p2:.3f}×"
+        elif rival in med:
             r1 = f"{h1[0] / med[rival][0][0]:.2f}× {rival}"
             r2 = f"{h2[0] / med[rival][1][0]:.2f}×"
         lines.append(

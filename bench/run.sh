@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Weir vs nginx vs haproxy on this machine, in one run: see bench/README.md.
 # Installs nginx, haproxy, wrk and h2load (nghttp2-client) from apt, builds
-# weir and the sample plugins in release mode, then runs bench/run.py.
+# weir and the sample plugins in release mode (into CARGO_TARGET_DIR when
+# set), then runs bench/run.py; `bench/run.sh --storm` runs the storms of
+# bench/storm.py (issue #13) instead of the load test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +21,7 @@ fi
 source scripts/wasm-target.sh
 (cd plugins && cargo build --release --target wasm32-wasip2 --quiet)
 cargo build --release --quiet -p weir
-exec python3 bench/run.py "$@"
+# With CARGO_TARGET_DIR set, both builds went there.
+weir_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+plugins_dir="${CARGO_TARGET_DIR:-$PWD/plugins/target}/wasm32-wasip2/release"
+exec python3 bench/run.py --weir-binary "$weir_dir/release/weir" --plugins-dir "$plugins_dir" "$@"
