@@ -161,11 +161,22 @@ impl Plugin {
         // runtime (other requests, the admin listener, other plugins run),
         // then goes on, until its own wall-time deadline has passed: then
         // it is interrupted, as a trap the call reports as a timeout.
+        //
+        // It yields through tokio's `yield_now`, not a plain wake-up: tokio
+        // defers that wake until the worker has polled its I/O driver, so
+        // sockets are read between guest slices. A plain wake looks like
+        // ordinary readiness, and a worker whose tasks are always runnable
+        // polls the driver only every 61 turns, about 61 ms of guest time
+        // (measured: /fast p50 25 ms beside 2 spinning calls, 2.3 ms this
+        // way; BENCHMARKS.md, storms).
         store.epoch_deadline_callback(|store| {
             if Instant::now() >= store.data().call_deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(YIELD_TICKS))
+                Ok(UpdateDeadline::YieldCustom(
+                    YIELD_TICKS,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         // Instantiation runs guest code too (start functions, a language
