@@ -92,6 +92,9 @@ enum Judged {
 impl Stored {
     /// How this response serves `req` at `now`.
     fn judge(&self, req: &request::Parts, now: SystemTime) -> Judged {
+        if let Some(fresh) = self.plainly_fresh(req, now) {
+            return fresh;
+        }
         // Past the plugin's cap: judge it as if its lifetime were over.
         let judged_at = if now >= self.fresh_until {
             now + Duration::from_secs(100 * 365 * 24 * 3600)
@@ -122,6 +125,35 @@ impl Stored {
             } => Judged::Stale(request),
             BeforeRequest::Stale { .. } => Judged::Other,
         }
+    }
+
+    /// The common hit, decided without re-evaluating the stored policy:
+    /// within the freshness computed at store time (`fresh_until` is the
+    /// policy's own expiry, or earlier under a cap), for a request that
+    /// adds no cache directives of its own and selects this variant. The
+    /// policy would say the same; anything else goes to it.
+    fn plainly_fresh(&self, req: &request::Parts, now: SystemTime) -> Option<Judged> {
+        let left = self.fresh_until.duration_since(now).ok()?;
+        if req.headers.contains_key(header::CACHE_CONTROL)
+            || req.headers.contains_key(header::PRAGMA)
+            || !self
+                .vary_key
+                .iter()
+                .all(|(name, value)| req.headers.get(name.as_str()) == value.as_ref())
+        {
+            return None;
+        }
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.status = self.status;
+        head.headers = self.headers.clone();
+        let age = self.policy.age(now).as_secs();
+        if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
+            head.headers.insert(header::AGE, age);
+        }
+        Some(Judged::Fresh {
+            head,
+            ttl: Some(left),
+        })
     }
 
     /// This response served past its freshness, with its `Age`.
