@@ -401,3 +401,33 @@ pub async fn spawn_weir(mut command: tokio::process::Command) -> WeirProcess {
         log,
     }
 }
+
+/// Assert that `promtool check metrics` (Debian's `prometheus`, installed
+/// by scripts/test.sh) accepts a scrape: it parses it (duplicate labels, a
+/// family split in two, a bad name fail) and lints it (help text, counter
+/// suffixes).
+pub fn assert_promtool_accepts(scrape: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (scripts/test.sh installs Debian's prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(scrape.as_bytes())
+        .expect("write the scrape to promtool");
+    let output = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}\n{}{}\n--- scrape ---\n{scrape}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+}

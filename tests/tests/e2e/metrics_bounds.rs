@@ -8,8 +8,6 @@
 //! proxy keeps serving.
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use weir_tests::{client, hostile_plugin, TestProxy, Upstream};
 
@@ -199,25 +197,5 @@ async fn the_flooded_scrape_passes_promtool() {
     let (proxy, _up) = flooded_proxy().await;
     let scrape = scrape(&proxy).await;
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool must be installed (scripts/test.sh installs Debian's prometheus)");
-    promtool
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(scrape.as_bytes())
-        .expect("write the scrape to promtool");
-    let output = promtool.wait_with_output().expect("promtool ran");
-    assert!(
-        output.status.success(),
-        "promtool check metrics: {}\n{}{}\n--- scrape ---\n{scrape}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
+    weir_tests::assert_promtool_accepts(&scrape);
 }

@@ -3,9 +3,6 @@
 //! plugin call time, cache results and size, open connections, reloads and
 //! the build; and the whole scrape passes `promtool check metrics`.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-
 use weir_tests::{admin_section, client, respond, tagger_plugin, TestProxy, Upstream, ADMIN_TOKEN};
 
 async fn scrape(proxy: &TestProxy) -> String {
@@ -158,24 +155,5 @@ async fn every_host_family_appears_and_moves_with_traffic() {
         1.0
     );
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool must be installed (scripts/test.sh installs Debian's prometheus)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(after.as_bytes())
-        .unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool: {}{}\n{after}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    weir_tests::assert_promtool_accepts(&after);
 }
