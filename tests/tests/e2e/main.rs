@@ -8,6 +8,7 @@ mod cache_rfc;
 mod canonical_request;
 mod chain;
 mod cli;
+mod dashboard;
 mod example_demo;
 mod failures;
 mod fairness;
