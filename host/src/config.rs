@@ -203,6 +203,8 @@ pub struct RuntimeSettings {
     pub max_instances: u32,
     pub max_memory_bytes: u64,
     pub reload_check: Option<Duration>,
+    /// Calls past their first epoch tick executing at once.
+    pub max_long_running_calls: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -494,6 +496,11 @@ impl Validator<'_> {
                 max_memory_bytes: raw.runtime.max_memory_mb << 20,
                 reload_check: (raw.runtime.reload_check_ms > 0)
                     .then(|| Duration::from_millis(raw.runtime.reload_check_ms)),
+                max_long_running_calls: raw.runtime.max_long_running_calls.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map_or(1, |n| n.get().saturating_sub(1))
+                        .max(1)
+                }),
             },
             upstreams,
             default_upstream,

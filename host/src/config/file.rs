@@ -306,6 +306,11 @@ pub struct RuntimeFile {
     /// How often `proxy.toml` and the chain's plugin files are checked for
     /// changes (then reloaded); 0 turns the watcher off (SIGHUP still works).
     pub reload_check_ms: u64,
+    /// Plugin calls that have run past one epoch tick (1 ms) allowed to
+    /// execute at once, all plugins together; the others wait their turn
+    /// off the workers. Absent: one less than the CPUs (at least 1), so a
+    /// worker is always left for requests.
+    pub max_long_running_calls: Option<usize>,
 }
 
 impl Default for RuntimeFile {
@@ -315,6 +320,7 @@ impl Default for RuntimeFile {
             max_instances: 1000,
             max_memory_mb: 256,
             reload_check_ms: 2_000,
+            max_long_running_calls: None,
         }
     }
 }

@@ -30,6 +30,8 @@ struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostState>,
     ticker: EpochTicker,
+    /// Turns for calls that run past one tick (`max_long_running_calls`).
+    long_runners: Arc<tokio::sync::Semaphore>,
 }
 
 impl Runtime {
@@ -76,6 +78,9 @@ impl Runtime {
                 engine,
                 linker,
                 ticker,
+                long_runners: Arc::new(tokio::sync::Semaphore::new(
+                    settings.max_long_running_calls.max(1),
+                )),
             }),
         })
     }
@@ -93,6 +98,11 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The turns of calls that run past one epoch tick.
+    pub fn long_runners(&self) -> Arc<tokio::sync::Semaphore> {
+        self.inner.long_runners.clone()
     }
 
     /// Marks plugin calls in flight for the epoch ticker.

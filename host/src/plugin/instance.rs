@@ -116,6 +116,7 @@ impl Plugin {
             started: Instant::now(),
             logs: spec.logs,
             log_bucket: std::sync::Mutex::new(super::state::TokenBucket::full(&spec.logs)),
+            long_runners: runtime.long_runners(),
         });
         let mut plugin = Plugin {
             name: spec.name.clone(),
@@ -169,21 +170,43 @@ impl Plugin {
         // polls the driver only every 61 turns, about 61 ms of guest time
         // (measured: /fast p50 25 ms beside 2 spinning calls, 2.3 ms this
         // way; BENCHMARKS.md, storms).
+        //
+        // A call still running at a tick is a long runner: before going on
+        // it waits for one of `max_long_running_calls` turns (fair, FIFO),
+        // giving back the one it held. Waiting, it is not runnable, so
+        // however many calls spin, they occupy at most that many workers
+        // and the others keep serving requests. Short calls (most) never
+        // reach a tick and never wait.
         store.epoch_deadline_callback(|store| {
-            if Instant::now() >= store.data().call_deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::YieldCustom(
-                    YIELD_TICKS,
-                    Box::pin(tokio::task::yield_now()),
-                ))
+            let data = store.data();
+            if Instant::now() >= data.call_deadline {
+                return Ok(UpdateDeadline::Interrupt);
             }
+            let turn = data.long_turn.clone();
+            let turns = data.shared.long_runners.clone();
+            let deadline = tokio::time::Instant::from_std(data.call_deadline);
+            Ok(UpdateDeadline::YieldCustom(
+                YIELD_TICKS,
+                Box::pin(async move {
+                    drop(lock(&turn).take());
+                    // Past the deadline without a turn: go on, and the
+                    // next tick interrupts it.
+                    if let Ok(Ok(permit)) =
+                        tokio::time::timeout_at(deadline, turns.acquire_owned()).await
+                    {
+                        *lock(&turn) = Some(permit);
+                    }
+                    tokio::task::yield_now().await;
+                }),
+            ))
         });
         // Instantiation runs guest code too (start functions, a language
         // runtime's initialisation): the same wall-time limit applies.
         store.data_mut().call_deadline = Instant::now() + self.timeout;
         store.set_epoch_deadline(YIELD_TICKS);
-        match self.pre.instantiate_async(&mut store).await {
+        let instantiated = self.pre.instantiate_async(&mut store).await;
+        drop(lock(&store.data().long_turn).take());
+        match instantiated {
             Ok(guest) => Ok(Warm {
                 store,
                 guest,
@@ -282,6 +305,8 @@ impl Plugin {
             }
         };
         let result = within(self.timeout + HOST_CALL_SLACK, run).await;
+        // The call is over: its long-running turn (if any) goes back.
+        drop(lock(&warm.store.data().long_turn).take());
         let error = match result {
             Ok(Ok(answer)) => {
                 self.release(warm);
@@ -364,4 +389,8 @@ async fn within<F: Future>(limit: Duration, call: F) -> Result<F::Output, Elapse
         }
     })
     .await
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

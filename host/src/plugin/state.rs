@@ -29,6 +29,8 @@ pub struct PluginShared {
     /// Shared by every instance of the plugin: a pool cannot log more
     /// than one instance.
     pub log_bucket: Mutex<TokenBucket>,
+    /// The process's turns for long-running calls (see `instance.rs`).
+    pub long_runners: Arc<tokio::sync::Semaphore>,
 }
 
 /// Lines a plugin may still log: refilled at `per_second`, up to `burst`.
@@ -77,6 +79,10 @@ pub struct HostState {
     /// When the current call's wall time runs out. Checked at every epoch
     /// tick, where the guest otherwise yields its thread.
     pub call_deadline: std::time::Instant,
+    /// The turn this call holds while it runs past its first tick;
+    /// released at every tick (so long-running calls take turns) and when
+    /// the call ends.
+    pub long_turn: Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
 }
 
 impl HostState {
@@ -96,6 +102,7 @@ impl HostState {
             request_id: String::new(),
             hops: 0,
             call_deadline: Instant::now(),
+            long_turn: Arc::default(),
         }
     }
 
