@@ -137,7 +137,20 @@ async fn handle(proxy: &Proxy, settings: &AdminSettings, req: Request<Incoming>)
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            if let Some(cache) = &proxy.current().cache {
+            let generation = proxy.current();
+            let mut plugins = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let chains = std::iter::once(&generation.fallback)
+                .chain(generation.routes.iter())
+                .map(|route| &route.chain);
+            for plugin in chains.flat_map(|chain| chain.plugins()) {
+                // A plugin shared by several routes counts once.
+                if seen.insert(std::sync::Arc::as_ptr(plugin)) {
+                    plugins.push((plugin.name.clone(), plugin.pool_idle(), plugin.in_flight()));
+                }
+            }
+            proxy.metrics().host().set_plugin_gauges(&plugins);
+            if let Some(cache) = &generation.cache {
                 let host = proxy.metrics().host();
                 host.cache_entries
                     .set(i64::try_from(cache.entry_count()).unwrap_or(i64::MAX));

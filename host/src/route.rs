@@ -377,6 +377,11 @@ impl<T> Router<T> {
         self.routes.is_empty()
     }
 
+    /// Every route's value, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.routes.iter().map(|(_, value)| value)
+    }
+
     /// The first route (in config order) that matches.
     pub fn find(&self, req: &Request<'_>) -> Option<&T> {
         let host = host_of(req.authority);

@@ -34,6 +34,11 @@ pub struct PluginPhaseLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
 }
@@ -67,6 +72,9 @@ pub struct HostMetrics {
     pub cache_bytes: Gauge,
     /// Unix time of the last successful (re)load.
     pub last_reload_success: Gauge,
+    /// Per plugin, set at scrape: warm pooled instances, calls running.
+    pub plugin_pool_idle: Family<PluginLabel, Gauge>,
+    pub plugin_in_flight: Family<PluginLabel, Gauge>,
     /// Route names with a request histogram.
     routes: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -117,6 +125,18 @@ impl Default for HostMetrics {
             "When the configuration last loaded successfully (Unix time).",
             last_reload_success.clone(),
         );
+        let plugin_pool_idle = Family::<PluginLabel, Gauge>::default();
+        registry.register(
+            "weir_plugin_pool_idle_instances",
+            "Warm instances waiting in a plugin's pool.",
+            plugin_pool_idle.clone(),
+        );
+        let plugin_in_flight = Family::<PluginLabel, Gauge>::default();
+        registry.register(
+            "weir_plugin_calls_in_flight",
+            "Calls of a plugin running now (max_concurrency slots taken).",
+            plugin_in_flight.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -133,6 +153,8 @@ impl Default for HostMetrics {
             cache_entries,
             cache_bytes,
             last_reload_success,
+            plugin_pool_idle,
+            plugin_in_flight,
             routes: Default::default(),
         }
     }
@@ -187,6 +209,24 @@ impl HostMetrics {
             }
             keep
         });
+    }
+
+    /// Set the per-plugin gauges, summed by plugin name, replacing the
+    /// last scrape's (a plugin a reload removed disappears).
+    pub fn set_plugin_gauges(&self, plugins: &[(String, usize, usize)]) {
+        self.plugin_pool_idle.clear();
+        self.plugin_in_flight.clear();
+        for (plugin, idle, in_flight) in plugins {
+            let label = PluginLabel {
+                plugin: plugin.clone(),
+            };
+            self.plugin_pool_idle
+                .get_or_create(&label)
+                .inc_by(i64::try_from(*idle).unwrap_or(i64::MAX));
+            self.plugin_in_flight
+                .get_or_create(&label)
+                .inc_by(i64::try_from(*in_flight).unwrap_or(i64::MAX));
+        }
     }
 
     /// Append this registry in the text format (without `# EOF`).

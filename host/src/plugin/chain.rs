@@ -137,6 +137,11 @@ impl Chain {
         self.plugins.len()
     }
 
+    /// The plugins, in chain order.
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
+    }
+
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
     }

@@ -47,6 +47,7 @@ pub struct Plugin {
     slots: tokio::sync::Semaphore,
     /// How long a call beyond `max_concurrency` waits for a slot.
     queue_timeout: Duration,
+    max_concurrency: usize,
     /// `weir_plugin_call_duration_seconds`, request and response phase.
     pub(super) durations: [crate::metrics::Histogram; 2],
 }
@@ -136,6 +137,7 @@ impl Plugin {
             overload_warnings: Throttle::default(),
             slots: tokio::sync::Semaphore::new(spec.max_concurrency),
             queue_timeout: spec.queue_timeout,
+            max_concurrency: spec.max_concurrency,
             durations,
         };
         let answer = plugin
@@ -153,6 +155,20 @@ impl Plugin {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Warm instances waiting in the pool.
+    pub fn pool_idle(&self) -> usize {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Calls of this plugin running now (slots of `max_concurrency` taken).
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrency
+            .saturating_sub(self.slots.available_permits())
     }
 
     async fn instantiate(&self) -> Result<Warm, PluginError> {

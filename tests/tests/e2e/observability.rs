@@ -147,6 +147,14 @@ async fn every_host_family_appears_and_moves_with_traffic() {
         "{after}"
     );
     assert_eq!(
+        value(&after, "weir_plugin_pool_idle_instances{plugin=\"tagger\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(&after, "weir_plugin_calls_in_flight{plugin=\"tagger\"}"),
+        0.0
+    );
+    assert_eq!(
         value(&after, "weir_reloads_total{outcome=\"success\"}"),
         1.0
     );
