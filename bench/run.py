@@ -314,6 +314,9 @@ def main():
                        help="seconds each storm's process is sampled quiet first")
     storm.add_argument("--storm-busy-connections", type=int, default=64,
                        help="wrk connections to the spinning plugin")
+    storm.add_argument("--storm-busy-max-concurrency", type=int, default=128,
+                       help="the spinning plugin's max_concurrency (calls beyond it queue "
+                            "100 ms, then get 503)")
     storm.add_argument("--storm-wait-idle", type=int, default=180,
                        help="seconds to wait, before each storm, for the machine to be idle")
     storm.add_argument("--storm-reloads", type=int, default=2)

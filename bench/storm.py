@@ -9,11 +9,16 @@ plugin-free request to an nginx origin) and `/healthz` on the admin
 listener. Each process is first measured quiet (its own baseline, same
 config, nothing beside), then with its storm; the ratios compare the two.
 
-Weir has one global plugin chain, so "plugin-free" `/fast` still passes
-through the storm's plugin: `hostile` misbehaves only on `/boom...`
-(`trigger_prefix`) and does nothing for `/fast`, and its `max_concurrency`
-is raised above the storm's connection count so that `/fast` never queues
-behind the storm for a call slot.
+In the plugin storms (busy loop, log flood, metrics flood) the storm's
+`hostile` plugin runs only on a `storm` route (prefix `/boom`); `/fast` is
+served by a `fast` route (prefix `/`) with an empty chain, so it never
+calls a plugin (`hostile` also keeps its `trigger_prefix = "/boom"`). The
+busy loop keeps `max_concurrency = 128` (`--storm-busy-max-concurrency`),
+above its 64 connections, so that all 64 `/boom` calls spin at once, as in
+the runs before routes (with the default 32, half of them would queue
+100 ms and get 503: a lighter storm). After each plugin storm the harness
+reads `/metrics` and reports requests per route and `hostile` calls, which
+shows where `/fast` went.
 
 The samplers are closed-loop: a stall of N ms shows as one sample of N ms,
 not as the N / interval requests an open-loop client would have sent, so
@@ -263,7 +268,7 @@ def origin_conf(work):
     """)
 
 
-def weir_conf(work, name, chain="", plugins="", extra=""):
+def weir_conf(work, name, chain="", plugins="", extra="", routes=""):
     (work / "admin.token").write_text(TOKEN)
     cache_dir = work / f"{name}-compile-cache"   # fresh: no compile is a cache hit
     text = textwrap.dedent(f"""
@@ -287,10 +292,40 @@ def weir_conf(work, name, chain="", plugins="", extra=""):
         [upstreams.origin]
         endpoints = ["127.0.0.1:{PORTS['origin']}"]
         max_idle_per_endpoint = 256
-    """) + textwrap.dedent(extra) + textwrap.dedent(plugins)
+    """) + textwrap.dedent(extra) + textwrap.dedent(routes) + textwrap.dedent(plugins)
     path = work / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+# The plugin storms: the storm's plugin on `/boom` only, `/fast` on a route
+# with no plugin (the top-level chain, for requests neither matches, is []).
+STORM_ROUTES = """
+    [[routes]]
+    name = "storm"
+    prefix = "/boom"
+    chain = ["hostile"]
+
+    [[routes]]
+    name = "fast"
+    prefix = "/"
+    chain = []
+"""
+
+
+def route_counts(auth=None):
+    """Requests served per route and `hostile` calls so far, from `/metrics`."""
+    _, _, body = get(PORTS["admin"], "/metrics",
+                     auth or {"Authorization": f"Bearer {TOKEN}"})
+    out = {}
+    for line in body.decode().splitlines():
+        if line.startswith("weir_request_duration_seconds_count{"):
+            route = line.split('route="', 1)[1].split('"', 1)[0]
+            out[f"requests route={route}"] = int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("weir_plugin_call_duration_seconds_count{") \
+                and 'plugin="hostile"' in line:
+            out["hostile calls"] = out.get("hostile calls", 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def hostile(plugins_dir, mode, settings, plugin_config=""):
@@ -420,24 +455,28 @@ def slow_reader_round(path):
 
 
 def storm_busy_plugin(binary, work, args):
-    conf = weir_conf(work, "busy-plugin", '"hostile"', hostile(
-        args.plugins_dir, "loop", "timeout_ms = 50\nmax_concurrency = 128"))
+    conf = weir_conf(work, "busy-plugin", "", hostile(
+        args.plugins_dir, "loop",
+        f"timeout_ms = 50\nmax_concurrency = {args.storm_busy_max_concurrency}"),
+        routes=STORM_ROUTES)
     weir = Weir(binary, conf, 2, work)
     try:
         def storm():
             start = time.monotonic()
             load = wrk(PORTS["weir"], "/boom", args.storm_duration, args.storm_busy_connections)
             return {"storm": (start, time.monotonic())}, {"wrk": load}
-        return measure(weir, args.storm_quiet, storm)
+        result = measure(weir, args.storm_quiet, storm)
+        result["notes"]["metrics"] = route_counts()
+        return result
     finally:
         weir.stop()
 
 
 def storm_log_flood(binary, work, args):
-    conf = weir_conf(work, "log-flood", '"hostile"', hostile(
+    conf = weir_conf(work, "log-flood", "", hostile(
         args.plugins_dir, "log-flood",
         "timeout_ms = 5000\nlog_lines_per_second = 100000\nlog_burst = 100000",
-        "count = 200\nsize = 4000"))
+        "count = 200\nsize = 4000"), routes=STORM_ROUTES)
     drained = work / "log-drained.json"
     weir = Weir(binary, conf, 2, work, stderr=subprocess.PIPE)
     drain = subprocess.Popen([sys.executable, __file__, "drain", str(LOG_DRAIN_BYTES_PER_S),
@@ -449,6 +488,7 @@ def storm_log_flood(binary, work, args):
             load = wrk(PORTS["weir"], "/boom", args.storm_duration, 2)
             return {"storm": (start, time.monotonic())}, {"wrk": load}
         result = measure(weir, args.storm_quiet, storm)
+        result["notes"]["metrics"] = route_counts()
     finally:
         weir.stop()
         drain.wait(timeout=60)
@@ -494,12 +534,14 @@ def storm_reload(binary, work, args):
 
 
 def storm_metrics_scrape(binary, work, args):
-    conf = weir_conf(work, "metrics", '"hostile"', hostile(
-        args.plugins_dir, "metrics-flood", "max_concurrency = 128", "series_per_request = 200"),
+    # No `max_concurrency` here: `/boom` is called one request at a time,
+    # before the storm, and `/fast` calls no plugin.
+    conf = weir_conf(work, "metrics", "", hostile(
+        args.plugins_dir, "metrics-flood", "", "series_per_request = 200"),
         extra=f"""
         [metrics]
         max_series_per_plugin = {METRIC_SERIES + 50}
-    """)
+    """, routes=STORM_ROUTES)
     weir = Weir(binary, conf, 2, work)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
@@ -524,7 +566,9 @@ def storm_metrics_scrape(binary, work, args):
                 "plugin_series_lines": plugin_lines, "bytes": size,
                 "scrapes": len(scrapes), "scrape_p50_ms": percentile(scrapes, 0.5),
                 "scrape_max_ms": max(scrapes)}
-        return measure(weir, args.storm_quiet, storm)
+        result = measure(weir, args.storm_quiet, storm)
+        result["notes"]["metrics"] = route_counts(auth)
+        return result
     finally:
         weir.stop()
 
