@@ -41,8 +41,10 @@ PORTS = {
     "weir-chain": 18005,
     "weir-chain-fresh": 18007,
     "weir-cache": 18006,
+    "weir-chain-redis": 18008,
+    "redis": 18009,
 }
-WEIR_NAMES = ["weir", "weir-chain", "weir-chain-fresh", "weir-cache"]
+WEIR_NAMES = ["weir", "weir-chain", "weir-chain-fresh", "weir-cache", "weir-chain-redis"]
 # The same Weir configurations run by --compare-binary, 50 ports up.
 COMPARE = " [compare binary]"
 for _name in WEIR_NAMES:
@@ -57,6 +59,10 @@ ROWS = [
     ("Weir, 4-plugin chain", "weir-chain", "weir-chain", "/13", "nginx proxy_pass (keep-alive)"),
     ("Weir, 4-plugin chain, fresh instances", "weir-chain-fresh", "weir-chain-fresh", "/13",
      "nginx proxy_pass (keep-alive)"),
+    # The same chain with the rate limit's kv.limit on a local redis-server
+    # (one EVALSHA per request), against the memory backend (issue #18).
+    ("Weir, 4-plugin chain, rate limit on Redis", "weir-chain-redis", "weir-chain-redis", "/13",
+     "Weir, 4-plugin chain"),
     ("nginx proxy_cache hit", "nginx-cache", "nginx-cache-h2", "/cache.json", None),
     ("Weir cache hit", "weir-cache", "weir-cache", "/cache.json", "nginx proxy_cache hit"),
     ("direct to origin, 64 KiB", "origin", "origin-h2", "/64k", None),
@@ -180,6 +186,12 @@ def weir_conf(work, name, chain, instances="pooled"):
         text += """
         [cache]
         capacity_bytes = 67108864
+        """
+    if name.startswith("weir-chain-redis"):
+        text += f"""
+        [kv]
+        backend = "redis"
+        url = "redis://127.0.0.1:{PORTS['redis']}"
         """
     if chain:
         text += f"""
@@ -347,6 +359,8 @@ def main():
         start(["nginx", "-c", str(origin_conf(work)), "-g", "daemon off;"])
         start(["nginx", "-c", str(nginx_conf(work)), "-g", "daemon off;"])
         start(["haproxy", "-f", str(haproxy_conf(work))])
+        start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no"])
         weirs = {}
         sample = ["auth", "ratelimit", "cache", "router"]
         binaries = [("", args.weir_binary)]
@@ -355,7 +369,8 @@ def main():
         for suffix, binary in binaries:
             for name, chain, instances in [("weir", [], None), ("weir-chain", sample, "pooled"),
                                            ("weir-chain-fresh", sample, "fresh"),
-                                           ("weir-cache", [], None)]:
+                                           ("weir-cache", [], None),
+                                           ("weir-chain-redis", sample, "pooled")]:
                 conf = weir_conf(work, name + suffix, chain, instances)
                 weirs[name + suffix] = start(
                     [str(binary), "run", "--threads", "1", "--config", str(conf)],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Weir vs nginx vs haproxy on this machine, in one run: see bench/README.md.
-# Installs nginx, haproxy, wrk and h2load (nghttp2-client) from apt, builds
+# Installs nginx, haproxy, redis-server, wrk and h2load (nghttp2-client) from apt, builds
 # weir and the sample plugins in release mode (into CARGO_TARGET_DIR when
 # set), then runs bench/run.py; `bench/run.sh --storm` runs the storms of
 # bench/storm.py (issue #13) instead of the load test.
@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 if ((${#need_apt[@]})); then

@@ -51,12 +51,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub enum KvSettings {
     Memory(KvLimits),
-    Redis {
-        url: String,
-        prefix: String,
-        timeout: Duration,
-        max_value_bytes: usize,
-    },
+    Redis(crate::kv::RedisSettings),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -532,7 +527,7 @@ impl Validator<'_> {
             metrics,
             kv: self.kv(&raw.kv),
         };
-        if let KvSettings::Redis { url, .. } = &config.kv {
+        if let KvSettings::Redis(crate::kv::RedisSettings { url, .. }) = &config.kv {
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
                 || url.starts_with("redis+unix://"))
@@ -933,13 +928,17 @@ impl Validator<'_> {
                 plugin_max_bytes,
                 plugin_max_entries,
                 max_value_bytes,
+                limiter_max_keys,
+                limiter_plugin_max_keys,
             } => {
+                let limiter = self.limiter(*limiter_max_keys, *limiter_plugin_max_keys);
                 let limits = KvLimits {
                     max_bytes: *max_bytes,
                     max_entries: *max_entries,
                     plugin_max_bytes: plugin_max_bytes.unwrap_or((max_bytes / 4).max(1)),
                     plugin_max_entries: plugin_max_entries.unwrap_or((max_entries / 10).max(1)),
                     max_value_bytes: *max_value_bytes,
+                    limiter,
                 };
                 for (key, value) in [
                     ("max_bytes", limits.max_bytes),
@@ -982,19 +981,52 @@ impl Validator<'_> {
                 url,
                 prefix,
                 timeout_ms,
+                retry_ms,
                 max_value_bytes,
+                limiter_max_keys,
+                limiter_plugin_max_keys,
             } => {
                 if *max_value_bytes == 0 {
                     self.fail(None, "kv.max_value_bytes", "must be greater than 0".into());
                 }
-                KvSettings::Redis {
+                KvSettings::Redis(crate::kv::RedisSettings {
                     url: url.clone(),
                     prefix: prefix.clone(),
                     timeout: Duration::from_millis(*timeout_ms),
+                    retry: Duration::from_millis(*retry_ms),
                     max_value_bytes: *max_value_bytes,
-                }
+                    limiter: self.limiter(*limiter_max_keys, *limiter_plugin_max_keys),
+                })
             }
         }
+    }
+
+    /// The bounds of `kv.limit`'s buckets, kept in process by either
+    /// backend (all of them for memory, `kv.limit-local`'s for Redis).
+    fn limiter(&mut self, max_keys: u64, plugin_max_keys: Option<u64>) -> crate::kv::LimiterLimits {
+        let limits = crate::kv::LimiterLimits {
+            max_keys,
+            plugin_max_keys: plugin_max_keys.unwrap_or((max_keys / 2).max(1)),
+        };
+        for (key, value) in [
+            ("limiter_max_keys", limits.max_keys),
+            ("limiter_plugin_max_keys", limits.plugin_max_keys),
+        ] {
+            if value == 0 {
+                self.fail(None, format!("kv.{key}"), "must be greater than 0".into());
+            }
+        }
+        if max_keys > 0 && limits.plugin_max_keys > max_keys {
+            self.fail(
+                None,
+                "kv.limiter_plugin_max_keys",
+                format!(
+                    "{} exceeds kv.limiter_max_keys ({max_keys})",
+                    limits.plugin_max_keys
+                ),
+            );
+        }
+        limits
     }
 
     fn plugin(&mut self, name: &str, plugin: &file::PluginFile) -> Option<PluginSpec> {

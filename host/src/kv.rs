@@ -10,13 +10,16 @@
 //! out another's entries). A refusal is [`KvError::TooLarge`], the WIT
 //! `too-large`, with the reason the host counts it under.
 
+mod limiter;
 mod memory;
 mod redis_kv;
 #[cfg(test)]
 mod tests;
 
+pub use limiter::{Bucket, Limiter, LimiterLimits};
 pub use memory::MemoryKv;
-pub use redis_kv::RedisKv;
+pub use redis_kv::{RedisKv, RedisSettings};
+pub use weir_gcra::Decision as LimitDecision;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +34,9 @@ pub enum KvError {
     NotAnInteger,
     #[error("kv write refused: {0}")]
     TooLarge(Refusal),
+    /// Arguments no store could act on (a `limit` with a zero rate).
+    #[error("invalid kv call: {0}")]
+    Invalid(String),
 }
 
 /// Why a key or a write was refused; the `reason` label of
@@ -45,6 +51,9 @@ pub enum Refusal {
     PluginBytes,
     /// The write would take the plugin past `plugin_max_entries`.
     PluginEntries,
+    /// A new rate-limit bucket would take the limiter past `max_keys` or
+    /// the plugin past `plugin_max_keys` (see [`LimiterLimits`]).
+    LimiterKeys,
 }
 
 impl Refusal {
@@ -54,6 +63,7 @@ impl Refusal {
             Refusal::ValueBytes => "value_bytes",
             Refusal::PluginBytes => "plugin_bytes",
             Refusal::PluginEntries => "plugin_entries",
+            Refusal::LimiterKeys => "limiter_keys",
         }
     }
 }
@@ -65,11 +75,15 @@ impl fmt::Display for Refusal {
             Refusal::ValueBytes => "value too large",
             Refusal::PluginBytes => "the plugin's byte quota is used up",
             Refusal::PluginEntries => "the plugin's entry quota is used up",
+            Refusal::LimiterKeys => "the rate limiter holds as many buckets as it may",
         })
     }
 }
 
 pub type KvFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KvError>> + Send + 'a>>;
+
+/// Most limits one `kv.limit` call may carry: a request checks a handful.
+pub const MAX_LIMITS_PER_CALL: usize = 16;
 
 /// Longest key a plugin may use (its own part, before namespacing): keys
 /// are names, and a long one costs the host on every lookup.
@@ -100,6 +114,8 @@ pub struct KvLimits {
     /// Largest value. 1 MiB: KV values are counters, tokens and small
     /// records; a bigger one is a body, which belongs in the cache.
     pub max_value_bytes: usize,
+    /// The rate limiter's buckets, held apart from the values.
+    pub limiter: LimiterLimits,
 }
 
 impl Default for KvLimits {
@@ -110,6 +126,7 @@ impl Default for KvLimits {
             plugin_max_bytes: 16 << 20,
             plugin_max_entries: 100_000,
             max_value_bytes: 1 << 20,
+            limiter: LimiterLimits::default(),
         }
     }
 }
@@ -199,6 +216,21 @@ pub trait KvStore: Send + Sync {
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> KvFuture<'a, bool>;
+
+    /// Decide a request against `buckets` (distinct keys, namespaced for
+    /// `plugin`) atomically: the WIT's `kv.limit`.
+    fn limit<'a>(
+        &'a self,
+        plugin: &'a str,
+        buckets: &'a [Bucket],
+    ) -> KvFuture<'a, Vec<LimitDecision>>;
+
+    /// The same on this process's own limiter, whatever the backend: the
+    /// WIT's `kv.limit-local`.
+    fn limit_local(&self, plugin: &str, buckets: &[Bucket]) -> Result<Vec<LimitDecision>, KvError>;
+
+    /// Rate-limit buckets held in this process.
+    fn limiter_keys(&self) -> u64;
 
     /// What the store holds, where the host can tell: the memory backend.
     /// Redis holds its own data, bounded by its own `maxmemory`.

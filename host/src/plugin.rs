@@ -10,6 +10,8 @@
 
 pub mod bindings;
 pub mod chain;
+mod compat;
+mod contract;
 pub mod convert;
 pub mod engine;
 mod instance;

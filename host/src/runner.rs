@@ -59,14 +59,9 @@ impl Weir {
             // too, so a `validate-config` flooding the store is held to the
             // same bounds as serving.
             KvSettings::Memory(limits) => Arc::new(MemoryKv::new(*limits)),
-            KvSettings::Redis {
-                url,
-                prefix,
-                timeout,
-                max_value_bytes,
-            } => Arc::new(
-                RedisKv::new(url, prefix, *timeout, *max_value_bytes).map_err(StartError::Kv)?,
-            ),
+            KvSettings::Redis(settings) => {
+                Arc::new(RedisKv::new(settings).map_err(StartError::Kv)?)
+            }
         };
         Ok(Weir {
             runtime,

@@ -639,6 +639,11 @@ pub enum KvFile {
         /// Largest value a plugin may store.
         #[serde(default = "default_kv_max_value_bytes")]
         max_value_bytes: usize,
+        /// `kv.limit`'s buckets, all plugins together.
+        #[serde(default = "default_limiter_max_keys")]
+        limiter_max_keys: u64,
+        /// One plugin's share; absent: half of `limiter_max_keys`.
+        limiter_plugin_max_keys: Option<u64>,
     },
     /// Shared by every instance pointing at the same Redis, which bounds
     /// its own memory (`maxmemory`).
@@ -648,10 +653,24 @@ pub enum KvFile {
         prefix: String,
         #[serde(default = "default_kv_timeout_ms")]
         timeout_ms: u64,
+        /// How long calls fail at once once Redis was found unreachable.
+        #[serde(default = "default_kv_retry_ms")]
+        retry_ms: u64,
         /// Largest value a plugin may store.
         #[serde(default = "default_kv_max_value_bytes")]
         max_value_bytes: usize,
+        /// `kv.limit-local`'s in-process buckets, as for memory.
+        #[serde(default = "default_limiter_max_keys")]
+        limiter_max_keys: u64,
+        limiter_plugin_max_keys: Option<u64>,
     },
+}
+
+fn default_limiter_max_keys() -> u64 {
+    crate::kv::LimiterLimits::default().max_keys
+}
+fn default_kv_retry_ms() -> u64 {
+    1000
 }
 
 impl Default for KvFile {
@@ -662,6 +681,8 @@ impl Default for KvFile {
             plugin_max_bytes: None,
             plugin_max_entries: None,
             max_value_bytes: default_kv_max_value_bytes(),
+            limiter_max_keys: default_limiter_max_keys(),
+            limiter_plugin_max_keys: None,
         }
     }
 }

@@ -29,7 +29,10 @@ use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::{check_value, Held, KvError, KvFuture, KvKey, KvLimits, KvStore, KvUsage, Refusal};
+use super::{
+    check_value, Bucket, Held, KvError, KvFuture, KvKey, KvLimits, KvStore, KvUsage, LimitDecision,
+    Limiter, Refusal,
+};
 
 /// What an entry costs the host beyond its key and value bytes. Measured
 /// with moka 0.12.16 in a release build: 500 k entries with 24-byte keys
@@ -150,6 +153,8 @@ pub struct MemoryKv {
     /// process's life.
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     limits: KvLimits,
+    /// `kv.limit`'s buckets, apart from the values.
+    limiter: Limiter,
 }
 
 impl Default for MemoryKv {
@@ -180,6 +185,7 @@ impl MemoryKv {
             entries,
             accounts: RwLock::new(HashMap::new()),
             limits,
+            limiter: Limiter::new(limits.limiter),
         }
     }
 
@@ -352,6 +358,23 @@ impl KvStore for MemoryKv {
 
     /// Exact once moka's pending work (expiry, eviction) has run, which
     /// this does first.
+    fn limit<'a>(
+        &'a self,
+        plugin: &'a str,
+        buckets: &'a [Bucket],
+    ) -> KvFuture<'a, Vec<LimitDecision>> {
+        let result = self.limiter.limit(plugin, buckets);
+        Box::pin(async move { result })
+    }
+
+    fn limit_local(&self, plugin: &str, buckets: &[Bucket]) -> Result<Vec<LimitDecision>, KvError> {
+        self.limiter.limit(plugin, buckets)
+    }
+
+    fn limiter_keys(&self) -> u64 {
+        self.limiter.held()
+    }
+
     fn usage(&self) -> Option<KvUsage> {
         self.entries.run_pending_tasks();
         let plugins = self

@@ -254,3 +254,125 @@ fn increment_and_compare_and_swap_are_atomic_across_threads() {
     assert_eq!(get(&kv, "p", "hits").as_deref(), Some(&b"8000"[..]));
     assert_eq!(get(&kv, "p", "swapped").as_deref(), Some(&b"8000"[..]));
 }
+
+mod limiter {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use weir_gcra::Params;
+
+    use crate::kv::{Bucket, KvError, Limiter, LimiterLimits, Refusal};
+
+    fn bucket(key: &str, rate: u64, period_ms: u64) -> Bucket {
+        Bucket {
+            key: key.to_owned(),
+            params: Params::new(rate, period_ms, rate, 1).expect("sound limit"),
+        }
+    }
+
+    fn allowed(limiter: &Limiter, plugin: &str, buckets: &[Bucket]) -> bool {
+        let decisions = limiter.limit(plugin, buckets).expect("decided");
+        decisions.iter().all(|d| d.allowed)
+    }
+
+    #[test]
+    fn a_refusal_by_one_limit_spends_nothing_from_the_others() {
+        let limiter = Limiter::new(LimiterLimits::default());
+        let both = [
+            bucket("wide", 10, 3_600_000),
+            bucket("narrow", 2, 3_600_000),
+        ];
+        assert!(allowed(&limiter, "p", &both));
+        assert!(allowed(&limiter, "p", &both));
+        let decisions = limiter.limit("p", &both).unwrap();
+        assert!(decisions[0].allowed && !decisions[1].allowed);
+        assert_eq!(decisions[0].remaining, 8, "wide spent only twice");
+        assert!(decisions[1].reset_ns > 0, "narrow says when to retry");
+        let wide = limiter
+            .limit("p", &[bucket("wide", 10, 3_600_000)])
+            .unwrap();
+        assert_eq!(wide[0].remaining, 7);
+    }
+
+    #[test]
+    fn racing_threads_never_share_the_last_unit() {
+        let limiter = Arc::new(Limiter::new(LimiterLimits::default()));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let limiter = limiter.clone();
+                std::thread::spawn(move || {
+                    let buckets = [
+                        bucket("hot", 100, 3_600_000),
+                        bucket("warm", 1000, 3_600_000),
+                    ];
+                    (0..500)
+                        .filter(|_| allowed(&limiter, "p", &buckets))
+                        .count()
+                })
+            })
+            .collect();
+        let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(total, 100);
+        let warm = limiter
+            .limit("p", &[bucket("warm", 1000, 3_600_000)])
+            .unwrap();
+        assert_eq!(warm[0].remaining, 1000 - 100 - 1, "refusals spent nothing");
+    }
+
+    #[test]
+    fn buckets_are_bounded_per_plugin_and_overall() {
+        let limiter = Limiter::new(LimiterLimits {
+            max_keys: 10,
+            plugin_max_keys: 6,
+        });
+        let fill = |plugin: &str, from: usize, to: usize| -> Vec<Result<(), KvError>> {
+            (from..to)
+                .map(|i| {
+                    limiter
+                        .limit(plugin, &[bucket(&format!("{plugin}/{i}"), 1, 3_600_000)])
+                        .map(|_| ())
+                })
+                .collect()
+        };
+        assert!(fill("a", 0, 6).iter().all(Result::is_ok));
+        assert_eq!(
+            fill("a", 6, 7),
+            [Err(KvError::TooLarge(Refusal::LimiterKeys))],
+            "a's share is used up"
+        );
+        assert!(fill("b", 0, 4).iter().all(Result::is_ok), "b has its own");
+        assert_eq!(
+            fill("c", 0, 1),
+            [Err(KvError::TooLarge(Refusal::LimiterKeys))],
+            "the whole is used up"
+        );
+        assert_eq!(limiter.held(), 10);
+        // A bucket already held is never refused.
+        assert!(limiter.limit("a", &[bucket("a/0", 1, 3_600_000)]).is_ok());
+    }
+
+    #[test]
+    fn dead_buckets_are_swept_when_a_bound_is_reached() {
+        let limiter = Limiter::new(LimiterLimits {
+            max_keys: 4,
+            plugin_max_keys: 4,
+        });
+        for i in 0..4 {
+            assert!(allowed(
+                &limiter,
+                "p",
+                &[bucket(&format!("short/{i}"), 1, 1)]
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        // Their TATs have passed: they are swept, and the new ones fit.
+        for i in 0..4 {
+            assert!(allowed(
+                &limiter,
+                "p",
+                &[bucket(&format!("long/{i}"), 1, 3_600_000)]
+            ));
+        }
+        assert_eq!(limiter.held(), 4);
+    }
+}

@@ -90,9 +90,16 @@ impl Runtime {
         // WASI is linked because every language's standard library imports
         // it, but the context grants nothing: no files, no env, no sockets.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| {
-            state
-        })?;
+        // Both contract versions: a component gets the imports of the one
+        // it exports (see `contract.rs`).
+        bindings::v0_2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )?;
+        bindings::v0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )?;
         Ok(linker)
     }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::{self, types};
+use super::bindings::types;
+use super::contract::{Guest, Pre};
 use super::engine::{Calls, Runtime};
 use super::outbound;
 use super::state::{HostState, PluginShared};
@@ -33,7 +34,7 @@ pub struct Plugin {
     pub name: String,
     pub info: types::PluginInfo,
     pub on_error: OnError,
-    pre: bindings::PluginPre<HostState>,
+    pre: Pre,
     shared: Arc<PluginShared>,
     timeout: Duration,
     strategy: Strategy,
@@ -55,7 +56,7 @@ pub struct Plugin {
 /// An instance and its store.
 struct Warm {
     store: Store<HostState>,
-    guest: bindings::Plugin,
+    guest: Guest,
     uses: u64,
 }
 
@@ -92,10 +93,11 @@ impl Plugin {
                     plugin: spec.name.clone(),
                     message: format!("{e:#}"),
                 })?;
-        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| PluginError::Contract {
+        let pre = Pre::new(instance_pre).map_err(|message| PluginError::Contract {
             plugin: spec.name.clone(),
-            message: format!("{e:#}"),
+            message,
         })?;
+        tracing::debug!(plugin = %spec.name, contract = pre.version(), "plugin linked");
         let outbound = outbound::Client::new(
             &spec.name,
             &spec.outbound,
@@ -220,7 +222,7 @@ impl Plugin {
         // runtime's initialisation): the same wall-time limit applies.
         store.data_mut().call_deadline = Instant::now() + self.timeout;
         store.set_epoch_deadline(YIELD_TICKS);
-        let instantiated = self.pre.instantiate_async(&mut store).await;
+        let instantiated = self.pre.instantiate(&mut store).await;
         drop(lock(&store.data().long_turn).take());
         match instantiated {
             Ok(guest) => Ok(Warm {
@@ -305,17 +307,17 @@ impl Plugin {
         warm.store.data_mut().hops = hops;
         warm.store.data_mut().call_deadline = Instant::now() + self.timeout;
         warm.store.set_epoch_deadline(YIELD_TICKS);
-        let guest = warm.guest.weir_plugin_guest();
+        let guest = &warm.guest;
         let store = &mut warm.store;
         let run = async move {
             match call {
                 Call::ValidateConfig(json) => guest
-                    .call_validate_config(store, json)
+                    .validate_config(store, json)
                     .await
                     .map(Answer::ValidateConfig),
-                Call::Request(req) => guest.call_on_request(store, req).await.map(Answer::Request),
+                Call::Request(req) => guest.on_request(store, req).await.map(Answer::Request),
                 Call::Response(req, resp) => guest
-                    .call_on_response(store, req, resp)
+                    .on_response(store, req, resp)
                     .await
                     .map(Answer::Response),
             }

@@ -46,7 +46,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
-use super::bindings::weir::plugin::http_client::{FetchError, OutboundRequest, OutboundResponse};
+use super::bindings::v0_2::weir::plugin::http_client::{
+    FetchError, OutboundRequest, OutboundResponse,
+};
 use super::throttle::Throttle;
 use crate::config::UpstreamTls;
 use crate::error::ProxyError;

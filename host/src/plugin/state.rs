@@ -10,10 +10,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::weir::plugin::{clock, config, http_client, kv, log, metrics, types};
+use super::bindings::v0_2::weir::plugin::{clock, config, http_client, kv, log, metrics, types};
 use super::outbound;
 use crate::config::LogLimits;
-use crate::kv::{KvError, KvKey, KvStore};
+use crate::kv::{Bucket, KvError, KvKey, KvStore, LimitDecision, MAX_LIMITS_PER_CALL};
 use crate::metrics::Metrics;
 
 /// What every instance of one plugin shares.
@@ -112,20 +112,73 @@ impl HostState {
         KvKey::new(&self.shared.name, key)
     }
 
-    /// The plugin's view of a KV outcome. Refusals are counted here, for
-    /// every backend, so an operator sees a plugin hitting its bounds.
+    /// The plugin's view of a KV outcome. Refusals and failures are
+    /// counted here, for every backend, so an operator sees a plugin
+    /// hitting its bounds or a store failing it, whatever the plugin then
+    /// does about it.
     fn kv_outcome<T>(&self, outcome: Result<T, KvError>) -> Result<T, kv::KvError> {
         outcome.map_err(|err| {
-            if let KvError::TooLarge(why) = &err {
-                self.shared.metrics.counter_add(
+            let plugin = self.shared.name.as_str();
+            match &err {
+                KvError::TooLarge(why) => self.shared.metrics.counter_add(
                     "weir_plugin_kv_refused_total",
-                    &[("plugin", &self.shared.name), ("reason", why.as_str())],
+                    &[("plugin", plugin), ("reason", why.as_str())],
                     1,
-                );
+                ),
+                KvError::Unavailable(_) | KvError::Invalid(_) | KvError::NotAnInteger => {
+                    let error = match &err {
+                        KvError::Unavailable(_) => "unavailable",
+                        KvError::Invalid(_) => "invalid",
+                        _ => "not_an_integer",
+                    };
+                    self.shared.metrics.counter_add(
+                        "weir_plugin_kv_errors_total",
+                        &[("plugin", plugin), ("error", error)],
+                        1,
+                    );
+                }
             }
             kv_error(err)
         })
     }
+
+    /// The buckets of one `kv.limit` call, checked before any store sees
+    /// them: at most [`MAX_LIMITS_PER_CALL`], each key namespaced and
+    /// named once, each limit's arithmetic sound.
+    fn buckets(&self, limits: Vec<kv::LimitCheck>) -> Result<Vec<Bucket>, KvError> {
+        if limits.len() > MAX_LIMITS_PER_CALL {
+            return Err(KvError::Invalid(format!(
+                "{} limits in one call (at most {MAX_LIMITS_PER_CALL})",
+                limits.len()
+            )));
+        }
+        let mut buckets: Vec<Bucket> = Vec::with_capacity(limits.len());
+        for (i, limit) in limits.into_iter().enumerate() {
+            let key = self.kv_key(&limit.key)?.stored().to_owned();
+            if let Some(first) = buckets.iter().position(|b| b.key == key) {
+                return Err(KvError::Invalid(format!(
+                    "limits[{i}] has the key of limits[{first}]"
+                )));
+            }
+            let params =
+                weir_gcra::Params::new(limit.rate, limit.period_ms, limit.burst, limit.cost)
+                    .map_err(|why| KvError::Invalid(format!("limits[{i}]: {why}")))?;
+            buckets.push(Bucket { key, params });
+        }
+        Ok(buckets)
+    }
+}
+
+fn limit_decisions(decisions: Vec<LimitDecision>) -> Vec<kv::LimitDecision> {
+    decisions
+        .into_iter()
+        .map(|d| kv::LimitDecision {
+            allowed: d.allowed,
+            remaining: d.remaining,
+            // Rounded up: a client told to wait 0 ms would retry at once.
+            reset_ms: d.reset_ns.div_ceil(1_000_000),
+        })
+        .collect()
 }
 
 impl WasiView for HostState {
@@ -231,6 +284,7 @@ fn kv_error(err: KvError) -> kv::KvError {
         KvError::Unavailable(why) => kv::KvError::Unavailable(why),
         KvError::NotAnInteger => kv::KvError::NotAnInteger,
         KvError::TooLarge(_) => kv::KvError::TooLarge,
+        KvError::Invalid(why) => kv::KvError::Invalid(why),
     }
 }
 
@@ -294,6 +348,27 @@ impl kv::Host for HostState {
             Err(err) => Err(err),
         };
         self.kv_outcome(outcome)
+    }
+
+    async fn limit(
+        &mut self,
+        limits: Vec<kv::LimitCheck>,
+    ) -> Result<Vec<kv::LimitDecision>, kv::KvError> {
+        let outcome = match self.buckets(limits) {
+            Ok(buckets) => self.shared.kv.limit(&self.shared.name, &buckets).await,
+            Err(err) => Err(err),
+        };
+        self.kv_outcome(outcome).map(limit_decisions)
+    }
+
+    async fn limit_local(
+        &mut self,
+        limits: Vec<kv::LimitCheck>,
+    ) -> Result<Vec<kv::LimitDecision>, kv::KvError> {
+        let outcome = self
+            .buckets(limits)
+            .and_then(|buckets| self.shared.kv.limit_local(&self.shared.name, &buckets));
+        self.kv_outcome(outcome).map(limit_decisions)
     }
 }
 

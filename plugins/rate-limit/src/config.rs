@@ -10,8 +10,8 @@ use crate::ip::{IpGrouping, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX};
 
 /// Longest limit name; names end up in headers, KV keys and JSON bodies.
 const MAX_NAME_LEN: usize = 64;
-/// Longest window: a year keeps every nanosecond sum far from overflow.
-const MAX_WINDOW_SECS: u64 = 366 * 86_400;
+/// Longest window: the host's `kv.limit` takes periods up to 100 days.
+const MAX_WINDOW_SECS: u64 = 100 * 86_400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +19,8 @@ struct RawConfig {
     limits: Vec<RawLimit>,
     #[serde(default)]
     on_store_error: StoreErrorPolicy,
+    /// Instances sharing the store, for `on_store_error = "local"`.
+    fleet_size: Option<u64>,
     #[serde(default)]
     headers_on_success: bool,
     /// How `client-ip` keys group addresses, unless a limit says otherwise.
@@ -64,6 +66,19 @@ pub enum StoreErrorPolicy {
     Allow,
     /// Answer 503: for limits that protect something fragile.
     Deny,
+    /// Decide on this instance's own limiter, at `requests / fleet_size`.
+    Local,
+}
+
+impl StoreErrorPolicy {
+    /// The `policy` label of `ratelimit_store_errors_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorPolicy::Allow => "allow",
+            StoreErrorPolicy::Deny => "deny",
+            StoreErrorPolicy::Local => "local",
+        }
+    }
 }
 
 /// What to do when a request has no value for the limit's key.
@@ -124,8 +139,7 @@ impl KeySource {
     }
 }
 
-/// A quota: `requests` per `window_secs`, with the GCRA constants derived
-/// from it once.
+/// A quota: `requests` per `window_secs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {
     pub requests: u64,
@@ -133,29 +147,15 @@ pub struct Quota {
 }
 
 impl Quota {
-    pub fn window_ns(&self) -> u64 {
-        self.window_secs * 1_000_000_000
-    }
-
-    /// The GCRA emission interval: one request's share of the window.
-    pub fn interval_ns(&self) -> u64 {
-        self.window_ns() / self.requests
-    }
-
-    /// Refuses quotas the nanosecond clock cannot count exactly: with
-    /// `requests * (requests + 1) <= window_ns` the truncated interval still
-    /// allows exactly `requests`, never one more.
+    /// Refuses what the host's limiter cannot space: more than one request
+    /// per nanosecond.
     fn check(self) -> Result<Self, String> {
         if self.requests == 0 {
             return Err("requests must be at least 1".into());
         }
-        let exact = self
-            .requests
-            .checked_mul(self.requests + 1)
-            .is_some_and(|n| n <= self.window_ns());
-        if !exact {
+        if self.requests > self.window_secs * 1_000_000_000 {
             return Err(format!(
-                "{} requests per {}s is too fine-grained; use a longer window",
+                "{} requests per {}s is too fine-grained (more than one per nanosecond)",
                 self.requests, self.window_secs
             ));
         }
@@ -184,6 +184,8 @@ pub struct Limit {
 pub struct Config {
     pub limits: Vec<Limit>,
     pub on_store_error: StoreErrorPolicy,
+    /// Instances sharing the store (1 unless `on_store_error = "local"`).
+    pub fleet_size: u64,
     pub headers_on_success: bool,
 }
 
@@ -261,9 +263,24 @@ impl TryFrom<RawConfig> for Config {
                 ip_grouping,
             });
         }
+        let fleet_size = match (raw.on_store_error, raw.fleet_size) {
+            (StoreErrorPolicy::Local, Some(n)) if n >= 1 => n,
+            (StoreErrorPolicy::Local, _) => {
+                return Err(
+                    "on_store_error = \"local\" needs fleet_size, the number of instances \
+                     sharing the store (at least 1): each decides at requests / fleet_size"
+                        .into(),
+                )
+            }
+            (_, Some(_)) => {
+                return Err("fleet_size applies only with on_store_error = \"local\"".into())
+            }
+            (_, None) => 1,
+        };
         Ok(Config {
             limits,
             on_store_error: raw.on_store_error,
+            fleet_size,
             headers_on_success: raw.headers_on_success,
         })
     }
@@ -310,7 +327,7 @@ fn parse_window(text: &str) -> Result<u64, String> {
     };
     let secs = count.checked_mul(unit_secs).ok_or_else(bad)?;
     if secs == 0 || secs > MAX_WINDOW_SECS {
-        return Err(format!("window {text:?} must be between 1s and 366d"));
+        return Err(format!("window {text:?} must be between 1s and 100d"));
     }
     Ok(secs)
 }
@@ -442,10 +459,10 @@ mod tests {
             ),
             (
                 r#""key":"route","requests":1,"window":"0s""#,
-                "between 1s and 366d",
+                "between 1s and 100d",
             ),
             (
-                r#""key":"route","requests":100000,"window":"1s""#,
+                r#""key":"route","requests":2000000000,"window":"1s""#,
                 "too fine-grained",
             ),
             (

@@ -6,7 +6,8 @@
 //! [plugins.ratelimit]
 //! file = "plugins/rate_limit.wasm"
 //! [plugins.ratelimit.config]
-//! on_store_error = "allow"      # or "deny" (503) when the KV fails; default allow, logged
+//! on_store_error = "allow"      # "deny" (503), or "local" (see below); default allow, logged
+//! fleet_size = 3                # with "local": this Weir's share is requests / fleet_size
 //! headers_on_success = true     # RateLimit headers on allowed responses too
 //! ipv6_prefix = 64              # client-ip keys: IPv6 clients by network (1..=128, default 64)
 //! ipv4_prefix = 32              # and IPv4 clients (1..=32, default 32: the whole address)
@@ -56,21 +57,31 @@
 //! fields and `{"error":"rate_limited","limit":"<name>"}`, naming the limit
 //! that asks for the longest wait; it spends nothing from the other limits.
 //!
-//! # Why GCRA
+//! # Where the limits are decided
 //!
-//! Each key is one stored number, its *theoretical arrival time* (see
-//! [`gcra`]), expiring by TTL once the key is idle. That makes it:
-//! - **cheap**: one `get` and one `compare-and-swap` of a few bytes per key
-//!   and request, where a sliding log stores every request and sliding
-//!   window counters need two keys;
-//! - **smooth**: the quota comes back continuously (one request every
-//!   `window / requests`), so there is no fixed-window edge where a client
-//!   gets twice its quota across a boundary;
-//! - **exact at N**: a fresh key gets exactly `requests` at once, never one
-//!   more (the config refuses quotas too fine for nanoseconds to keep so);
-//! - **portable**: it needs only an atomic compare-and-swap, which every
-//!   store has (Redis with `WATCH`/`MULTI` or a short Lua script), so the
-//!   in-memory KV of one Weir and a Redis shared by a fleet behave the same.
+//! In the host, by `kv.limit` (contract 0.2.0): one call per request for
+//! all its limits, decided atomically with GCRA (one stored number per
+//! key, the quota coming back continuously, exactly `requests` for a fresh
+//! key, idle keys expiring). With `[kv] backend = "redis"` that call is one
+//! round trip and one script on the Redis server's clock, so a fleet of
+//! Weirs shares each limit exactly, however many requests race for its
+//! last unit. Earlier versions of this plugin ran GCRA here on `get` and
+//! `compare-and-swap`, which cost up to 8 round trips under contention and
+//! then let the request through.
+//!
+//! # When the store fails
+//!
+//! `on_store_error` says what happens when the store cannot answer (Redis
+//! down, say), and every such request is counted in
+//! `weir_custom_ratelimit_store_errors_total{policy}` (the host counts the
+//! failed calls too, in `weir_plugin_kv_errors_total`):
+//! - `"allow"` (default): let the request through, logged;
+//! - `"deny"`: answer 503;
+//! - `"local"`: decide on this Weir's own limiter, each limit cut to its
+//!   share of the fleet, `requests / fleet_size` (`fleet_size` is then
+//!   required). If even that fails, 503. Each request tries the shared
+//!   store first (the host fails fast for `[kv] retry_ms` after finding
+//!   Redis unreachable), so sharing resumes by itself when Redis is back.
 //!
 //! # Headers
 //!
@@ -90,7 +101,6 @@
 //! appends them to the upstream's response.
 
 mod config;
-mod gcra;
 mod ip;
 mod limiter;
 
@@ -98,7 +108,7 @@ use serde_json::json;
 use weir_plugin::{log, metrics, Action, Info, Plugin, Request, ResponseChanges, ResponseHead};
 
 use config::{Config, StoreErrorPolicy};
-use limiter::{Outcome, Report};
+use limiter::{Outcome, Report, Store};
 
 /// The property carrying `[RateLimit-Policy, RateLimit]` from the request
 /// phase to the response phase.
@@ -126,17 +136,22 @@ fn ratelimit_field(reports: &[Report]) -> String {
             format!(
                 "\"{}\";r={};t={}",
                 r.name,
-                r.status.remaining,
-                gcra::ceil_secs(r.status.reset_ns)
+                r.remaining,
+                ceil_secs(r.reset_ms)
             )
         })
         .collect();
     members.join(", ")
 }
 
-fn too_many_requests(limit: &str, retry_after_ns: u64, reports: &[Report]) -> Action {
+/// Whole seconds, rounded up: a client told to wait 0 s would retry at once.
+fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+fn too_many_requests(limit: &str, retry_after_ms: u64, reports: &[Report]) -> Action {
     Action::respond(429)
-        .header("retry-after", gcra::ceil_secs(retry_after_ns).to_string())
+        .header("retry-after", ceil_secs(retry_after_ms).to_string())
         .header("ratelimit-policy", policy_field(reports))
         .header("ratelimit", ratelimit_field(reports))
         .json(&json!({ "error": "rate_limited", "limit": limit }))
@@ -157,40 +172,40 @@ impl Plugin for RateLimit {
         if checks.is_empty() {
             return Action::next().into();
         }
-        let now_ns = weir_plugin::clock::now_ms().saturating_mul(1_000_000);
-        match limiter::run(&checks, now_ns) {
-            Ok(Outcome::Allowed(reports)) if config.headers_on_success => {
+        let outcome = match limiter::run(&checks, Store::Shared) {
+            Ok(outcome) => outcome,
+            Err(why) => match store_error(config, &why) {
+                Some(fallback) => match limiter::run(&checks, fallback) {
+                    Ok(outcome) => outcome,
+                    Err(local) => {
+                        log::warn(format!(
+                            "{why}; the local limiter failed too ({local}); refusing"
+                        ));
+                        return unavailable();
+                    }
+                },
+                None if config.on_store_error == StoreErrorPolicy::Deny => return unavailable(),
+                None => return Action::next().into(),
+            },
+        };
+        match outcome {
+            Outcome::Allowed(reports) if config.headers_on_success => {
                 let fields = vec![policy_field(&reports), ratelimit_field(&reports)];
                 Action::next().set_property(HEADERS_PROPERTY, fields).into()
             }
-            Ok(Outcome::Allowed(_)) => Action::next().into(),
-            Ok(Outcome::Limited {
+            Outcome::Allowed(_) => Action::next().into(),
+            Outcome::Limited {
                 limit,
-                retry_after_ns,
+                retry_after_ms,
                 reports,
-            }) => {
+            } => {
                 metrics::counter_add(
                     "ratelimit_limited_total",
                     &[("limit".into(), limit.clone())],
                     1,
                 );
                 log::debug(format!("limit {limit} refused the request"));
-                too_many_requests(&limit, retry_after_ns, &reports)
-            }
-            Err(why) => {
-                metrics::counter_add("ratelimit_store_errors_total", &[], 1);
-                match config.on_store_error {
-                    StoreErrorPolicy::Allow => {
-                        log::warn(format!("{why}; allowing the request unlimited"));
-                        Action::next().into()
-                    }
-                    StoreErrorPolicy::Deny => {
-                        log::warn(format!("{why}; refusing the request"));
-                        Action::respond(503)
-                            .json(&json!({ "error": "rate_limit_unavailable" }))
-                            .into()
-                    }
-                }
+                too_many_requests(&limit, retry_after_ms, &reports)
             }
         }
     }
@@ -204,6 +219,39 @@ impl Plugin for RateLimit {
             _ => ResponseChanges::new(),
         }
     }
+}
+
+/// Count and log a store failure; the fallback store, when the policy has
+/// one.
+fn store_error(config: &Config, why: &str) -> Option<Store> {
+    let policy = config.on_store_error;
+    metrics::counter_add(
+        "ratelimit_store_errors_total",
+        &[("policy".into(), policy.as_str().into())],
+        1,
+    );
+    match policy {
+        StoreErrorPolicy::Allow => {
+            log::warn(format!("{why}; allowing the request unlimited"));
+            None
+        }
+        StoreErrorPolicy::Deny => {
+            log::warn(format!("{why}; refusing the request"));
+            None
+        }
+        StoreErrorPolicy::Local => {
+            log::warn(format!("{why}; deciding on this instance's share"));
+            Some(Store::Local {
+                fleet_size: config.fleet_size,
+            })
+        }
+    }
+}
+
+fn unavailable() -> Action {
+    Action::respond(503)
+        .json(&json!({ "error": "rate_limit_unavailable" }))
+        .into()
 }
 
 weir_plugin::export_plugin!(RateLimit);

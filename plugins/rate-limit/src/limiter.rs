@@ -1,20 +1,15 @@
 //! One request against every configured limit: which bucket it falls in,
-//! then GCRA on the host KV with `get` + `compare-and-swap`.
+//! then one `kv.limit` call for all of them.
 //!
-//! All limits are *read* first and decided together, so a request refused
-//! by one limit spends nothing from the others. Only an allowed request
-//! writes, each key with a compare-and-swap from the value it read; a lost
-//! swap (another request got there first) re-reads and decides again, a
-//! bounded number of times.
+//! The host decides every limit of the call at once, atomically (on
+//! Redis, in one script on the server's clock): a request refused by one
+//! limit spends nothing from the others, and concurrent requests, on this
+//! Weir or any other sharing the store, never both get the last unit of a
+//! quota. There is nothing to retry and nothing to lose a race against.
 
 use weir_plugin::{kv, Request, Value};
 
 use crate::config::{Config, KeySource, Limit, MissingKey, Quota};
-use crate::gcra::{self, Decision, Status};
-
-/// Lost swaps tolerated per key before the store counts as failing: under
-/// that much contention on one key, waiting longer would only add latency.
-const MAX_CAS_ATTEMPTS: usize = 8;
 
 /// Key values longer than this are stored as a hash, keeping KV keys small
 /// whatever a client puts in a header.
@@ -30,8 +25,14 @@ pub struct Check<'a> {
 /// The state of one policy, as the RateLimit header reports it.
 pub struct Report {
     pub name: String,
+    /// The quota enforced: the limit's, or its share of the fleet's when
+    /// deciding locally.
     pub quota: Quota,
-    pub status: Status,
+    /// Requests still allowed now.
+    pub remaining: u64,
+    /// Until the quota is full again; on a refused policy, until the next
+    /// request fits.
+    pub reset_ms: u64,
 }
 
 pub enum Outcome {
@@ -40,9 +41,19 @@ pub enum Outcome {
     /// when several do).
     Limited {
         limit: String,
-        retry_after_ns: u64,
+        retry_after_ms: u64,
         reports: Vec<Report>,
     },
+}
+
+/// Where the limits are decided.
+#[derive(Clone, Copy)]
+pub enum Store {
+    /// The host's store: shared by the fleet with a Redis backend.
+    Shared,
+    /// This Weir's own limiter, each limit cut to its share of a fleet of
+    /// this many (the `on_store_error = "local"` fallback).
+    Local { fleet_size: u64 },
 }
 
 /// The limits that apply to `req`, each with its bucket and quota.
@@ -114,130 +125,76 @@ fn bounded(value: String) -> String {
     format!("#{hash:016x}")
 }
 
-/// A stored TAT. Anything unreadable counts as a fresh key; the swap from
-/// the bytes actually read then replaces it.
-fn parse_tat(stored: &Option<Vec<u8>>) -> Option<u64> {
-    stored
-        .as_deref()
-        .and_then(|bytes| std::str::from_utf8(bytes).ok())
-        .and_then(|text| text.parse().ok())
-}
-
 fn describe(err: kv::KvError) -> String {
     match err {
         kv::KvError::Unavailable(why) => format!("kv unavailable: {why}"),
         kv::KvError::NotAnInteger => "kv: not an integer".into(),
-        kv::KvError::TooLarge => "kv: too large (key, value, or the plugin's quota)".into(),
+        kv::KvError::TooLarge => "kv: too large (key, or the limiter's bucket quota)".into(),
+        kv::KvError::Invalid(why) => format!("kv: invalid limit: {why}"),
     }
 }
 
-fn report(check: &Check, status: Status) -> Report {
-    Report {
-        name: check.limit.name.clone(),
-        quota: check.quota,
-        status,
-    }
-}
-
-/// Decide `checks` at `now_ns` and spend one request from each if all
-/// allow. `Err` when the KV failed or contention outlasted the retries.
-pub fn run(checks: &[Check], now_ns: u64) -> Result<Outcome, String> {
-    let mut stored = Vec::with_capacity(checks.len());
-    for check in checks {
-        stored.push(kv::get(&check.kv_key).map_err(describe)?);
-    }
-    let decisions: Vec<Decision> = checks
+/// Decide `checks` on `store`, spending one request from each if all
+/// allow. `Err` when the store failed.
+pub fn run(checks: &[Check], store: Store) -> Result<Outcome, String> {
+    let quotas: Vec<Quota> = checks
         .iter()
-        .zip(&stored)
-        .map(|(check, stored)| gcra::decide(parse_tat(stored), now_ns, check.quota))
+        .map(|check| match store {
+            Store::Shared => check.quota,
+            Store::Local { fleet_size } => Quota {
+                requests: (check.quota.requests / fleet_size).max(1),
+                ..check.quota
+            },
+        })
         .collect();
-
+    let limits: Vec<kv::LimitCheck> = checks
+        .iter()
+        .zip(&quotas)
+        .map(|(check, quota)| kv::LimitCheck {
+            key: check.kv_key.clone(),
+            rate: quota.requests,
+            period_ms: quota.window_secs * 1000,
+            // A fresh key may spend its whole quota at once.
+            burst: quota.requests,
+            cost: 1,
+        })
+        .collect();
+    let decisions = match store {
+        Store::Shared => kv::limit(&limits),
+        Store::Local { .. } => kv::limit_local(&limits),
+    }
+    .map_err(describe)?;
+    if decisions.len() != checks.len() {
+        return Err(format!(
+            "kv: {} decisions for {} limits",
+            decisions.len(),
+            checks.len()
+        ));
+    }
+    let reports: Vec<Report> = checks
+        .iter()
+        .zip(&quotas)
+        .zip(&decisions)
+        .map(|((check, quota), decision)| Report {
+            name: check.limit.name.clone(),
+            quota: *quota,
+            remaining: decision.remaining,
+            reset_ms: decision.reset_ms,
+        })
+        .collect();
     let refusal = decisions
         .iter()
-        .enumerate()
-        .filter_map(|(i, decision)| match decision {
-            Decision::Deny { retry_after_ns, .. } => Some((i, *retry_after_ns)),
-            Decision::Allow { .. } => None,
-        })
-        .max_by_key(|(_, retry_after_ns)| *retry_after_ns);
-    if let Some((refused, retry_after_ns)) = refusal {
-        let reports = checks
-            .iter()
-            .zip(&stored)
-            .zip(&decisions)
-            .map(|((check, stored), decision)| match decision {
-                Decision::Deny { status, .. } => report(check, *status),
-                Decision::Allow { .. } => {
-                    report(check, gcra::peek(parse_tat(stored), now_ns, check.quota))
-                }
-            })
-            .collect();
-        return Ok(Outcome::Limited {
-            limit: checks[refused].limit.name.clone(),
-            retry_after_ns,
+        .zip(&reports)
+        .filter(|(decision, _)| !decision.allowed)
+        .max_by_key(|(decision, _)| decision.reset_ms);
+    Ok(match refusal {
+        None => Outcome::Allowed(reports),
+        Some((decision, report)) => Outcome::Limited {
+            limit: report.name.clone(),
+            retry_after_ms: decision.reset_ms,
             reports,
-        });
-    }
-
-    let mut reports = Vec::with_capacity(checks.len());
-    for (i, check) in checks.iter().enumerate() {
-        match spend(check, stored[i].take(), decisions[i], now_ns)? {
-            Decision::Allow { status, .. } => reports.push(report(check, status)),
-            Decision::Deny {
-                retry_after_ns,
-                status,
-            } => {
-                // Lost a race for the last request of this key: refused
-                // after all. Limits already spent stay spent.
-                reports.push(report(check, status));
-                for (check, stored) in checks[i + 1..].iter().zip(&stored[i + 1..]) {
-                    let status = gcra::peek(parse_tat(stored), now_ns, check.quota);
-                    reports.push(report(check, status));
-                }
-                return Ok(Outcome::Limited {
-                    limit: check.limit.name.clone(),
-                    retry_after_ns,
-                    reports,
-                });
-            }
-        }
-    }
-    Ok(Outcome::Allowed(reports))
-}
-
-/// Store the decision with a compare-and-swap from `stored`, re-reading and
-/// re-deciding when another request changed the key in between. Returns
-/// the decision that held.
-fn spend(
-    check: &Check,
-    mut stored: Option<Vec<u8>>,
-    mut decision: Decision,
-    now_ns: u64,
-) -> Result<Decision, String> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let Decision::Allow { new_tat, .. } = decision else {
-            return Ok(decision);
-        };
-        // The key expires when its schedule has caught up with the clock:
-        // an idle key costs no storage.
-        let ttl_ms = (new_tat - now_ns).div_ceil(1_000_000);
-        let swapped = kv::compare_and_swap(
-            &check.kv_key,
-            stored.as_deref(),
-            new_tat.to_string().as_bytes(),
-            Some(ttl_ms),
-        )
-        .map_err(describe)?;
-        if swapped {
-            return Ok(decision);
-        }
-        stored = kv::get(&check.kv_key).map_err(describe)?;
-        decision = gcra::decide(parse_tat(&stored), now_ns, check.quota);
-    }
-    Err(format!(
-        "limit {}: gave up after {MAX_CAS_ATTEMPTS} contended compare-and-swap attempts",
-        check.limit.name
-    ))
+        },
+    })
 }
 
 #[cfg(test)]

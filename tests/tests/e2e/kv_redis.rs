@@ -1,11 +1,15 @@
-//! The Redis KV backend with a real `redis-server`: two Weir instances
-//! share one rate limit, a Redis outage is reported to the plugin as
-//! `unavailable` (its `on_store_error` decides) instead of failing Weir,
-//! values over `max_value_bytes` are refused before they reach Redis, and
-//! each plugin's keys live in a namespace of their own.
+//! The Redis KV backend with a real `redis-server`: Weir instances share
+//! one rate limit exactly (three of them, 30 requests in flight, one or
+//! two limits per request), a Redis outage is reported to the plugin as
+//! `unavailable` (its `on_store_error` decides, and is counted) instead of
+//! failing Weir, sharing resumes when Redis comes back, values over
+//! `max_value_bytes` are refused before they reach Redis, and each
+//! plugin's keys live in a namespace of their own.
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
 
 use weir_tests::{client, echo_json, echoed_header, hostile_plugin, TestProxy, Upstream};
 
@@ -17,7 +21,11 @@ struct Redis {
 
 impl Redis {
     async fn start() -> Redis {
-        let port = weir_tests::refused_addr().await.port();
+        Redis::start_on(weir_tests::refused_addr().await.port()).await
+    }
+
+    /// On a given port: a restart, as an operator's would be.
+    async fn start_on(port: u16) -> Redis {
         let mut child = Command::new("redis-server")
             .args([
                 "--port",
@@ -226,4 +234,255 @@ max_value_bytes = 1024
         keys.iter().all(|k| !k.starts_with("weir-test:3:big/")),
         "{keys:?}"
     );
+}
+
+/// A rate-limit chain on Redis: `limits` are `[[...limits]]` tables,
+/// `extra` more plugin config (after `on_store_error`).
+fn fleet_config(upstream: &Upstream, redis_port: u16, extra: &str, limits: &str) -> String {
+    format!(
+        r#"default_upstream = "up"
+chain = ["ratelimit"]
+{}
+[kv]
+backend = "redis"
+url = "redis://127.0.0.1:{redis_port}"
+prefix = "weir-fleet:"
+timeout_ms = 200
+retry_ms = 300
+
+[plugins.ratelimit]
+file = {:?}
+timeout_ms = 2000
+[plugins.ratelimit.config]
+headers_on_success = true
+{extra}
+{limits}"#,
+        upstream.toml("up"),
+        weir_tests::artifacts::RATE_LIMIT
+    )
+}
+
+/// Send `total` requests round-robin over `proxies`, `in_flight` at a time;
+/// the statuses, and how long the run took.
+async fn storm(
+    proxies: &[&TestProxy],
+    total: usize,
+    in_flight: usize,
+    headers: &[(&str, &str)],
+) -> (Vec<u16>, Duration) {
+    let client = client();
+    let started = Instant::now();
+    let statuses = stream::iter(0..total)
+        .map(|i| {
+            let mut request = client.get(proxies[i % proxies.len()].url("/"));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            async move { request.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(in_flight)
+        .collect::<Vec<u16>>()
+        .await;
+    (statuses, started.elapsed())
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|&&s| s == status).count()
+}
+
+/// The sum of the samples of a scrape whose series starts with `series`
+/// (a whole `name{labels}`, or `name{` for every series of a family).
+fn scraped(proxy: &TestProxy, series: &str) -> u64 {
+    proxy
+        .metrics()
+        .render()
+        .lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// What a quota of `requests` per `window` lets through in `elapsed`: the
+/// burst, plus one per interval.
+fn permitted(requests: u64, window: Duration, elapsed: Duration) -> u64 {
+    let interval = window.as_nanos() / u128::from(requests);
+    requests + (elapsed.as_nanos().div_ceil(interval)) as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_hold_one_limit_exactly_under_contention() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::echo().await;
+    let limits = r#"[[plugins.ratelimit.config.limits]]
+name = "fleet"
+key = "header:x-tenant"
+requests = 200
+window = "1h"
+"#;
+    let config = fleet_config(&upstream, redis.port, "", limits);
+    let proxies = [
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+    ];
+    let all: Vec<&TestProxy> = proxies.iter().collect();
+    let (statuses, elapsed) = storm(&all, 600, 30, &[("x-tenant", "acme")]).await;
+    let allowed = count(&statuses, 200) as u64;
+    assert_eq!(count(&statuses, 429) as u64, 600 - allowed, "{statuses:?}");
+    // One request comes back every 18 s: a run shorter than that allows
+    // exactly 200, and never more than the rate permits.
+    let most = permitted(200, Duration::from_secs(3600), elapsed);
+    assert!(
+        (200..=most).contains(&allowed),
+        "allowed {allowed} of 600 in {elapsed:?}; the rate permits 200..={most}"
+    );
+    for proxy in &proxies {
+        assert_eq!(
+            scraped(proxy, "weir_custom_ratelimit_store_errors_total{"),
+            0,
+            "no store errors, so nothing was let through unlimited"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_limits_on_one_request_spend_together_across_the_fleet() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::echo().await;
+    let limits = r#"[[plugins.ratelimit.config.limits]]
+name = "tenant"
+key = "header:x-tenant"
+requests = 100
+window = "1h"
+
+[[plugins.ratelimit.config.limits]]
+name = "user"
+key = "header:x-user"
+requests = 300
+window = "1h"
+"#;
+    let config = fleet_config(&upstream, redis.port, "", limits);
+    let proxies = [
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+    ];
+    let all: Vec<&TestProxy> = proxies.iter().collect();
+    let headers = [("x-tenant", "acme"), ("x-user", "ann")];
+    let (statuses, elapsed) = storm(&all, 600, 30, &headers).await;
+    let allowed = count(&statuses, 200) as u64;
+    let most = permitted(100, Duration::from_secs(3600), elapsed);
+    assert!(
+        (100..=most).contains(&allowed),
+        "allowed {allowed} in {elapsed:?}; the tenant limit permits 100..={most}"
+    );
+    // The refused requests spent nothing of the user's limit: a request of
+    // another tenant sees exactly what the allowed ones used.
+    let response = client()
+        .get(proxies[0].url("/"))
+        .header("x-tenant", "other")
+        .header("x-user", "ann")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let ratelimit = response.headers()["ratelimit"].to_str().unwrap().to_owned();
+    let user_remaining = 300 - allowed - 1;
+    assert!(
+        ratelimit.contains(&format!("\"user\";r={user_remaining};")),
+        "{ratelimit} (allowed {allowed})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_gets_each_policy_and_is_counted_then_sharing_resumes() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let upstream = Upstream::echo().await;
+    let limits = r#"[[plugins.ratelimit.config.limits]]
+name = "fleet"
+key = "header:x-tenant"
+requests = 30
+window = "1h"
+"#;
+    let with = |policy: &str| {
+        let extra = match policy {
+            "local" => "on_store_error = \"local\"\nfleet_size = 3".to_owned(),
+            other => format!("on_store_error = \"{other}\""),
+        };
+        fleet_config(&upstream, port, &extra, limits)
+    };
+    let allow = TestProxy::start(&with("allow")).await;
+    let deny = TestProxy::start(&with("deny")).await;
+    let local = TestProxy::start(&with("local")).await;
+    let local_too = TestProxy::start(&with("local")).await;
+    let tenant = [("x-tenant", "acme")];
+    // Shared while Redis is up: 12 requests spend 12 of the fleet's 30.
+    let fleet = [&allow, &deny, &local, &local_too];
+    let (statuses, _) = storm(&fleet, 12, 4, &tenant).await;
+    assert_eq!(count(&statuses, 200), 12, "{statuses:?}");
+
+    redis.stop();
+    let (statuses, _) = storm(&[&allow], 20, 4, &tenant).await;
+    assert_eq!(count(&statuses, 200), 20, "allow: unlimited, {statuses:?}");
+    let (statuses, _) = storm(&[&deny], 5, 4, &tenant).await;
+    assert_eq!(count(&statuses, 503), 5, "deny: refused, {statuses:?}");
+    // local: each instance decides on its own share, 30 / 3 = 10.
+    for proxy in [&local, &local_too] {
+        let (statuses, _) = storm(&[proxy], 15, 4, &tenant).await;
+        assert_eq!(count(&statuses, 200), 10, "local: its share, {statuses:?}");
+        assert_eq!(count(&statuses, 429), 5, "{statuses:?}");
+    }
+    for (proxy, policy, errors) in [
+        (&allow, "allow", 20),
+        (&deny, "deny", 5),
+        (&local, "local", 15),
+    ] {
+        let series = format!(
+            "weir_custom_ratelimit_store_errors_total{{plugin=\"ratelimit\",policy=\"{policy}\"}}"
+        );
+        assert_eq!(scraped(proxy, &series), errors, "{policy}");
+        assert!(
+            proxy.metrics().counter(
+                "weir_plugin_kv_errors_total",
+                &[("plugin", "ratelimit"), ("error", "unavailable")],
+            ) >= errors,
+            "{policy}: the host counts the failed calls too"
+        );
+    }
+
+    // Back, on the same port (empty: it keeps nothing on disk): once each
+    // instance has reconnected, they share one quota again.
+    let _redis = Redis::start_on(port).await;
+    for proxy in [&local, &local_too, &allow] {
+        wait_until_shared(proxy).await;
+    }
+    let (statuses, _) = storm(&[&local, &local_too, &allow], 45, 3, &tenant).await;
+    assert_eq!(
+        count(&statuses, 200),
+        30,
+        "one fleet-wide quota of 30 again, without a restart: {statuses:?}"
+    );
+}
+
+/// Probe `proxy` (a fresh tenant each time) until a request is decided
+/// without a store error: its KV has reconnected.
+async fn wait_until_shared(proxy: &TestProxy) {
+    for attempt in 0..100 {
+        let errors = || scraped(proxy, "weir_custom_ratelimit_store_errors_total{");
+        let before = errors();
+        let status = client()
+            .get(proxy.url("/"))
+            .header("x-tenant", format!("probe-{attempt}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        if errors() == before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the proxy never reached Redis again");
 }

@@ -297,11 +297,13 @@ async fn running_out_of_plugin_instances_is_a_counted_503() {
     let mut exhausted = 0;
     for handle in calls {
         let (status, body) = handle.await.unwrap();
-        if status == 503 {
-            assert_eq!(body, "503 Service Unavailable: plugin capacity exhausted\n");
-            exhausted += 1;
-        } else {
-            assert_eq!(status, 200, "{body}");
+        match (status, body.as_str()) {
+            (503, "503 Service Unavailable: plugin capacity exhausted\n") => exhausted += 1,
+            (200, _) => {}
+            // On a machine busy enough, a call holding an instance runs
+            // past its deadline: a failure, but not the one counted here.
+            (503, "503 Service Unavailable: plugin timed out\n") => {}
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert!(exhausted >= 1, "72 calls fit in 64 instances?");
