@@ -31,10 +31,15 @@ fn main() {
         plugins_dir.join("Cargo.lock").display()
     );
 
-    // The SDK every Rust sample builds on is a dependency, not a member.
+    // The SDK every Rust sample builds on is a dependency, not a member,
+    // and so is the GCRA arithmetic its native stand-in shares with the host.
     println!(
         "cargo:rerun-if-changed={}",
         plugins_dir.join("sdk").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("host").join("gcra").display()
     );
     let members = plugin_crates(&plugins_dir);
     for member in &members {

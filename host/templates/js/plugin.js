@@ -4,7 +4,7 @@
 // so the upstream sees it. Response phase: sets `x-plugin: {{name}}` on the
 // answer. Config: `message` (text, optional); anything else is refused.
 
-import { get as getConfig } from 'weir:plugin/config@0.1.0';
+import { get as getConfig } from 'weir:plugin/config@0.2.0';
 
 /** Parse and check the config JSON; throws a human message (a string). */
 function parseConfig(json) {
