@@ -72,13 +72,35 @@ pub fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn write_config(path: &Path, body: &str) {
+    // A body's own `[runtime]` keys join the test's runtime section (TOML
+    // allows one table of a name).
+    let (body, runtime_keys) = split_runtime(body);
     // Top-level keys of `body` must precede any table, so the test
     // listener goes after it: a body's own [[listeners]] come first.
     let text = format!(
-        "{body}\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{}",
+        "{body}\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{}{runtime_keys}",
         runtime_section()
     );
     std::fs::write(path, text).expect("write proxy.toml");
+}
+
+/// `body` without its `[runtime]` table, and that table's keys.
+fn split_runtime(body: &str) -> (String, String) {
+    let mut rest = String::new();
+    let mut runtime = String::new();
+    let mut in_runtime = false;
+    for line in body.lines() {
+        if line.trim_start().starts_with('[') {
+            in_runtime = line.trim() == "[runtime]";
+            if in_runtime {
+                continue;
+            }
+        }
+        let to = if in_runtime { &mut runtime } else { &mut rest };
+        to.push_str(line);
+        to.push('\n');
+    }
+    (rest, runtime)
 }
 
 /// A running Weir proxy on an ephemeral port.

@@ -106,6 +106,21 @@ impl HostState {
         }
     }
 
+    /// Give back the call's long-running turn (if it holds one) before a
+    /// host import waits on the network: turns are for running guest code.
+    /// A call holding its turn while its callout waits on a plugin call of
+    /// its own would hold up that call (and every other long-running one)
+    /// until a deadline. The next epoch tick of guest code takes a turn
+    /// again.
+    fn give_back_turn(&self) {
+        drop(
+            self.long_turn
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
+
     /// The plugin's key inside its own namespace (see [`KvKey`]): no key
     /// a plugin can write names another plugin's entry.
     fn kv_key(&self, key: &str) -> Result<KvKey<'_>, KvError> {
@@ -290,6 +305,7 @@ fn kv_error(err: KvError) -> kv::KvError {
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
+        self.give_back_turn();
         let outcome = match self.kv_key(&key) {
             Ok(key) => self.shared.kv.get(&key).await,
             Err(err) => Err(err),
@@ -303,6 +319,7 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), kv::KvError> {
+        self.give_back_turn();
         let outcome = match self.kv_key(&key) {
             Ok(key) => self.shared.kv.set(&key, value, ttl_ms).await,
             Err(err) => Err(err),
@@ -311,6 +328,7 @@ impl kv::Host for HostState {
     }
 
     async fn delete(&mut self, key: String) -> Result<(), kv::KvError> {
+        self.give_back_turn();
         let outcome = match self.kv_key(&key) {
             Ok(key) => self.shared.kv.delete(&key).await,
             Err(err) => Err(err),
@@ -324,6 +342,7 @@ impl kv::Host for HostState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, kv::KvError> {
+        self.give_back_turn();
         let outcome = match self.kv_key(&key) {
             Ok(key) => self.shared.kv.increment(&key, delta, ttl_ms).await,
             Err(err) => Err(err),
@@ -338,6 +357,7 @@ impl kv::Host for HostState {
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, kv::KvError> {
+        self.give_back_turn();
         let outcome = match self.kv_key(&key) {
             Ok(key) => {
                 self.shared
@@ -354,6 +374,7 @@ impl kv::Host for HostState {
         &mut self,
         limits: Vec<kv::LimitCheck>,
     ) -> Result<Vec<kv::LimitDecision>, kv::KvError> {
+        self.give_back_turn();
         let outcome = match self.buckets(limits) {
             Ok(buckets) => self.shared.kv.limit(&self.shared.name, &buckets).await,
             Err(err) => Err(err),
@@ -365,6 +386,7 @@ impl kv::Host for HostState {
         &mut self,
         limits: Vec<kv::LimitCheck>,
     ) -> Result<Vec<kv::LimitDecision>, kv::KvError> {
+        self.give_back_turn();
         let outcome = self
             .buckets(limits)
             .and_then(|buckets| self.shared.kv.limit_local(&self.shared.name, &buckets));
@@ -400,6 +422,7 @@ impl http_client::Host for HostState {
         &mut self,
         req: http_client::OutboundRequest,
     ) -> Result<http_client::OutboundResponse, http_client::FetchError> {
+        self.give_back_turn();
         self.shared.outbound.fetch(req, self.hops).await
     }
 }

@@ -41,7 +41,8 @@
 //!   ` location=<Location>`, ` bytes=<body length>` and, when the answer
 //!   carried one, ` inner=[<its x-hostile-result>]`) or
 //!   `error=<fetch-error case>: <message>`. Pointed at Weir itself, it
-//!   calls itself until the host's hop limit stops it;
+//!   calls itself until the host's hop limit stops it; `spin_before_ms`
+//!   runs guest code that long first;
 //! * host state: `kv-flood` sets `count` (default 100) unique keys of
 //!   `value_bytes` (default 1024) each, then answers locally, reporting
 //!   `set=N too-large=N other=N` in `x-hostile-result`; with
@@ -171,6 +172,10 @@ struct Config {
     url: Option<String>,
     /// `fetch`: the call's `timeout-ms`.
     fetch_timeout_ms: Option<u32>,
+    /// `fetch`: run guest code this long (ms) before calling out, so the
+    /// call holds a long-running turn when its callout starts.
+    #[serde(default)]
+    spin_before_ms: u64,
     /// `kv-flood`: the size of each value.
     #[serde(default = "default_value_bytes")]
     value_bytes: usize,
@@ -485,6 +490,10 @@ fn fetch(config: &Config, req: &Request) -> Option<String> {
         .map(|(_, value)| value.clone())
         .or_else(|| config.url.clone())
         .unwrap_or_default();
+    let spin_until = clock::monotonic_ns().saturating_add(config.spin_before_ms * 1_000_000);
+    while clock::monotonic_ns() < spin_until {
+        black_box(());
+    }
     let request = http_client::OutboundRequest {
         method: "GET".into(),
         url,

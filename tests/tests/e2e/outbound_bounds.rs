@@ -196,6 +196,34 @@ async fn a_redirect_to_the_admin_listener_comes_back_to_the_plugin_unfollowed() 
     assert_eq!(redirecting.hits.load(Ordering::SeqCst), 1);
 }
 
+/// A call that runs past its first epoch tick holds one of the process's
+/// long-running turns (`max_long_running_calls`, here 1). Waiting in a
+/// callout, it must give the turn back: the callout here lands on a plugin
+/// call of the same Weir that runs long too, and would otherwise wait for
+/// the turn until its deadline, and fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_waiting_in_a_callout_gives_its_long_running_turn_back() {
+    // Runtime settings hold from the start: the reload only points the
+    // plugin at the proxy's own address.
+    let spinning = |keys: &str, url: &str| {
+        format!(
+            "{}spin_before_ms = 30\n[runtime]\nmax_long_running_calls = 1\n",
+            fetching(keys, url)
+        )
+    };
+    let proxy = TestProxy::start(&spinning("", "http://127.0.0.1:1/")).await;
+    let me = proxy.addr;
+    proxy.rewrite(&spinning(
+        &format!("allow_hosts = [\"{me}\"]"),
+        &format!("http://{me}/boom"),
+    ));
+    proxy.reload().await.unwrap();
+    let report = call(&proxy, None).await;
+    // Hops 0, 1 and 2 each ran 30 ms, then called out; all three answered.
+    assert_eq!(report.matches("status=200").count(), 3, "{report}");
+    assert!(report.contains("the limit is 3"), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_calling_weir_itself_is_cut_off_by_the_hop_limit() {
     let proxy = TestProxy::start(&fetching("", "http://127.0.0.1:1/")).await;
