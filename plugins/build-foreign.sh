@@ -19,19 +19,34 @@
 # with the wasm32-wasi target (Debian: clang lld wasi-libc
 # libclang-rt-14-dev-wasm32).
 #
-# Usage: plugins/build-foreign.sh OUT_DIR
+# Usage: plugins/build-foreign.sh [--wit DIR --world NAME] OUT_DIR [SOURCE_DIR...]
+#
+# With no SOURCE_DIR, every sample under plugins/js, plugins/python and
+# plugins/c against the plugin world; with some (a directory holding
+# plugin.js, plugin.py or C sources), just those, named after the directory
+# (the contract-shape bench builds its guests so, against its own WIT).
 set -euo pipefail
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 OUT_DIR" >&2
+usage() {
+    echo "usage: $0 [--wit DIR --world NAME] OUT_DIR [SOURCE_DIR...]" >&2
     exit 2
-fi
+}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 script="$root/plugins/build-foreign.sh"
 # The JavaScript, Python and C samples stay on contract 0.1.0: they need
 # nothing 0.2.0 adds, and they keep the host's 0.1.0 support tested in
 # three languages. (The Rust samples and `weir new` target 0.2.0.)
 wit="$root/wit/0.1.0"
+world=plugin
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --wit) [ $# -ge 2 ] || usage; wit="$(cd "$2" && pwd)"; shift 2 ;;
+    --world) [ $# -ge 2 ] || usage; world="$2"; shift 2 ;;
+    -*) usage ;;
+    *) break ;;
+    esac
+done
+[ $# -ge 1 ] || usage
 work="$root/target/foreign"
 mkdir -p "$1" "$work"
 out="$(cd "$1" && pwd)"
@@ -98,7 +113,7 @@ build_js() {
     # (no stdio, random, clocks or http imports); `--aot` is not used: it
     # downloads a compiler at build time.
     "$deps/node_modules/.bin/componentize-js" "$src/plugin.js" \
-        --wit "$wit" --world-name plugin \
+        --wit "$wit" --world-name "$world" \
         --disable stdio random clocks http fetch-event \
         --out "$wasm.tmp" >/dev/null
     finish "$wasm"
@@ -127,7 +142,7 @@ build_python() {
     rm -rf "$stage"
     mkdir -p "$stage"
     cp -R "$src/." "$stage/"
-    (cd "$stage" && "$componentize_py" --quiet --wit-path "$wit" --world plugin \
+    (cd "$stage" && "$componentize_py" --quiet --wit-path "$wit" --world "$world" \
         componentize --python-path "$stage" plugin --output "$wasm.tmp")
     finish "$wasm"
 }
@@ -144,10 +159,28 @@ build_c() {
         -u CARGO_MAKEFLAGS -u RUSTC_WRAPPER -u RUSTC_WORKSPACE_WRAPPER \
         "${CARGO:-cargo}" build --quiet --release --locked \
         --manifest-path "$root/Cargo.toml" -p weir-build-c --target-dir "$tools"
-    "$tool" --wit "$wit" --world plugin --work "$work/c/$name" \
+    "$tool" --wit "$wit" --world "$world" --work "$work/c/$name" \
         --out "$wasm.tmp" "$src" >/dev/null
     finish "$wasm"
 }
+
+if [ $# -gt 1 ]; then
+    shift
+    for dir in "$@"; do
+        dir="$(cd "$dir" && pwd)"
+        if [ -f "$dir/plugin.js" ]; then
+            build_js "$dir" "$(basename "$dir")"
+        elif [ -f "$dir/plugin.py" ]; then
+            build_python "$dir" "$(basename "$dir")"
+        elif compgen -G "$dir/*.c" >/dev/null; then
+            build_c "$dir" "$(basename "$dir")"
+        else
+            echo "build-foreign.sh: $dir has no plugin.js, plugin.py or C sources" >&2
+            exit 1
+        fi
+    done
+    exit 0
+fi
 
 shopt -s nullglob
 for dir in "$root"/plugins/js/*/; do
