@@ -18,6 +18,7 @@ mod instance;
 pub mod outbound;
 pub mod state;
 mod throttle;
+pub mod view;
 
 pub use chain::{Chain, Exchange, RequestOutcome};
 pub use engine::Runtime;

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::bindings::types::{self, RequestAction};
 use super::convert;
 use super::instance::{Answer, Call};
+use super::view::View;
 use super::{Plugin, PluginError};
 use crate::access_log::{Decision, PluginRun};
 use crate::canonical::{self, Canonical, PathOptions};
@@ -68,8 +69,8 @@ impl Exchange {
         }
     }
 
-    /// The WIT view of this request.
-    fn to_wit(&self, with_body: bool) -> types::Request {
+    /// The WIT view of this request, as much of it as `view` asks for.
+    fn to_wit(&self, with_body: bool, view: &View) -> types::Request {
         types::Request {
             id: self.id.clone(),
             route: self.route.clone(),
@@ -78,15 +79,23 @@ impl Exchange {
             authority: self.authority.clone(),
             path: self.head.uri.path().to_owned(),
             query: self.head.uri.query().map(str::to_owned),
-            headers: convert::headers_to_wit(&self.head.headers),
-            connection: self.connection.clone(),
+            headers: view.request_headers.of(&self.head.headers),
+            connection: view.connection.then(|| self.connection.clone()),
             upstream: self.upstream.clone(),
-            properties: self.properties.clone(),
+            properties: self.properties(view),
             body: if with_body {
                 self.body.as_ref().map(|b| b.to_vec())
             } else {
                 None
             },
+        }
+    }
+
+    fn properties(&self, view: &View) -> types::Properties {
+        if view.properties {
+            self.properties.clone()
+        } else {
+            Vec::new()
         }
     }
 }
@@ -173,7 +182,7 @@ impl Chain {
             }
             let span = tracing::debug_span!("on_request", plugin = %plugin.name);
             let started = Instant::now();
-            let req = ex.to_wit(plugin.info.request_body);
+            let req = ex.to_wit(plugin.info.request_body, &plugin.view);
             let answer = plugin
                 .invoke(&ex.id, ex.hops, Call::Request(&req))
                 .instrument(span)
@@ -222,16 +231,22 @@ impl Chain {
         resp: &mut ResponseState,
     ) -> Result<(), PluginError> {
         let ran = ran.min(self.plugins.len());
+        // Only a 0.1.0 guest is sent the request again, as it always was.
         let mut req = None;
         for plugin in self.plugins[..ran].iter().rev() {
             if !plugin.info.on_response {
                 continue;
             }
             let span = tracing::debug_span!("on_response", plugin = %plugin.name);
-            let req = req.get_or_insert_with(|| ex.to_wit(false));
+            let req = match plugin.response_takes_request() {
+                true => Some(&*req.get_or_insert_with(|| ex.to_wit(false, &View::everything()))),
+                false => None,
+            };
             let head = types::ResponseHead {
+                request_id: ex.id.clone(),
                 status: resp.head.status.as_u16(),
-                headers: convert::headers_to_wit(&resp.head.headers),
+                headers: plugin.view.response_headers.of(&resp.head.headers),
+                properties: ex.properties(&plugin.view),
                 body: if plugin.info.response_body {
                     resp.body.as_ref().map(|b| b.to_vec())
                 } else {
@@ -240,7 +255,7 @@ impl Chain {
             };
             let started = Instant::now();
             let answer = plugin
-                .invoke(&ex.id, ex.hops, Call::Response(req, &head))
+                .invoke(&ex.id, ex.hops, Call::Response(&head, req))
                 .instrument(span)
                 .await;
             match answer {

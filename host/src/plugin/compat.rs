@@ -22,6 +22,8 @@ impl old::log::Host for HostState {
     }
 }
 
+impl old::types::Host for HostState {}
+
 impl old::config::Host for HostState {
     fn get(&mut self) -> String {
         new::config::Host::get(self)
@@ -139,6 +141,170 @@ impl old::http_client::Host for HostState {
                     old::http_client::FetchError::Protocol(why)
                 }
             }),
+        }
+    }
+}
+
+/// 0.1.0's records, to and from 0.2.0's (the host's). A 0.1.0 plugin
+/// declares no interest: it is given everything, as it always was.
+pub mod records {
+    use super::new::types as new;
+    use super::old::types as old;
+
+    /// The 0.1.0 plugin info, read as 0.2.0's: every header, connection
+    /// facts and properties.
+    pub fn plugin_info(info: old::PluginInfo) -> new::PluginInfo {
+        new::PluginInfo {
+            on_request: info.on_request,
+            on_response: info.on_response,
+            request_body: info.request_body,
+            response_body: info.response_body,
+            request_headers: new::HeaderInterest::All,
+            response_headers: new::HeaderInterest::All,
+            connection: true,
+            properties: true,
+        }
+    }
+
+    pub fn request(req: &new::Request) -> old::Request {
+        old::Request {
+            id: req.id.clone(),
+            route: req.route.clone(),
+            method: req.method.clone(),
+            scheme: req.scheme.clone(),
+            authority: req.authority.clone(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            headers: req.headers.clone(),
+            // Always present: a 0.1.0 plugin's interest includes it.
+            connection: req
+                .connection
+                .as_ref()
+                .map(connection)
+                .unwrap_or_else(unknown_connection),
+            upstream: req.upstream.clone(),
+            properties: properties(&req.properties),
+            body: req.body.clone(),
+        }
+    }
+
+    fn unknown_connection() -> old::ConnectionInfo {
+        old::ConnectionInfo {
+            client_ip: String::new(),
+            client_port: 0,
+            local_ip: String::new(),
+            local_port: 0,
+            http_version: old::HttpVersion::Http11,
+            tls: None,
+        }
+    }
+
+    fn connection(info: &new::ConnectionInfo) -> old::ConnectionInfo {
+        old::ConnectionInfo {
+            client_ip: info.client_ip.clone(),
+            client_port: info.client_port,
+            local_ip: info.local_ip.clone(),
+            local_port: info.local_port,
+            http_version: match info.http_version {
+                new::HttpVersion::Http10 => old::HttpVersion::Http10,
+                new::HttpVersion::Http11 => old::HttpVersion::Http11,
+                new::HttpVersion::Http2 => old::HttpVersion::Http2,
+                new::HttpVersion::Http3 => old::HttpVersion::Http3,
+            },
+            tls: info.tls.as_ref().map(|tls| old::TlsInfo {
+                version: tls.version.clone(),
+                sni: tls.sni.clone(),
+                alpn: tls.alpn.clone(),
+                client_cert_subject: tls.client_cert_subject.clone(),
+                client_cert_sans: tls.client_cert_sans.clone(),
+            }),
+        }
+    }
+
+    fn properties(props: &[(String, new::Value)]) -> old::Properties {
+        props
+            .iter()
+            .map(|(name, value)| (name.clone(), value_to_old(value)))
+            .collect()
+    }
+
+    fn value_to_old(value: &new::Value) -> old::Value {
+        match value {
+            new::Value::Text(v) => old::Value::Text(v.clone()),
+            new::Value::Integer(v) => old::Value::Integer(*v),
+            new::Value::Float(v) => old::Value::Float(*v),
+            new::Value::Flag(v) => old::Value::Flag(*v),
+            new::Value::Bytes(v) => old::Value::Bytes(v.clone()),
+            new::Value::Texts(v) => old::Value::Texts(v.clone()),
+        }
+    }
+
+    fn value(value: old::Value) -> new::Value {
+        match value {
+            old::Value::Text(v) => new::Value::Text(v),
+            old::Value::Integer(v) => new::Value::Integer(v),
+            old::Value::Float(v) => new::Value::Float(v),
+            old::Value::Flag(v) => new::Value::Flag(v),
+            old::Value::Bytes(v) => new::Value::Bytes(v),
+            old::Value::Texts(v) => new::Value::Texts(v),
+        }
+    }
+
+    /// 0.1.0's response head: the host's, less what 0.2.0 added.
+    pub fn response_head(head: &new::ResponseHead) -> old::ResponseHead {
+        old::ResponseHead {
+            status: head.status,
+            headers: head.headers.clone(),
+            body: head.body.clone(),
+        }
+    }
+
+    fn header_ops(ops: Vec<old::HeaderOp>) -> Vec<new::HeaderOp> {
+        ops.into_iter()
+            .map(|op| match op {
+                old::HeaderOp::Set(pair) => new::HeaderOp::Set(pair),
+                old::HeaderOp::Append(pair) => new::HeaderOp::Append(pair),
+                old::HeaderOp::Remove(name) => new::HeaderOp::Remove(name),
+            })
+            .collect()
+    }
+
+    pub fn request_action(action: old::RequestAction) -> new::RequestAction {
+        match action {
+            old::RequestAction::Continue(changes) => {
+                new::RequestAction::Continue(new::RequestChanges {
+                    method: changes.method,
+                    path: changes.path,
+                    query: changes.query,
+                    headers: header_ops(changes.headers),
+                    upstream: changes.upstream,
+                    properties: changes
+                        .properties
+                        .into_iter()
+                        .map(|(name, v)| (name, value(v)))
+                        .collect(),
+                    cache: changes.cache.map(|cache| new::CacheDirectives {
+                        bypass: cache.bypass,
+                        ttl_cap: cache.ttl_cap,
+                        extra_key: cache.extra_key,
+                        share_authenticated: cache.share_authenticated,
+                    }),
+                    body: changes.body,
+                })
+            }
+            old::RequestAction::Respond(resp) => new::RequestAction::Respond(new::Response {
+                status: resp.status,
+                headers: resp.headers,
+                body: resp.body,
+            }),
+        }
+    }
+
+    pub fn response_changes(changes: old::ResponseChanges) -> new::ResponseChanges {
+        new::ResponseChanges {
+            status: changes.status,
+            headers: header_ops(changes.headers),
+            body: changes.body,
         }
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! A component is matched against the newest contract first: one that
 //! exports `weir:plugin/guest@0.2.0` gets 0.2.0's imports, one that exports
-//! `guest@0.1.0` gets 0.1.0's. Both versions' exports take and return the
-//! same records (see `bindings.rs`), so everything past this module speaks
-//! one set of types.
+//! `guest@0.1.0` gets 0.1.0's. Everything past this module speaks 0.2.0's
+//! records: a 0.1.0 guest's are converted here (`compat::records`), and its
+//! plugin info reads as an interest in everything.
 
 use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
 use super::bindings::{types, v0_1, v0_2};
+use super::compat::records;
 use super::state::HostState;
 
 /// A linked component, ready to instantiate.
@@ -49,6 +50,12 @@ impl Pre {
         }
     }
 
+    /// Whether the response phase must be given the request too (0.1.0's
+    /// `on-response` takes it; 0.2.0's does not).
+    pub fn response_takes_request(&self) -> bool {
+        matches!(self, Pre::V0_1(_))
+    }
+
     pub fn engine(&self) -> &wasmtime::Engine {
         match self {
             Pre::V0_2(pre) => pre.engine(),
@@ -77,12 +84,11 @@ impl Guest {
                     .call_validate_config(store, config)
                     .await
             }
-            Guest::V0_1(guest) => {
-                guest
-                    .weir_plugin_guest()
-                    .call_validate_config(store, config)
-                    .await
-            }
+            Guest::V0_1(guest) => Ok(guest
+                .weir_plugin_guest()
+                .call_validate_config(store, config)
+                .await?
+                .map(records::plugin_info)),
         }
     }
 
@@ -93,28 +99,42 @@ impl Guest {
     ) -> wasmtime::Result<types::RequestAction> {
         match self {
             Guest::V0_2(guest) => guest.weir_plugin_guest().call_on_request(store, req).await,
-            Guest::V0_1(guest) => guest.weir_plugin_guest().call_on_request(store, req).await,
+            Guest::V0_1(guest) => {
+                let req = records::request(req);
+                let action = guest
+                    .weir_plugin_guest()
+                    .call_on_request(store, &req)
+                    .await?;
+                Ok(records::request_action(action))
+            }
         }
     }
 
+    /// The response phase; `req` is given when `response_takes_request`.
     pub async fn on_response(
         &self,
         store: &mut Store<HostState>,
-        req: &types::Request,
         resp: &types::ResponseHead,
+        req: Option<&types::Request>,
     ) -> wasmtime::Result<types::ResponseChanges> {
         match self {
             Guest::V0_2(guest) => {
                 guest
                     .weir_plugin_guest()
-                    .call_on_response(store, req, resp)
+                    .call_on_response(store, resp)
                     .await
             }
             Guest::V0_1(guest) => {
-                guest
+                let Some(req) = req else {
+                    return Err(wasmtime::Error::msg(
+                        "a weir:plugin@0.1.0 response phase needs the request",
+                    ));
+                };
+                let changes = guest
                     .weir_plugin_guest()
-                    .call_on_response(store, req, resp)
-                    .await
+                    .call_on_response(store, &records::request(req), &records::response_head(resp))
+                    .await?;
+                Ok(records::response_changes(changes))
             }
         }
     }

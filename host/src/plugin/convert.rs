@@ -31,13 +31,16 @@ pub const MAX_PLUGIN_HEADERS: usize = 1024;
 pub fn headers_to_wit(headers: &HeaderMap) -> types::Headers {
     headers
         .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(name, value)| header_to_wit(name, value))
         .collect()
+}
+
+/// One header for the guest.
+pub fn header_to_wit(name: &HeaderName, value: &HeaderValue) -> (String, String) {
+    (
+        name.as_str().to_owned(),
+        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+    )
 }
 
 /// A header operation the host has checked.

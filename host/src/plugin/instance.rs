@@ -17,6 +17,7 @@ use super::engine::{Calls, Runtime};
 use super::outbound;
 use super::state::{HostState, PluginShared};
 use super::throttle::Throttle;
+use super::view::View;
 use super::PluginError;
 use crate::config::{OnError, PluginSpec, Strategy};
 use crate::kv::KvStore;
@@ -33,6 +34,8 @@ const YIELD_TICKS: u64 = 1;
 pub struct Plugin {
     pub name: String,
     pub info: types::PluginInfo,
+    /// What each call is given (`info`'s interest, checked).
+    pub view: View,
     pub on_error: OnError,
     pre: Pre,
     shared: Arc<PluginShared>,
@@ -64,7 +67,8 @@ struct Warm {
 pub(super) enum Call<'a> {
     ValidateConfig(&'a str),
     Request(&'a types::Request),
-    Response(&'a types::Request, &'a types::ResponseHead),
+    /// The response head and, for a 0.1.0 guest, the request.
+    Response(&'a types::ResponseHead, Option<&'a types::Request>),
 }
 
 pub(super) enum Answer {
@@ -128,7 +132,12 @@ impl Plugin {
                 on_response: false,
                 request_body: false,
                 response_body: false,
+                request_headers: types::HeaderInterest::All,
+                response_headers: types::HeaderInterest::All,
+                connection: true,
+                properties: true,
             },
+            view: View::everything(),
             on_error: spec.on_error,
             pre,
             shared,
@@ -146,13 +155,24 @@ impl Plugin {
             .invoke("load", 0, Call::ValidateConfig(&spec.config_json))
             .await?;
         match answer {
-            Answer::ValidateConfig(Ok(info)) => plugin.info = info,
+            Answer::ValidateConfig(Ok(info)) => {
+                plugin.view = View::new(&info).map_err(|why| {
+                    PluginError::config(&spec.name, &format!("plugin-info: {why}"))
+                })?;
+                plugin.info = info;
+            }
             Answer::ValidateConfig(Err(message)) => {
                 return Err(PluginError::config(&spec.name, &message))
             }
             _ => unreachable!("validate-config answers with its own variant"),
         }
         Ok(plugin)
+    }
+
+    /// Whether the response phase is given the request too (a 0.1.0
+    /// guest's `on-response` takes it).
+    pub fn response_takes_request(&self) -> bool {
+        self.pre.response_takes_request()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -316,8 +336,8 @@ impl Plugin {
                     .await
                     .map(Answer::ValidateConfig),
                 Call::Request(req) => guest.on_request(store, req).await.map(Answer::Request),
-                Call::Response(req, resp) => guest
-                    .on_response(store, req, resp)
+                Call::Response(resp, req) => guest
+                    .on_response(store, resp, req)
                     .await
                     .map(Answer::Response),
             }

@@ -98,6 +98,11 @@ bool exports_weir_plugin_guest_validate_config(plugin_string_t *json,
         .on_response = true,
         .request_body = false,
         .response_body = false,
+        // Given nothing it does not read: no header, connection or property.
+        .request_headers = {.tag = WEIR_PLUGIN_TYPES_HEADER_INTEREST_NAMED},
+        .response_headers = {.tag = WEIR_PLUGIN_TYPES_HEADER_INTEREST_NAMED},
+        .connection = false,
+        .properties = false,
     };
     return true;
 }
@@ -116,11 +121,9 @@ void exports_weir_plugin_guest_on_request(exports_weir_plugin_guest_request_t *r
     exports_weir_plugin_guest_request_free(req);
 }
 
-void exports_weir_plugin_guest_on_response(exports_weir_plugin_guest_request_t *req,
-                                           exports_weir_plugin_guest_response_head_t *resp,
+void exports_weir_plugin_guest_on_response(exports_weir_plugin_guest_response_head_t *resp,
                                            exports_weir_plugin_guest_response_changes_t *ret) {
     memset(ret, 0, sizeof *ret);
     set_header(&ret->headers, "x-plugin", "{{name}}");
-    exports_weir_plugin_guest_request_free(req);
     exports_weir_plugin_guest_response_head_free(resp);
 }

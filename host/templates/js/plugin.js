@@ -38,7 +38,17 @@ export const guest = {
   // Runs once at load: a thrown string makes Weir refuse to start.
   validateConfig(json) {
     parseConfig(json);
-    return { onRequest: true, onResponse: true, requestBody: false, responseBody: false };
+    return {
+      onRequest: true,
+      onResponse: true,
+      requestBody: false,
+      responseBody: false,
+      // Given nothing it does not read: no header, connection or property.
+      requestHeaders: { tag: 'named', val: [] },
+      responseHeaders: { tag: 'named', val: [] },
+      connection: false,
+      properties: false,
+    };
   },
 
   onRequest(req) {
@@ -57,7 +67,7 @@ export const guest = {
     };
   },
 
-  onResponse(req, resp) {
+  onResponse(resp) {
     return {
       status: undefined,
       headers: [{ tag: 'set', val: ['x-plugin', '{{name}}'] }],

@@ -11,6 +11,7 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import config, types
 from wit_world.imports.types import (
+    HeaderInterest_Named,
     HeaderOp_Set,
     PluginInfo,
     RequestAction_Continue,
@@ -51,8 +52,12 @@ class Guest(exports.Guest):
     def validate_config(self, config: str) -> PluginInfo:
         # Runs once at load: raising Err makes Weir refuse to start.
         parse(config)
+        # Given nothing it does not read: no header, connection or property.
         return PluginInfo(on_request=True, on_response=True,
-                          request_body=False, response_body=False)
+                          request_body=False, response_body=False,
+                          request_headers=HeaderInterest_Named([]),
+                          response_headers=HeaderInterest_Named([]),
+                          connection=False, properties=False)
 
     def on_request(self, req: types.Request) -> types.RequestAction:
         return RequestAction_Continue(RequestChanges(
@@ -61,5 +66,5 @@ class Guest(exports.Guest):
             upstream=None, properties=[], cache=None, body=None,
         ))
 
-    def on_response(self, req: types.Request, resp: types.ResponseHead) -> types.ResponseChanges:
+    def on_response(self, resp: types.ResponseHead) -> types.ResponseChanges:
         return ResponseChanges(status=None, headers=[HeaderOp_Set(("x-plugin", "{{name}}"))], body=None)

@@ -24,8 +24,13 @@ struct MyPlugin;
 impl Plugin for MyPlugin {
     type Config = Config;
 
+    /// Given nothing it does not read: no header, connection or property.
     fn info(_: &Config) -> Info {
         Info::both_phases()
+            .request_headers(std::iter::empty::<String>())
+            .response_headers(std::iter::empty::<String>())
+            .connection(false)
+            .properties(false)
     }
 
     /// Runs once at load: `Err` makes Weir refuse to start.
@@ -40,7 +45,7 @@ impl Plugin for MyPlugin {
         Action::next().set_header("x-hello", &config.message).into()
     }
 
-    fn on_response(_: &Config, _req: &Request, _resp: &ResponseHead) -> ResponseChanges {
+    fn on_response(_: &Config, _resp: &ResponseHead) -> ResponseChanges {
         ResponseChanges::new().set_header("x-plugin", "{{name}}")
     }
 }

@@ -10,7 +10,8 @@ use exports::weir::plugin::guest::Guest;
 use serde::Deserialize;
 use weir::plugin::config;
 use weir::plugin::types::{
-    HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, ResponseChanges, ResponseHead,
+    HeaderInterest, HeaderOp, PluginInfo, Request, RequestAction, RequestChanges,
+    ResponseChanges, ResponseHead,
 };
 
 /// The `[plugins.{{name}}.config]` table. Unknown keys are refused.
@@ -44,6 +45,11 @@ impl Guest for MyPlugin {
             on_response: true,
             request_body: false,
             response_body: false,
+            // Given nothing it does not read: no header, connection or property.
+            request_headers: HeaderInterest::Named(vec![]),
+            response_headers: HeaderInterest::Named(vec![]),
+            connection: false,
+            properties: false,
         })
     }
 
@@ -64,7 +70,7 @@ impl Guest for MyPlugin {
         })
     }
 
-    fn on_response(_req: Request, _resp: ResponseHead) -> ResponseChanges {
+    fn on_response(_resp: ResponseHead) -> ResponseChanges {
         ResponseChanges {
             status: None,
             headers: vec![HeaderOp::Set(("x-plugin".into(), "{{name}}".into()))],

@@ -105,8 +105,13 @@ struct Auth;
 impl Plugin for Auth {
     type Config = Config;
 
-    fn info(_: &Config) -> Info {
+    /// Reads only the credential headers, no connection fact, no property.
+    fn info(config: &Config) -> Info {
+        let api_key = config.api_key.as_ref().and_then(|keys| keys.header.clone());
         Info::request_phase()
+            .request_headers(std::iter::once("authorization".to_owned()).chain(api_key))
+            .connection(false)
+            .properties(false)
     }
 
     fn on_request(config: &Config, req: &Request) -> Action {

@@ -97,8 +97,13 @@ struct CachePolicy;
 impl Plugin for CachePolicy {
     type Config = Config;
 
-    fn info(_: &Config) -> Info {
+    /// Reads only the headers and properties its rules mix into keys.
+    fn info(config: &Config) -> Info {
+        let rules = || config.rules.iter().map(|(_, rule)| rule);
         Info::request_phase()
+            .request_headers(rules().flat_map(|rule| rule.key_headers.iter().cloned()))
+            .connection(false)
+            .properties(rules().any(|rule| !rule.key_properties.is_empty()))
     }
 
     fn validate(config: &Config) -> Result<(), String> {

@@ -74,8 +74,8 @@ wit_bindgen::generate!({
 
 use exports::weir::plugin::guest::Guest;
 use weir::plugin::types::{
-    HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response, ResponseChanges,
-    ResponseHead,
+    HeaderInterest, HeaderOp, PluginInfo, Request, RequestAction, RequestChanges, Response,
+    ResponseChanges, ResponseHead, Value,
 };
 use weir::plugin::{clock, config, http_client, kv, log, metrics};
 
@@ -478,18 +478,23 @@ fn open_sockets(address: &str) -> Vec<Attempt> {
 /// The request header that overrides `url` in `fetch` mode.
 const URL_HEADER: &str = "x-hostile-url";
 
-/// `fetch`: call out and describe the answer.
-fn fetch(config: &Config, req: &Request) -> Option<String> {
-    if config.mode != Mode::Fetch {
-        return None;
-    }
-    let url = req
-        .headers
+/// Set by the request phase when the response phase is to misbehave: the
+/// `x-hostile-url` the request carried (empty: none).
+const ARMED: &str = "hostile.armed";
+
+fn url_header(req: &Request) -> Option<String> {
+    req.headers
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(URL_HEADER))
         .map(|(_, value)| value.clone())
-        .or_else(|| config.url.clone())
-        .unwrap_or_default();
+}
+
+/// `fetch`: call out and describe the answer.
+fn fetch(config: &Config, url: Option<String>) -> Option<String> {
+    if config.mode != Mode::Fetch {
+        return None;
+    }
+    let url = url.or_else(|| config.url.clone()).unwrap_or_default();
     let spin_until = clock::monotonic_ns().saturating_add(config.spin_before_ms * 1_000_000);
     while clock::monotonic_ns() < spin_until {
         black_box(());
@@ -603,13 +608,25 @@ impl Guest for Hostile {
             on_response: true,
             request_body: false,
             response_body: false,
+            request_headers: HeaderInterest::All,
+            response_headers: HeaderInterest::All,
+            connection: true,
+            properties: true,
         })
     }
 
     fn on_request(req: Request) -> RequestAction {
         let config = Config::get();
-        if config.phase != Phase::Request || !req.path.starts_with(&config.trigger_prefix) {
+        if !req.path.starts_with(&config.trigger_prefix) {
             return RequestAction::Continue(unchanged());
+        }
+        if config.phase == Phase::Response {
+            // The response phase is not sent the request: arm it here.
+            let url = url_header(&req).unwrap_or_default();
+            return RequestAction::Continue(RequestChanges {
+                properties: vec![(ARMED.to_owned(), Value::Text(url))],
+                ..unchanged()
+            });
         }
         run_away(&config);
         if let Some(op) = bad_header(&config) {
@@ -618,7 +635,7 @@ impl Guest for Hostile {
                 ..unchanged()
             });
         }
-        if let Some(result) = escape(&config).or_else(|| fetch(&config, &req)) {
+        if let Some(result) = escape(&config).or_else(|| fetch(&config, url_header(&req))) {
             return RequestAction::Respond(Response {
                 status: 200,
                 headers: vec![(RESULT_HEADER.to_owned(), result)],
@@ -669,21 +686,30 @@ impl Guest for Hostile {
         }
     }
 
-    fn on_response(req: Request, _resp: ResponseHead) -> ResponseChanges {
+    fn on_response(resp: ResponseHead) -> ResponseChanges {
         let mut changes = ResponseChanges {
             status: None,
             headers: Vec::new(),
             body: None,
         };
         let config = Config::get();
-        if config.phase != Phase::Response || !req.path.starts_with(&config.trigger_prefix) {
+        let armed = resp
+            .properties
+            .iter()
+            .find_map(|(name, value)| match value {
+                Value::Text(url) if name == ARMED => Some(url.clone()),
+                _ => None,
+            });
+        let Some(url) = armed.filter(|_| config.phase == Phase::Response) else {
             return changes;
-        }
+        };
         run_away(&config);
         if let Some(op) = bad_header(&config) {
             changes.headers.push(op);
         }
-        if let Some(result) = escape(&config).or_else(|| fetch(&config, &req)) {
+        if let Some(result) =
+            escape(&config).or_else(|| fetch(&config, Some(url).filter(|u| !u.is_empty())))
+        {
             changes
                 .headers
                 .push(HeaderOp::Set((RESULT_HEADER.to_owned(), result)));

@@ -3,8 +3,14 @@
 //! connection info (client address, HTTP version, TLS version, SNI, ALPN,
 //! verified client certificate subject and SANs), the scheme, authority,
 //! path and `Host` header it was shown, the request id, the route and every
-//! property set by earlier plugins. Tests use it to prove those
-//! facts reach plugins intact.
+//! property set by earlier plugins, and the names of the headers it was
+//! given. Tests use it to prove those facts reach plugins intact.
+//!
+//! Its config is its interest declaration (every key optional):
+//! `{"headers": ["a", "b"], "connection": false, "properties": false,
+//! "response": true, "response_headers": ["c"]}`. With `response`, its
+//! response phase reports the request id, the response header names and
+//! the properties it was given as `x-inspect-response-*` response headers.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -12,10 +18,45 @@ wit_bindgen::generate!({
 });
 
 use exports::weir::plugin::guest::Guest;
+use serde::Deserialize;
 use weir::plugin::types::{
-    HeaderOp, HttpVersion, PluginInfo, Request, RequestAction, RequestChanges, ResponseChanges,
-    ResponseHead, Value,
+    HeaderInterest, HeaderOp, HttpVersion, PluginInfo, Request, RequestAction, RequestChanges,
+    ResponseChanges, ResponseHead, Value,
 };
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    headers: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    connection: bool,
+    #[serde(default = "yes")]
+    properties: bool,
+    #[serde(default)]
+    response: bool,
+    response_headers: Option<Vec<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn interest(names: Option<Vec<String>>) -> HeaderInterest {
+    names.map_or(HeaderInterest::All, HeaderInterest::Named)
+}
+
+fn names(headers: &[(String, String)]) -> String {
+    let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+    names.join(",")
+}
+
+fn properties(props: &[(String, Value)]) -> String {
+    let props: Vec<String> = props
+        .iter()
+        .map(|(name, value)| format!("{name}={}", text(value)))
+        .collect();
+    props.join(";")
+}
 
 fn text(value: &Value) -> String {
     match value {
@@ -47,32 +88,21 @@ struct Inspector;
 
 impl Guest for Inspector {
     fn validate_config(config: String) -> Result<PluginInfo, String> {
-        if config.trim() != "{}" {
-            return Err("inspector takes no configuration".into());
-        }
+        let config: Config = serde_json::from_str(&config).map_err(|e| e.to_string())?;
         Ok(PluginInfo {
             on_request: true,
-            on_response: false,
+            on_response: config.response,
             request_body: false,
             response_body: false,
+            request_headers: interest(config.headers),
+            response_headers: interest(config.response_headers),
+            connection: config.connection,
+            properties: config.properties,
         })
     }
 
     fn on_request(req: Request) -> RequestAction {
-        let conn = &req.connection;
         let mut facts = vec![
-            ("client", format!("{}:{}", conn.client_ip, conn.client_port)),
-            ("local", format!("{}:{}", conn.local_ip, conn.local_port)),
-            (
-                "http-version",
-                match conn.http_version {
-                    HttpVersion::Http10 => "1.0",
-                    HttpVersion::Http11 => "1.1",
-                    HttpVersion::Http2 => "2",
-                    HttpVersion::Http3 => "3",
-                }
-                .to_owned(),
-            ),
             ("scheme", req.scheme.clone()),
             ("authority", req.authority.clone()),
             ("path", req.path.clone()),
@@ -88,7 +118,19 @@ impl Guest for Inspector {
             ("request-id", req.id.clone()),
             ("route", req.route.clone().unwrap_or_default()),
         ];
-        if let Some(tls) = &conn.tls {
+        facts.push(("headers", names(&req.headers)));
+        if let Some(conn) = &req.connection {
+            facts.push(("client", format!("{}:{}", conn.client_ip, conn.client_port)));
+            facts.push(("local", format!("{}:{}", conn.local_ip, conn.local_port)));
+            let version = match conn.http_version {
+                HttpVersion::Http10 => "1.0",
+                HttpVersion::Http11 => "1.1",
+                HttpVersion::Http2 => "2",
+                HttpVersion::Http3 => "3",
+            };
+            facts.push(("http-version", version.to_owned()));
+        }
+        if let Some(tls) = req.connection.as_ref().and_then(|conn| conn.tls.as_ref()) {
             facts.push(("tls-version", tls.version.clone()));
             facts.push(("sni", tls.sni.clone().unwrap_or_default()));
             facts.push(("alpn", tls.alpn.clone().unwrap_or_default()));
@@ -98,12 +140,7 @@ impl Guest for Inspector {
             ));
             facts.push(("client-sans", tls.client_cert_sans.join(",")));
         }
-        let properties: Vec<String> = req
-            .properties
-            .iter()
-            .map(|(name, value)| format!("{name}={}", text(value)))
-            .collect();
-        facts.push(("properties", properties.join(";")));
+        facts.push(("properties", properties(&req.properties)));
         let headers = facts
             .into_iter()
             .map(|(name, value)| HeaderOp::Set((format!("x-inspect-{name}"), printable(&value))))
@@ -120,10 +157,20 @@ impl Guest for Inspector {
         })
     }
 
-    fn on_response(_req: Request, _resp: ResponseHead) -> ResponseChanges {
+    fn on_response(resp: ResponseHead) -> ResponseChanges {
+        let facts = [
+            ("request-id", resp.request_id.clone()),
+            ("headers", names(&resp.headers)),
+            ("properties", properties(&resp.properties)),
+        ];
         ResponseChanges {
             status: None,
-            headers: Vec::new(),
+            headers: facts
+                .into_iter()
+                .map(|(name, value)| {
+                    HeaderOp::Set((format!("x-inspect-response-{name}"), printable(&value)))
+                })
+                .collect(),
             body: None,
         }
     }

@@ -107,7 +107,7 @@ mod limiter;
 use serde_json::json;
 use weir_plugin::{log, metrics, Action, Info, Plugin, Request, ResponseChanges, ResponseHead};
 
-use config::{Config, StoreErrorPolicy};
+use config::{Config, KeySource, MissingKey, StoreErrorPolicy};
 use limiter::{Outcome, Report, Store};
 
 /// The property carrying `[RateLimit-Policy, RateLimit]` from the request
@@ -163,8 +163,22 @@ struct RateLimit;
 impl Plugin for RateLimit {
     type Config = Config;
 
+    /// Given only what the limits key on: their headers, the connection
+    /// when a limit may key on the client's address; properties always
+    /// (keys, and the response phase's own `RateLimit` fields).
     fn info(config: &Config) -> Info {
-        Info::request_phase().with_response_phase(config.headers_on_success)
+        let headers = config.limits.iter().filter_map(|limit| match &limit.key {
+            KeySource::Header(name) => Some(name.clone()),
+            _ => None,
+        });
+        let client_ip = config.limits.iter().any(|limit| {
+            limit.key == KeySource::ClientIp || limit.on_missing_key == MissingKey::ClientIp
+        });
+        Info::request_phase()
+            .with_response_phase(config.headers_on_success)
+            .request_headers(headers)
+            .response_headers(std::iter::empty::<String>())
+            .connection(client_ip)
     }
 
     fn on_request(config: &Config, req: &Request) -> Action {
@@ -210,8 +224,8 @@ impl Plugin for RateLimit {
         }
     }
 
-    fn on_response(_: &Config, req: &Request, _resp: &ResponseHead) -> ResponseChanges {
-        match req.property_texts(HEADERS_PROPERTY) {
+    fn on_response(_: &Config, resp: &ResponseHead) -> ResponseChanges {
+        match resp.property_texts(HEADERS_PROPERTY) {
             Some([policy, ratelimit]) => ResponseChanges::new()
                 .append_header("ratelimit-policy", policy)
                 .append_header("ratelimit", ratelimit),
@@ -259,7 +273,7 @@ weir_plugin::export_plugin!(RateLimit);
 #[cfg(test)]
 mod tests {
     use weir_plugin::testing::{self, request};
-    use weir_plugin::{Action, Plugin, Request, ResponseHead};
+    use weir_plugin::{Action, Plugin, Request};
 
     use super::RateLimit;
 
@@ -309,14 +323,10 @@ mod tests {
         else {
             panic!("the first request is allowed");
         };
-        let mut req = request("GET", "/").build();
-        req.properties = changes.properties;
-        let head = ResponseHead {
-            status: 200,
-            headers: vec![],
-            body: None,
-        };
-        let changes = RateLimit::on_response(&config, &req, &head);
+        let info = RateLimit::info(&config);
+        let req = request("GET", "/").build();
+        let head = testing::response_as_seen(&info, &req, 200, changes.properties);
+        let changes = RateLimit::on_response(&config, &head);
         assert_eq!(changes.headers.len(), 2);
     }
 }

@@ -68,7 +68,7 @@ pub fn checks<'a>(config: &'a Config, req: &Request) -> Vec<Check<'a>> {
                     MissingKey::Skip => return None,
                     MissingKey::ClientIp => (
                         &KeySource::ClientIp,
-                        limit.ip_grouping.bucket(req.client_ip()),
+                        limit.ip_grouping.bucket(client_ip(req)),
                     ),
                 },
             };
@@ -88,10 +88,16 @@ pub fn checks<'a>(config: &'a Config, req: &Request) -> Vec<Check<'a>> {
         .collect()
 }
 
+/// The client's address: `info` asks for the connection whenever a limit
+/// may key on it.
+fn client_ip(req: &Request) -> &str {
+    req.client_ip().unwrap_or("")
+}
+
 /// The value the limit's key takes for this request, if it has one.
 fn key_value(limit: &Limit, req: &Request) -> Option<String> {
     let value = match &limit.key {
-        KeySource::ClientIp => Some(limit.ip_grouping.bucket(req.client_ip())),
+        KeySource::ClientIp => Some(limit.ip_grouping.bucket(client_ip(req))),
         KeySource::Header(name) => req.header(name).map(|v| v.trim().to_owned()),
         KeySource::Property(name) => match req.property(name) {
             Some(Value::Text(text)) => Some(text.clone()),

@@ -144,8 +144,16 @@ struct Router;
 impl Plugin for Router {
     type Config = Config;
 
-    fn info(_: &Config) -> Info {
+    /// Reads only the headers its rules test, no connection fact, no property.
+    fn info(config: &Config) -> Info {
+        let names = config
+            .rules
+            .iter()
+            .flat_map(|rule| rule.headers.iter().map(|condition| condition.name.clone()));
         Info::request_phase()
+            .request_headers(names)
+            .connection(false)
+            .properties(false)
     }
 
     fn on_request(config: &Config, req: &Request) -> Action {

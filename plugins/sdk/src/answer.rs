@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::bindings::weir::plugin::types::{
-    CacheDirectives, HeaderOp, PluginInfo as Info, RequestAction as Action,
+    CacheDirectives, HeaderInterest, HeaderOp, PluginInfo as Info, RequestAction as Action,
     RequestChanges as Changes, Response, ResponseChanges, Value,
 };
 
@@ -288,13 +288,55 @@ impl CacheDirectives {
 
 impl Info {
     /// Call `on-request` only.
+    ///
+    /// Every header, the connection and the properties are given until
+    /// narrowed with [`Info::request_headers`], [`Info::response_headers`],
+    /// [`Info::connection`] and [`Info::properties`]: what a plugin does
+    /// not read, it should not be sent (each value costs a copy into the
+    /// plugin, per call).
     pub fn request_phase() -> Self {
         Info {
             on_request: true,
             on_response: false,
             request_body: false,
             response_body: false,
+            request_headers: HeaderInterest::All,
+            response_headers: HeaderInterest::All,
+            connection: true,
+            properties: true,
         }
+    }
+
+    /// Give the request phase only these request headers (any case).
+    pub fn request_headers<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.request_headers = HeaderInterest::Named(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Give the response phase only these response headers (any case).
+    pub fn response_headers<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.response_headers = HeaderInterest::Named(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether `Request::connection` is filled in.
+    pub fn connection(mut self, yes: bool) -> Self {
+        self.connection = yes;
+        self
+    }
+
+    /// Whether the properties are passed (both phases).
+    pub fn properties(mut self, yes: bool) -> Self {
+        self.properties = yes;
+        self
     }
 
     /// Call `on-response` only.

@@ -59,7 +59,7 @@ pub mod testing;
 pub use answer::{deny, json_error};
 pub use bindings::weir::plugin::http_client;
 pub use bindings::weir::plugin::types::{
-    CacheDirectives, ConnectionInfo, HeaderOp, HttpVersion, PluginInfo as Info,
+    CacheDirectives, ConnectionInfo, HeaderInterest, HeaderOp, HttpVersion, PluginInfo as Info,
     RequestAction as Action, RequestChanges as Changes, Response, ResponseChanges, ResponseHead,
     TlsInfo, Value,
 };
@@ -111,10 +111,11 @@ pub trait Plugin {
         Action::next().into()
     }
 
-    /// The response phase, in reverse chain order, with the request as the
-    /// upstream saw it. Default: no changes.
-    fn on_response(config: &Self::Config, req: &Request, resp: &ResponseHead) -> ResponseChanges {
-        let _ = (config, req, resp);
+    /// The response phase, in reverse chain order. It is not given the
+    /// request: what it needs of it, the request phase keeps as properties
+    /// (given here when [`Info::properties`] is on). Default: no changes.
+    fn on_response(config: &Self::Config, resp: &ResponseHead) -> ResponseChanges {
+        let _ = (config, resp);
         ResponseChanges::default()
     }
 }
@@ -148,11 +149,8 @@ macro_rules! export_plugin {
                     <$plugin as $crate::Plugin>::on_request(Self::config(), &req)
                 }
 
-                fn on_response(
-                    req: $crate::Request,
-                    resp: $crate::ResponseHead,
-                ) -> $crate::ResponseChanges {
-                    <$plugin as $crate::Plugin>::on_response(Self::config(), &req, &resp)
+                fn on_response(resp: $crate::ResponseHead) -> $crate::ResponseChanges {
+                    <$plugin as $crate::Plugin>::on_response(Self::config(), &resp)
                 }
             }
 

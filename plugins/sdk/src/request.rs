@@ -71,9 +71,10 @@ impl Request {
             .map(|(_, value)| value)
     }
 
-    /// The client's IP address as text.
-    pub fn client_ip(&self) -> &str {
-        &self.connection.client_ip
+    /// The client's IP address as text; `None` unless the plugin's
+    /// [`Info`](crate::Info) asked for the connection.
+    pub fn client_ip(&self) -> Option<&str> {
+        self.connection.as_ref().map(|c| c.client_ip.as_str())
     }
 
     /// A request to feed a plugin in tests; see [`crate::testing`].
@@ -86,6 +87,25 @@ impl ResponseHead {
     /// The first value of a header (names compare case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
         first(&self.headers, name)
+    }
+
+    /// A property the request phase set (given when the plugin's
+    /// [`Info`](crate::Info) asked for properties).
+    pub fn property(&self, name: &str) -> Option<&Value> {
+        self.properties
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value)
+    }
+
+    /// A property's text, if it is a `text` value.
+    pub fn property_text(&self, name: &str) -> Option<&str> {
+        self.property(name).and_then(Value::as_text)
+    }
+
+    /// A property's list, if it is a `texts` value.
+    pub fn property_texts(&self, name: &str) -> Option<&[String]> {
+        self.property(name).and_then(Value::as_texts)
     }
 
     /// Every value of a header, in arrival order.

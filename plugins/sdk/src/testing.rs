@@ -45,7 +45,7 @@ pub fn request(method: &str, path: &str) -> RequestBuilder {
             path: path.to_string(),
             query,
             headers: Headers::new(),
-            connection: ConnectionInfo::default(),
+            connection: Some(ConnectionInfo::default()),
             upstream: None,
             properties: Properties::new(),
             body: None,
@@ -78,7 +78,10 @@ impl RequestBuilder {
     }
 
     pub fn client_ip(mut self, ip: &str) -> Self {
-        self.request.connection.client_ip = ip.to_string();
+        self.request
+            .connection
+            .get_or_insert_with(ConnectionInfo::default)
+            .client_ip = ip.to_string();
         self
     }
 
@@ -165,12 +168,9 @@ pub fn check_conformance<P: Plugin>(config_json: &str, requests: &[Request]) {
         info,
         "info must depend on the config only"
     );
-    let ok = crate::ResponseHead {
-        status: 200,
-        headers: vec![("content-type".to_string(), "text/plain".to_string())],
-        body: None,
-    };
     for req in requests {
+        let req = &as_seen(&info, req);
+        let mut properties = req.properties.clone();
         if info.on_request {
             let action = P::on_request(&config, req);
             check_action(&action);
@@ -181,10 +181,15 @@ pub fn check_conformance<P: Plugin>(config_json: &str, requests: &[Request]) {
                     req.method,
                     req.path
                 );
+                for (name, value) in &changes.properties {
+                    properties.retain(|(n, _)| n != name);
+                    properties.push((name.clone(), value.clone()));
+                }
             }
         }
         if info.on_response {
-            let changes = P::on_response(&config, req, &ok);
+            let ok = response_as_seen(&info, req, 200, properties);
+            let changes = P::on_response(&config, &ok);
             check_response_changes(&changes);
             assert!(
                 changes.body.is_none() || info.response_body,
@@ -293,4 +298,61 @@ pub fn set_now_ms(now: Option<u64>) {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn clear_kv() {
     crate::kv::native::clear();
+}
+
+/// `req` as the host gives it to a plugin declaring `info`: only the
+/// headers it named, the connection and properties only if it asked. Feed
+/// this to a phase in tests so a plugin that reads what it did not declare
+/// fails there, not in production.
+pub fn as_seen(info: &Info, req: &Request) -> Request {
+    let mut seen = req.clone();
+    seen.headers = interesting(&info.request_headers, &req.headers);
+    if !info.connection {
+        seen.connection = None;
+    }
+    if !info.properties {
+        seen.properties.clear();
+    }
+    if !info.request_body {
+        seen.body = None;
+    }
+    seen
+}
+
+/// A `status` response to `req` with a `content-type: text/plain` header,
+/// as the host gives it to a plugin declaring `info` in the response phase:
+/// `properties` are the request's as the request phase left them.
+pub fn response_as_seen(
+    info: &Info,
+    req: &Request,
+    status: u16,
+    properties: Properties,
+) -> crate::ResponseHead {
+    let headers = vec![("content-type".to_string(), "text/plain".to_string())];
+    crate::ResponseHead {
+        request_id: req.id.clone(),
+        status,
+        headers: interesting(&info.response_headers, &headers),
+        properties: if info.properties {
+            properties
+        } else {
+            Properties::new()
+        },
+        body: None,
+    }
+}
+
+fn interesting(interest: &crate::HeaderInterest, headers: &Headers) -> Headers {
+    match interest {
+        crate::HeaderInterest::All => headers.clone(),
+        crate::HeaderInterest::Named(names) => names
+            .iter()
+            .flat_map(|name| {
+                headers
+                    .iter()
+                    .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+                    .cloned()
+            })
+            .collect(),
+    }
 }

@@ -47,7 +47,7 @@ impl Plugin for Greeter {
             .into()
     }
 
-    fn on_response(_: &Config, _: &Request, resp: &ResponseHead) -> ResponseChanges {
+    fn on_response(_: &Config, resp: &ResponseHead) -> ResponseChanges {
         match resp.header("content-type") {
             Some(_) => ResponseChanges::new().append_header("x-greeted", "yes"),
             None => ResponseChanges::new(),
@@ -85,12 +85,14 @@ fn defaults_change_nothing() {
     let config = testing::config::<Quiet>("{}");
     assert_eq!(Quiet::on_request(&config, &req), Action::next().into());
     let head = ResponseHead {
+        request_id: req.id.clone(),
         status: 200,
         headers: vec![],
+        properties: vec![],
         body: None,
     };
     assert_eq!(
-        Quiet::on_response(&config, &req, &head),
+        Quiet::on_response(&config, &head),
         ResponseChanges::default()
     );
 }
@@ -136,7 +138,7 @@ fn request_accessors() {
     assert_eq!(req.query_param("b"), Some(""));
     assert_eq!(req.query_param("c"), Some("%20"), "values stay encoded");
     assert_eq!(req.query_param("d"), None);
-    assert_eq!(req.client_ip(), "203.0.113.7");
+    assert_eq!(req.client_ip(), Some("203.0.113.7"));
     assert_eq!(req.property_text("user"), Some("ann"));
     assert_eq!(req.property_text("n"), None);
     assert_eq!(req.property("n").and_then(Value::as_integer), Some(3));

@@ -75,8 +75,12 @@ struct Tagger;
 impl Plugin for Tagger {
     type Config = Config;
 
+    /// Reads no header and no connection fact: only the `chain` property.
     fn info(_: &Config) -> Info {
         Info::both_phases()
+            .request_headers(std::iter::empty::<String>())
+            .response_headers(std::iter::empty::<String>())
+            .connection(false)
     }
 
     fn validate(config: &Config) -> Result<(), String> {
@@ -123,7 +127,7 @@ impl Plugin for Tagger {
         changes.set_property("chain", chain).into()
     }
 
-    fn on_response(config: &Config, _req: &Request, _resp: &ResponseHead) -> ResponseChanges {
+    fn on_response(config: &Config, _resp: &ResponseHead) -> ResponseChanges {
         let mut changes = ResponseChanges::new();
         for (name, value) in &config.response_headers {
             changes = changes.set_header(name, value);

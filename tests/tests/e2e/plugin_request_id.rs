@@ -155,3 +155,41 @@ async fn bad_config_is_refused_at_load() {
         assert!(err.contains(expected), "{config}: {err}");
     }
 }
+
+/// Contract versions side by side in one chain: the C `request_id` is a
+/// `weir:plugin@0.1.0` component (its response phase is still sent the
+/// whole request), `tagger` and `inspector` are 0.2.0 (theirs is not; they
+/// get the request id and properties). Each phase of each does its work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_0_1_0_plugin_serves_in_one_chain_with_0_2_0_plugins() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::start(&format!(
+        "default_upstream = \"up\"\nchain = [\"request_id\", \"tagger\", \"inspector\"]\n{}\n\
+         [plugins.request_id]\nfile = {:?}\n\
+         [plugins.tagger]\nfile = {:?}\nconfig = {{ tag = \"t\", response_headers = {{ x-tagged = \"yes\" }} }}\n\
+         [plugins.inspector]\nfile = {:?}\nconfig = {{ response = true }}\n",
+        upstream.toml("up"),
+        artifacts::REQUEST_ID,
+        artifacts::TAGGER,
+        artifacts::INSPECTOR
+    ))
+    .await;
+    let response = client()
+        .get(proxy.url("/mixed"))
+        .header("x-request-id", "mixed-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    // 0.1.0 response phase: the id it read from the request it was sent.
+    assert_eq!(header("x-request-id"), "mixed-1");
+    // 0.2.0 response phases.
+    assert_eq!(header("x-tagged"), "yes");
+    assert_eq!(header("x-inspect-response-request-id"), "mixed-1");
+    let properties = header("x-inspect-response-properties");
+    assert!(properties.contains("request-id=mixed-1"), "{properties}");
+    assert!(properties.contains("chain=t"), "{properties}");
+    let echo = echo_json(&response.text().await.unwrap());
+    assert_eq!(echoed_header(&echo, "x-weir-chain"), ["t"]);
+}
