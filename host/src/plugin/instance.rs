@@ -4,6 +4,7 @@
 //! deadline, memory cap — fails that call only; the instance is discarded.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -30,6 +31,24 @@ const HOST_CALL_SLACK: Duration = Duration::from_millis(50);
 /// Epoch ticks (`engine::EPOCH_TICK`, 1 ms) a guest runs between yields.
 const YIELD_TICKS: u64 = 1;
 
+/// A queued call waits at most this many `queue_timeout`s in all, however
+/// busy (and progressing) the plugin is.
+const MAX_QUEUE_TIMEOUTS: u32 = 10;
+
+/// A `max_concurrency` slot; giving it back marks the plugin as progressing.
+struct Slot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    plugin: &'a Plugin,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let plugin = self.plugin;
+        let now = plugin.shared.started.elapsed().as_nanos() as u64;
+        plugin.last_release.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
 /// A plugin ready to serve: linked, its config accepted.
 pub struct Plugin {
     pub name: String,
@@ -49,8 +68,11 @@ pub struct Plugin {
     /// Calls of this plugin running at once (`max_concurrency`): one busy
     /// plugin cannot take every instance slot and worker turn.
     slots: tokio::sync::Semaphore,
-    /// How long a call beyond `max_concurrency` waits for a slot.
+    /// How long a call beyond `max_concurrency` waits for a slot while no
+    /// call of the plugin finishes.
     queue_timeout: Duration,
+    /// When a call last gave its slot back, in ns since `shared.started`.
+    last_release: AtomicU64,
     max_concurrency: usize,
     /// `weir_plugin_call_duration_seconds`, request and response phase.
     pub(super) durations: [crate::metrics::Histogram; 2],
@@ -148,6 +170,7 @@ impl Plugin {
             overload_warnings: Throttle::default(),
             slots: tokio::sync::Semaphore::new(spec.max_concurrency),
             queue_timeout: spec.queue_timeout,
+            last_release: AtomicU64::new(0),
             max_concurrency: spec.max_concurrency,
             durations,
         };
@@ -294,6 +317,48 @@ impl Plugin {
         }
     }
 
+    /// One of the plugin's `max_concurrency` slots, or `None` when the
+    /// plugin is stuck: a call waits while the plugin's calls keep
+    /// finishing (a saturated proxy queues, in order), and is refused once
+    /// none has finished for `queue_timeout`, or after
+    /// `MAX_QUEUE_TIMEOUTS` of them in all.
+    async fn slot(&self) -> Option<Slot<'_>> {
+        if let Ok(permit) = self.slots.try_acquire() {
+            return Some(Slot {
+                _permit: permit,
+                plugin: self,
+            });
+        }
+        let queued = Instant::now();
+        let give_up = queued + self.queue_timeout * MAX_QUEUE_TIMEOUTS;
+        // One acquire, kept across waits: the call keeps its place.
+        let acquire = self.slots.acquire();
+        tokio::pin!(acquire);
+        loop {
+            let idle_since = self.last_release().max(queued);
+            let deadline = (idle_since + self.queue_timeout).min(give_up);
+            match tokio::time::timeout_at(deadline.into(), &mut acquire).await {
+                Ok(Ok(permit)) => {
+                    return Some(Slot {
+                        _permit: permit,
+                        plugin: self,
+                    })
+                }
+                Ok(Err(_closed)) => return None,
+                Err(_) => {
+                    let now = Instant::now();
+                    if now >= give_up || self.last_release() + self.queue_timeout <= now {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn last_release(&self) -> Instant {
+        self.shared.started + Duration::from_nanos(self.last_release.load(Ordering::Relaxed))
+    }
+
     /// Run one call in a bounded instance, for a request `hops` plugin
     /// callouts deep (its own callouts go one deeper).
     pub(super) async fn invoke(
@@ -302,21 +367,20 @@ impl Plugin {
         hops: u8,
         call: Call<'_>,
     ) -> Result<Answer, PluginError> {
-        let _slot = match self.slots.try_acquire() {
-            Ok(slot) => slot,
-            Err(_) => match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
-                Ok(Ok(slot)) => slot,
-                _ => {
-                    let error = PluginError::Overload {
-                        plugin: self.name.clone(),
-                        message: format!(
-                            "every max_concurrency slot busy, none freed within {} ms",
-                            self.queue_timeout.as_millis()
-                        ),
-                    };
-                    return Err(self.failed(request_id, error));
-                }
-            },
+        let _slot = match self.slot().await {
+            Some(slot) => slot,
+            None => {
+                let error = PluginError::Overload {
+                    plugin: self.name.clone(),
+                    message: format!(
+                        "every max_concurrency slot busy: none freed for {} ms \
+                         (or queued {} ms in all)",
+                        self.queue_timeout.as_millis(),
+                        (self.queue_timeout * MAX_QUEUE_TIMEOUTS).as_millis()
+                    ),
+                };
+                return Err(self.failed(request_id, error));
+            }
         };
         let _in_flight = self.calls.start();
         let mut warm = match self.acquire().await {

@@ -1,6 +1,7 @@
 //! No plugin stalls anyone else: a guest that runs long gives its thread
 //! back at every epoch tick (its own deadline still applies), calls beyond
-//! a plugin's `max_concurrency` wait briefly and are then refused with 503,
+//! a plugin's `max_concurrency` wait while its calls keep finishing and are
+//! refused with 503 once none has finished for `queue_timeout_ms`,
 //! and the admin listener runs on a thread of its own.
 //!
 //! No timings are asserted: only the order in which things finish.
@@ -102,6 +103,42 @@ async fn calls_beyond_max_concurrency_wait_briefly_then_get_503() {
     // Once the slots are free again, the plugin serves.
     let ok = client().get(proxy.url("/fine")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
+}
+
+/// A plugin that is busy but keeps finishing calls is not "exhausted":
+/// its queue drains in order, though the last call waits far longer than
+/// `queue_timeout_ms` (12 calls of 20 ms through one slot), because a slot
+/// came free well within it each time. (Here every call ends at its
+/// deadline: what counts is that the slot comes back.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_plugin_that_keeps_finishing_calls_queues_instead_of_refusing() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::start(&looping(
+        &upstream,
+        "timeout_ms = 20\nmax_concurrency = 1\nqueue_timeout_ms = 200",
+        "",
+    ))
+    .await;
+    let mut calls = Vec::new();
+    for _ in 0..12 {
+        let url = proxy.url("/boom");
+        calls.push(tokio::spawn(async move {
+            let response = client().get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }));
+    }
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("plugin timed out"), "{body}");
+    }
+    assert_eq!(
+        proxy.metrics().counter(
+            "weir_plugin_errors_total",
+            &[("plugin", "spin"), ("kind", "overload")]
+        ),
+        0
+    );
 }
 
 /// A stderr nobody reads (a full pipe) must not stall requests that log:
