@@ -121,7 +121,7 @@ headers_on_success = true
 name = "tenant"
 key = "property:tenant"
 requests = 100000000
-window = "366d"
+window = "100d"
 
 [plugins.cache]
 file = {cache_policy:?}
