@@ -361,6 +361,9 @@ def main():
         start(["haproxy", "-f", str(haproxy_conf(work))])
         start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1",
                "--save", "", "--appendonly", "no"])
+        # Up before the Weir that uses it: otherwise its first calls find
+        # Redis unreachable and the limit open for a second.
+        wait_port(PORTS["redis"])
         weirs = {}
         sample = ["auth", "ratelimit", "cache", "router"]
         binaries = [("", args.weir_binary)]
