@@ -82,7 +82,7 @@ impl Exchange {
             headers: view.request_headers.of(&self.head.headers),
             connection: view.connection.then(|| self.connection.clone()),
             upstream: self.upstream.clone(),
-            properties: self.properties(view),
+            properties: self.properties_for(view),
             body: if with_body {
                 self.body.as_ref().map(|b| b.to_vec())
             } else {
@@ -91,7 +91,8 @@ impl Exchange {
         }
     }
 
-    fn properties(&self, view: &View) -> types::Properties {
+    /// The properties, if `view` asks for them.
+    fn properties_for(&self, view: &View) -> types::Properties {
         if view.properties {
             self.properties.clone()
         } else {
@@ -184,7 +185,7 @@ impl Chain {
             let started = Instant::now();
             let req = ex.to_wit(plugin.info.request_body, &plugin.view);
             let answer = plugin
-                .invoke(&ex.id, ex.hops, Call::Request(&req))
+                .invoke(&ex.id, ex.hops, Call::Request(req))
                 .instrument(span)
                 .await;
             let action = match answer {
@@ -246,7 +247,7 @@ impl Chain {
                 request_id: ex.id.clone(),
                 status: resp.head.status.as_u16(),
                 headers: plugin.view.response_headers.of(&resp.head.headers),
-                properties: ex.properties(&plugin.view),
+                properties: ex.properties_for(&plugin.view),
                 body: if plugin.info.response_body {
                     resp.body.as_ref().map(|b| b.to_vec())
                 } else {
@@ -255,7 +256,7 @@ impl Chain {
             };
             let started = Instant::now();
             let answer = plugin
-                .invoke(&ex.id, ex.hops, Call::Response(&head, req))
+                .invoke(&ex.id, ex.hops, Call::Response(head, req))
                 .instrument(span)
                 .await;
             match answer {

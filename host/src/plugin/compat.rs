@@ -166,26 +166,34 @@ pub mod records {
         }
     }
 
-    pub fn request(req: &new::Request) -> old::Request {
+    /// The request phase's record, moved.
+    pub fn into_request(req: new::Request) -> old::Request {
         old::Request {
-            id: req.id.clone(),
-            route: req.route.clone(),
-            method: req.method.clone(),
-            scheme: req.scheme.clone(),
-            authority: req.authority.clone(),
-            path: req.path.clone(),
-            query: req.query.clone(),
-            headers: req.headers.clone(),
-            // Always present: a 0.1.0 plugin's interest includes it.
+            id: req.id,
+            route: req.route,
+            method: req.method,
+            scheme: req.scheme,
+            authority: req.authority,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
             connection: req
                 .connection
-                .as_ref()
                 .map(connection)
                 .unwrap_or_else(unknown_connection),
-            upstream: req.upstream.clone(),
-            properties: properties(&req.properties),
-            body: req.body.clone(),
+            upstream: req.upstream,
+            properties: req
+                .properties
+                .into_iter()
+                .map(|(name, v)| (name, value_to_old(v)))
+                .collect(),
+            body: req.body,
         }
+    }
+
+    /// The response phase's request, shared by every 0.1.0 plugin of it.
+    pub fn request(req: &new::Request) -> old::Request {
+        into_request(req.clone())
     }
 
     fn unknown_connection() -> old::ConnectionInfo {
@@ -199,11 +207,11 @@ pub mod records {
         }
     }
 
-    fn connection(info: &new::ConnectionInfo) -> old::ConnectionInfo {
+    fn connection(info: new::ConnectionInfo) -> old::ConnectionInfo {
         old::ConnectionInfo {
-            client_ip: info.client_ip.clone(),
+            client_ip: info.client_ip,
             client_port: info.client_port,
-            local_ip: info.local_ip.clone(),
+            local_ip: info.local_ip,
             local_port: info.local_port,
             http_version: match info.http_version {
                 new::HttpVersion::Http10 => old::HttpVersion::Http10,
@@ -211,31 +219,24 @@ pub mod records {
                 new::HttpVersion::Http2 => old::HttpVersion::Http2,
                 new::HttpVersion::Http3 => old::HttpVersion::Http3,
             },
-            tls: info.tls.as_ref().map(|tls| old::TlsInfo {
-                version: tls.version.clone(),
-                sni: tls.sni.clone(),
-                alpn: tls.alpn.clone(),
-                client_cert_subject: tls.client_cert_subject.clone(),
-                client_cert_sans: tls.client_cert_sans.clone(),
+            tls: info.tls.map(|tls| old::TlsInfo {
+                version: tls.version,
+                sni: tls.sni,
+                alpn: tls.alpn,
+                client_cert_subject: tls.client_cert_subject,
+                client_cert_sans: tls.client_cert_sans,
             }),
         }
     }
 
-    fn properties(props: &[(String, new::Value)]) -> old::Properties {
-        props
-            .iter()
-            .map(|(name, value)| (name.clone(), value_to_old(value)))
-            .collect()
-    }
-
-    fn value_to_old(value: &new::Value) -> old::Value {
+    fn value_to_old(value: new::Value) -> old::Value {
         match value {
-            new::Value::Text(v) => old::Value::Text(v.clone()),
-            new::Value::Integer(v) => old::Value::Integer(*v),
-            new::Value::Float(v) => old::Value::Float(*v),
-            new::Value::Flag(v) => old::Value::Flag(*v),
-            new::Value::Bytes(v) => old::Value::Bytes(v.clone()),
-            new::Value::Texts(v) => old::Value::Texts(v.clone()),
+            new::Value::Text(v) => old::Value::Text(v),
+            new::Value::Integer(v) => old::Value::Integer(v),
+            new::Value::Float(v) => old::Value::Float(v),
+            new::Value::Flag(v) => old::Value::Flag(v),
+            new::Value::Bytes(v) => old::Value::Bytes(v),
+            new::Value::Texts(v) => old::Value::Texts(v),
         }
     }
 
@@ -251,11 +252,11 @@ pub mod records {
     }
 
     /// 0.1.0's response head: the host's, less what 0.2.0 added.
-    pub fn response_head(head: &new::ResponseHead) -> old::ResponseHead {
+    pub fn response_head(head: new::ResponseHead) -> old::ResponseHead {
         old::ResponseHead {
             status: head.status,
-            headers: head.headers.clone(),
-            body: head.body.clone(),
+            headers: head.headers,
+            body: head.body,
         }
     }
 

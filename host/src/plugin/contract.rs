@@ -95,12 +95,12 @@ impl Guest {
     pub async fn on_request(
         &self,
         store: &mut Store<HostState>,
-        req: &types::Request,
+        req: types::Request,
     ) -> wasmtime::Result<types::RequestAction> {
         match self {
-            Guest::V0_2(guest) => guest.weir_plugin_guest().call_on_request(store, req).await,
+            Guest::V0_2(guest) => guest.weir_plugin_guest().call_on_request(store, &req).await,
             Guest::V0_1(guest) => {
-                let req = records::request(req);
+                let req = records::into_request(req);
                 let action = guest
                     .weir_plugin_guest()
                     .call_on_request(store, &req)
@@ -114,14 +114,14 @@ impl Guest {
     pub async fn on_response(
         &self,
         store: &mut Store<HostState>,
-        resp: &types::ResponseHead,
+        resp: types::ResponseHead,
         req: Option<&types::Request>,
     ) -> wasmtime::Result<types::ResponseChanges> {
         match self {
             Guest::V0_2(guest) => {
                 guest
                     .weir_plugin_guest()
-                    .call_on_response(store, resp)
+                    .call_on_response(store, &resp)
                     .await
             }
             Guest::V0_1(guest) => {

@@ -86,11 +86,15 @@ struct Warm {
 }
 
 /// The calls a plugin answers.
+// Built and matched once per call, never stored: boxing the large variant
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Call<'a> {
     ValidateConfig(&'a str),
-    Request(&'a types::Request),
+    /// Built for this call: a 0.1.0 guest's conversion moves it.
+    Request(types::Request),
     /// The response head and, for a 0.1.0 guest, the request.
-    Response(&'a types::ResponseHead, Option<&'a types::Request>),
+    Response(types::ResponseHead, Option<&'a types::Request>),
 }
 
 pub(super) enum Answer {
