@@ -221,26 +221,20 @@ impl Guest {
         }
     }
 
-    async fn records(&mut self, head: &http::request::Parts) -> HeaderMap {
-        let req = record(head, None);
+    /// Shape (a), or (b) with `interest`.
+    async fn record_call(&mut self, head: &http::request::Parts, interest: bool) -> HeaderMap {
+        let req = record(head, interest.then_some(self.interest.as_slice()));
         let guest = self.shapes.weir_shapes_guest();
-        apply(
-            guest
-                .call_on_request(&mut self.store, &req)
-                .await
-                .expect("call"),
-        )
+        let changes = guest.call_on_request(&mut self.store, &req).await;
+        apply(changes.expect("call"))
+    }
+
+    async fn records(&mut self, head: &http::request::Parts) -> HeaderMap {
+        self.record_call(head, false).await
     }
 
     async fn interest(&mut self, head: &http::request::Parts) -> HeaderMap {
-        let req = record(head, Some(&self.interest));
-        let guest = self.shapes.weir_shapes_guest();
-        apply(
-            guest
-                .call_on_request(&mut self.store, &req)
-                .await
-                .expect("call"),
-        )
+        self.record_call(head, true).await
     }
 
     async fn lazy(&mut self, head: http::request::Parts) -> (HeaderMap, http::request::Parts) {

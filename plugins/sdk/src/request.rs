@@ -23,6 +23,14 @@ fn all<'a>(headers: &'a Headers, name: &'a str) -> impl Iterator<Item = &'a str>
         .map(|(_, value)| value.as_str())
 }
 
+/// A property by name.
+fn property<'a>(properties: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    properties
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value)
+}
+
 impl Request {
     /// The first value of a header (names compare case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -37,10 +45,7 @@ impl Request {
     /// A property set by an earlier plugin (or by this one, in the response
     /// phase).
     pub fn property(&self, name: &str) -> Option<&Value> {
-        self.properties
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value)
+        property(&self.properties, name)
     }
 
     /// A property's text, if it is a `text` value.
@@ -92,10 +97,7 @@ impl ResponseHead {
     /// A property the request phase set (given when the plugin's
     /// [`Info`](crate::Info) asked for properties).
     pub fn property(&self, name: &str) -> Option<&Value> {
-        self.properties
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value)
+        property(&self.properties, name)
     }
 
     /// A property's text, if it is a `text` value.
