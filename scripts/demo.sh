@@ -28,7 +28,7 @@ cat <<'TRY'
 
 Weir is serving on http://127.0.0.1:8080 with the chain auth -> ratelimit ->
 cache -> router, in front of two echo upstreams (main :9000, v2 :9001).
-Admin (metrics, purge) on http://127.0.0.1:9901. Try:
+Admin (metrics, purge, weir ctl) on http://127.0.0.1:9901. Try:
 
   curl -i 127.0.0.1:8080/anything                                   # 401: no API key
   curl -i -H 'x-api-key: demo-key' '127.0.0.1:8080/doc?max_age=60'  # 200, cache-status: weir; fwd=miss; stored
@@ -37,6 +37,7 @@ Admin (metrics, purge) on http://127.0.0.1:9901. Try:
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: demo-key' 127.0.0.1:8080/x; done
                                                                     # 5 per 10 s per tenant: ... 429
   curl -s -H "Authorization: Bearer $(cat examples/admin.token)" 127.0.0.1:9901/metrics
+  target/release/weir ctl --token-file examples/admin.token plugins   # or status, upstreams, cache, reload
 
 Ctrl-C to stop.
 TRY

@@ -6,6 +6,9 @@
 //! or prefix names both schemes. `GET /readyz` says whether a generation is
 //! serving.
 //!
+//! The JSON API under `/api/v1/` (see [`api`]) shows status, routes,
+//! plugins, upstreams and the cache, and purges, reloads and drains.
+//!
 //! Every endpoint but `/healthz` and `/readyz` checks `Host` (only the
 //! listener's own address, `localhost`, loopback literals and
 //! `[admin] allowed_hosts`: a web page a browser was tricked into sending
@@ -14,8 +17,11 @@
 //! token, by POST: without one configured it is refused, since a plain
 //! form POST from any web page would otherwise empty the cache.
 
+mod api;
+
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -25,7 +31,9 @@ use tokio::net::TcpListener;
 use crate::body::{self, Body};
 use crate::config::{AdminSettings, Limits};
 use crate::proxy::Proxy;
+use crate::runner::Reloader;
 use crate::server::SimpleLimits;
+use crate::tls::ReloadingConfig;
 
 fn text(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     let mut response = Response::new(body::full(text.into()));
@@ -123,7 +131,31 @@ fn host_allowed(settings: &AdminSettings, req: &Request<Incoming>) -> bool {
         || settings.allowed_hosts.iter().any(|allowed| allowed == name)
 }
 
-async fn handle(proxy: &Proxy, settings: &AdminSettings, req: Request<Incoming>) -> Response<Body> {
+/// What the admin endpoints serve from.
+pub struct Admin {
+    pub proxy: Arc<Proxy>,
+    pub settings: AdminSettings,
+    /// Reloads, run on the data path's runtime.
+    pub reload: Option<(Reloader, tokio::runtime::Handle)>,
+    started: Instant,
+}
+
+impl Admin {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        settings: AdminSettings,
+        reload: Option<(Reloader, tokio::runtime::Handle)>,
+    ) -> Admin {
+        Admin {
+            proxy,
+            settings,
+            reload,
+            started: Instant::now(),
+        }
+    }
+}
+
+async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
     let query = req.uri().query().unwrap_or("");
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
@@ -132,82 +164,89 @@ async fn handle(proxy: &Proxy, settings: &AdminSettings, req: Request<Incoming>)
         (&Method::GET, "/readyz") => return text(StatusCode::OK, "ready\n"),
         _ => {}
     }
-    if let Some(refused) = refusal(settings, &req) {
+    if let Some(refused) = refusal(&admin.settings, &req) {
         return refused;
     }
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            let generation = proxy.current();
-            let mut plugins = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            let chains = std::iter::once(&generation.fallback)
-                .chain(generation.routes.iter())
-                .map(|route| &route.chain);
-            for plugin in chains.flat_map(|chain| chain.plugins()) {
-                // A plugin shared by several routes counts once.
-                if seen.insert(std::sync::Arc::as_ptr(plugin)) {
-                    plugins.push((plugin.name.clone(), plugin.pool_idle(), plugin.in_flight()));
-                }
-            }
-            proxy.metrics().host().set_plugin_gauges(&plugins);
-            if let Some(cache) = &generation.cache {
-                let host = proxy.metrics().host();
-                host.cache_entries
-                    .set(i64::try_from(cache.entry_count()).unwrap_or(i64::MAX));
-                host.cache_bytes
-                    .set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
-            }
-            let mut response = text(StatusCode::OK, proxy.metrics().render());
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            response
+    let path = req.uri().path();
+    if let Some(api_path) = path.strip_prefix("/api/v1/") {
+        if let Some(response) = api::handle(admin, req.method(), api_path, query).await {
+            return response;
         }
-        (&Method::POST, "/cache/purge") if settings.token.is_none() => text(
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => metrics(&admin.proxy),
+        // The text form `weir ctl` predates; same checks as the API's.
+        (&Method::POST, "/cache/purge") if admin.settings.token.is_none() => text(
             StatusCode::FORBIDDEN,
             "purging needs an admin token: set [admin] token_file or WEIR_ADMIN_TOKEN\n",
         ),
-        (&Method::POST, "/cache/purge") => {
-            let generation = proxy.current();
-            let Some(cache) = &generation.cache else {
-                return text(StatusCode::NOT_FOUND, "no cache configured\n");
-            };
-            if let Some(key) = query_param(query, "key") {
-                let existed = cache.purge_key(&key);
-                text(StatusCode::OK, format!("purged {}\n", u8::from(existed)))
-            } else if let Some(prefix) = query_param(query, "prefix") {
-                match cache.purge_prefix(&prefix) {
-                    Ok(()) => text(StatusCode::OK, "purging\n"),
-                    Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
-                }
-            } else {
-                text(StatusCode::BAD_REQUEST, "give ?key=K or ?prefix=P\n")
-            }
-        }
+        (&Method::POST, "/cache/purge") => purge(&admin.proxy, query),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
+/// `GET /metrics`: the gauges read at scrape time are set first.
+fn metrics(proxy: &Proxy) -> Response<Body> {
+    let generation = proxy.current();
+    let host = proxy.metrics().host();
+    host.set_plugin_gauges(&api::plugin_gauges(&generation));
+    host.set_endpoint_health(&generation.upstreams.status());
+    if let Some(cache) = &generation.cache {
+        host.cache_entries
+            .set(i64::try_from(cache.entry_count()).unwrap_or(i64::MAX));
+        host.cache_bytes
+            .set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
+    }
+    let mut response = text(StatusCode::OK, proxy.metrics().render());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+fn purge(proxy: &Proxy, query: &str) -> Response<Body> {
+    let generation = proxy.current();
+    let Some(cache) = &generation.cache else {
+        return text(StatusCode::NOT_FOUND, "no cache configured\n");
+    };
+    if let Some(key) = query_param(query, "key") {
+        let existed = cache.purge_key(&key);
+        text(StatusCode::OK, format!("purged {}\n", u8::from(existed)))
+    } else if let Some(prefix) = query_param(query, "prefix") {
+        match cache.purge_prefix(&prefix) {
+            Ok(()) => text(StatusCode::OK, "purging\n"),
+            Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+        }
+    } else {
+        text(StatusCode::BAD_REQUEST, "give ?key=K or ?prefix=P\n")
+    }
+}
+
 /// Serve the admin endpoints until `shutdown` resolves, with the main
-/// listener's head limits and a connection cap of its own.
+/// listener's head limits and a connection cap of its own; over TLS (1.3,
+/// see [`crate::tls::Versions::Tls13`]) when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
-    settings: AdminSettings,
+    admin: Admin,
+    tls: Option<Arc<ReloadingConfig>>,
     limits: &Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let simple = SimpleLimits {
         header_read_timeout: Some(limits.header_read_timeout),
         max_header_bytes: limits.max_header_bytes,
-        max_connections: settings.max_connections,
+        max_connections: admin.settings.max_connections,
     };
-    let settings = Arc::new(settings);
+    // The certificate files are watched like a data listener's.
+    let watcher = tls.clone().map(|tls| tokio::spawn(tls.watch()));
+    let admin = Arc::new(admin);
     let handler = move |req| {
-        let proxy = proxy.clone();
-        let settings = settings.clone();
-        async move { handle(&proxy, &settings, req).await }
+        let admin = admin.clone();
+        async move { handle(&admin, req).await }
     };
-    crate::server::serve_simple(listener, "admin", handler, simple, shutdown).await;
+    crate::server::serve_simple(listener, "admin", handler, simple, tls, shutdown).await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
 }

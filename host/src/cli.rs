@@ -1,4 +1,4 @@
-//! The `weir` command line: `run`, `check`, `echo`, `plugin new|build`. The only place `anyhow`
+//! The `weir` command line: `run`, `check`, `echo`, `ctl`, `plugin new|build`. The only place `anyhow`
 //! is used: errors here are printed for a person, not matched on.
 
 use std::net::SocketAddr;
@@ -47,6 +47,9 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+    /// Talk to a running Weir's admin API: status, routes, plugins,
+    /// upstreams, cache (purge), reload, drain.
+    Ctl(crate::ctl::CtlArgs),
     /// Start a plugin project from a template, or build one.
     Plugin {
         #[command(subcommand)]
@@ -105,6 +108,11 @@ pub fn main() -> ExitCode {
             Command::Run { config, .. } => run(config).await,
             Command::Check { config } => check(config).await,
             Command::Echo { listen, name } => echo(listen, name).await,
+            Command::Ctl(args) => Ok(if crate::ctl::run(args).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }),
             // Drives compilers in child processes; nothing async.
             Command::Plugin { command } => plugin(command),
         }

@@ -74,7 +74,7 @@ pub struct ListenerSpec {
     pub tls: Option<ListenerTls>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {
     pub certificates: Vec<CertKey>,
     pub client_ca: Option<PathBuf>,
@@ -82,7 +82,7 @@ pub struct ListenerTls {
     pub reload_check: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertKey {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -163,6 +163,8 @@ pub struct AdminSettings {
     /// `Host` names accepted besides the listener's address and loopback.
     pub allowed_hosts: Vec<String>,
     pub max_connections: usize,
+    /// TLS 1.3 (and client certificates, when a CA is given).
+    pub tls: Option<ListenerTls>,
 }
 
 impl fmt::Debug for AdminSettings {
@@ -172,6 +174,7 @@ impl fmt::Debug for AdminSettings {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("allowed_hosts", &self.allowed_hosts)
             .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -638,10 +641,15 @@ impl Validator<'_> {
     }
 
     fn listener_tls(&mut self, index: usize, tls: &file::ListenerTlsFile) -> ListenerTls {
+        self.tls_files(&format!("listeners[{index}].tls"), tls)
+    }
+
+    /// A TLS listener's files, each checked to exist; `at` names the table.
+    fn tls_files(&mut self, at: &str, tls: &file::ListenerTlsFile) -> ListenerTls {
         if tls.certificates.is_empty() {
             self.fail(
                 None,
-                format!("listeners[{index}].tls.certificates"),
+                format!("{at}.certificates"),
                 "at least one { cert, key } pair is required".into(),
             );
         }
@@ -650,14 +658,8 @@ impl Validator<'_> {
             .iter()
             .enumerate()
             .map(|(j, pair)| CertKey {
-                cert: self.existing_file(
-                    &pair.cert,
-                    format!("listeners[{index}].tls.certificates[{j}].cert"),
-                ),
-                key: self.existing_file(
-                    &pair.key,
-                    format!("listeners[{index}].tls.certificates[{j}].key"),
-                ),
+                cert: self.existing_file(&pair.cert, format!("{at}.certificates[{j}].cert")),
+                key: self.existing_file(&pair.key, format!("{at}.certificates[{j}].key")),
             })
             .collect();
         ListenerTls {
@@ -665,7 +667,7 @@ impl Validator<'_> {
             client_ca: tls
                 .client_ca
                 .as_ref()
-                .map(|p| self.existing_file(p, format!("listeners[{index}].tls.client_ca"))),
+                .map(|p| self.existing_file(p, format!("{at}.client_ca"))),
             client_auth: match tls.client_auth {
                 file::ClientAuthFile::Required => ClientAuth::Required,
                 file::ClientAuthFile::Optional => ClientAuth::Optional,
@@ -746,6 +748,7 @@ impl Validator<'_> {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             max_connections: raw.max_connections.max(1),
+            tls: raw.tls.as_ref().map(|tls| self.tls_files("admin.tls", tls)),
         })
     }
 

@@ -99,6 +99,7 @@ pub async fn serve_named(listener: TcpListener, name: &str, shutdown: impl Futur
         "echo",
         handler,
         crate::server::SimpleLimits::default(),
+        None,
         shutdown,
     )
     .await;

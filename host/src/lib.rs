@@ -14,6 +14,7 @@ pub mod cache;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod echo;
 pub mod error;
 pub mod headers;

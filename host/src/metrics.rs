@@ -265,6 +265,17 @@ impl Metrics {
             .map_or(0, |counter| counter.load(Ordering::Relaxed))
     }
 
+    /// Every series of one host counter, with its labels and value.
+    pub fn counters_named(&self, name: &str) -> Vec<(Labels, u64)> {
+        let mut found: Vec<(Labels, u64)> = read(&self.host.counters)
+            .iter()
+            .filter(|(key, _)| key.0 == name)
+            .map(|(key, counter)| (key.1.clone(), counter.load(Ordering::Relaxed)))
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Render every series in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = self.snapshot().render();

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::access_log::AccessLog;
+use crate::admin::Admin;
 use crate::cache::ResponseCache;
 use crate::config::{Config, KvSettings, PluginSpec};
 use crate::kv::{KvStore, MemoryKv, RedisKv};
@@ -19,7 +20,7 @@ use crate::plugin::{Chain, Plugin, PluginError, Runtime};
 use crate::proxy::{Generation, Proxy, Route};
 use crate::route::Router;
 use crate::server;
-use crate::tls::ReloadingConfig;
+use crate::tls::{ReloadingConfig, Versions};
 use crate::upstream::Upstreams;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,9 @@ pub struct Weir {
     pub metrics: Metrics,
     /// Where Weir listens, which plugins' callouts must not reach by name.
     pub listeners: OwnListeners,
+    /// One reload at a time, whoever asks (SIGHUP, the file watcher, the
+    /// admin API): two interleaved could swap in the older config last.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Weir {
@@ -68,6 +72,7 @@ impl Weir {
             kv,
             metrics: Metrics::new(config.metrics),
             listeners: OwnListeners::default(),
+            reloading: Arc::default(),
         })
     }
 
@@ -292,6 +297,7 @@ impl Reloader {
 /// Reload, counted in `weir_reloads_total{outcome}`; a success also sets
 /// `weir_last_reload_success_timestamp_seconds`.
 async fn reload(weir: &Weir, proxy: &Proxy, path: &std::path::Path) -> Result<(), StartError> {
+    let _one_at_a_time = weir.reloading.lock().await;
     let result = reload_once(weir, proxy, path).await;
     let outcome = if result.is_ok() { "success" } else { "failure" };
     weir.metrics
@@ -358,7 +364,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     for spec in listeners {
         let tls = match spec.tls {
             Some(tls) => {
-                let config = ReloadingConfig::new(tls).map_err(StartError::Tls)?;
+                let config =
+                    ReloadingConfig::new(tls, Versions::Tls12And13).map_err(StartError::Tls)?;
                 tasks.spawn(config.clone().watch_until(stopped.clone()));
                 Some(config)
             }
@@ -381,14 +388,30 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let mut admin_addr = None;
     if let Some(settings) = admin {
+        let tls = match &settings.tls {
+            Some(spec) => {
+                Some(ReloadingConfig::new(spec.clone(), Versions::Tls13).map_err(StartError::Tls)?)
+            }
+            None => None,
+        };
         let listener = server::bind(settings.address).await?;
         let bound = listener.local_addr()?;
-        tracing::info!(address = %bound, "admin listening");
+        tracing::info!(address = %bound, tls = tls.is_some(), "admin listening");
         admin_addr = Some(bound);
-        let finished = serve_admin_apart(
-            listener.into_std()?,
+        let reloader = Reloader {
+            weir: weir.clone(),
+            proxy: proxy.clone(),
+            config_path: config_path.clone(),
+        };
+        let admin = Admin::new(
             proxy.clone(),
             settings,
+            Some((reloader, tokio::runtime::Handle::current())),
+        );
+        let finished = serve_admin_apart(
+            listener.into_std()?,
+            admin,
+            tls,
             limits.clone(),
             stopped.clone(),
         )?;
@@ -426,8 +449,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// requests keep every request worker busy. Resolves when it has stopped.
 fn serve_admin_apart(
     listener: std::net::TcpListener,
-    proxy: Arc<Proxy>,
-    settings: crate::config::AdminSettings,
+    admin: Admin,
+    tls: Option<Arc<ReloadingConfig>>,
     limits: crate::config::Limits,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
@@ -456,7 +479,7 @@ fn serve_admin_apart(
                 let signal = async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 };
-                crate::admin::serve(listener, proxy, settings, &limits, signal).await;
+                crate::admin::serve(listener, admin, tls, &limits, signal).await;
             });
             let _ = done.send(());
         })?;

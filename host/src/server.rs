@@ -244,6 +244,7 @@ pub async fn serve_simple<F, Fut>(
     name: &'static str,
     handler: F,
     limits: SimpleLimits,
+    tls: Option<Arc<ReloadingConfig>>,
     shutdown: impl Future<Output = ()>,
 ) where
     F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -265,7 +266,7 @@ pub async fn serve_simple<F, Fut>(
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -283,16 +284,41 @@ pub async fn serve_simple<F, Fut>(
         };
         let builder = builder.clone();
         let handler = handler.clone();
+        let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls.current()));
+        let handshake_timeout = limits
+            .header_read_timeout
+            .unwrap_or(Duration::from_secs(10));
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |req| {
                 let response = handler(req);
                 async move { Ok::<_, std::convert::Infallible>(response.await) }
             });
-            if let Err(err) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let served = match acceptor {
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(service = name, client = %client, error = %err, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(service = name, client = %client, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(err) = served {
                 tracing::debug!(service = name, error = %err, "connection error");
             }
         });

@@ -115,8 +115,32 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Which TLS versions a listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// TLS 1.3 and 1.2: the data listeners, for every client out there.
+    Tls12And13,
+    /// TLS 1.3 only: the admin listener, whose clients are ours.
+    Tls13,
+}
+
+impl Versions {
+    fn list(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            Versions::Tls12And13 => &BOTH,
+            Versions::Tls13 => &ONLY_13,
+        }
+    }
+}
+
 /// Build a listener's rustls config from its files.
-pub fn server_config(spec: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    spec: &ListenerTls,
+    versions: Versions,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let mut resolver: Option<SniResolver> = None;
     for pair in &spec.certificates {
@@ -144,7 +168,7 @@ pub fn server_config(spec: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> 
     let resolver = resolver.ok_or_else(|| TlsError::Rustls("no certificate configured".into()))?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions.list())
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match &spec.client_ca {
         None => builder.with_no_client_auth(),
@@ -169,14 +193,16 @@ pub fn server_config(spec: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> 
 pub struct ReloadingConfig {
     current: ArcSwap<ServerConfig>,
     spec: ListenerTls,
+    versions: Versions,
 }
 
 impl ReloadingConfig {
-    pub fn new(spec: ListenerTls) -> Result<Arc<ReloadingConfig>, TlsError> {
-        let config = server_config(&spec)?;
+    pub fn new(spec: ListenerTls, versions: Versions) -> Result<Arc<ReloadingConfig>, TlsError> {
+        let config = server_config(&spec, versions)?;
         Ok(Arc::new(ReloadingConfig {
             current: ArcSwap::new(config),
             spec,
+            versions,
         }))
     }
 
@@ -238,7 +264,7 @@ impl ReloadingConfig {
         if changed == seen {
             return seen;
         }
-        match server_config(&self.spec) {
+        match server_config(&self.spec, self.versions) {
             Ok(config) => {
                 self.current.store(config);
                 tracing::info!("TLS certificates reloaded");

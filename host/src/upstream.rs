@@ -23,6 +23,7 @@ use crate::config::{LoadBalancing, UpstreamSpec};
 use crate::metrics::Metrics;
 use crate::tls::{self, TlsError};
 use conn::{Connector, ExchangeError};
+pub use endpoint::EndpointStatus;
 use endpoint::{Endpoint, InFlight};
 use retry::Budget;
 
@@ -96,6 +97,24 @@ struct Pool {
     outcomes: [Arc<std::sync::atomic::AtomicU64>; 6],
 }
 
+/// One pool, as `GET /api/upstreams` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub lb: &'static str,
+    pub active_health_check: bool,
+    pub endpoints: Vec<endpoint::EndpointStatus>,
+}
+
+/// Why an endpoint could not be drained.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("no upstream named {0:?}")]
+    NoUpstream(String),
+    #[error("upstream {upstream:?} has no endpoint {endpoint:?}")]
+    NoEndpoint { upstream: String, endpoint: String },
+}
+
 /// The `outcome` label values of `weir_upstream_requests_total`.
 const OUTCOMES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
@@ -132,6 +151,48 @@ impl Upstreams {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.pools.keys().map(String::as_str)
+    }
+
+    /// Every pool and its endpoints' health, by name.
+    pub fn status(&self) -> Vec<UpstreamStatus> {
+        self.pools
+            .iter()
+            .map(|(name, pool)| UpstreamStatus {
+                name: name.clone(),
+                lb: match pool.spec.lb {
+                    LoadBalancing::RoundRobin => "round_robin",
+                    LoadBalancing::LeastOutstanding => "least_outstanding",
+                },
+                active_health_check: pool.spec.health_check.is_some(),
+                endpoints: pool.endpoints.iter().map(|e| e.status()).collect(),
+            })
+            .collect()
+    }
+
+    /// Stop (or, with `draining = false`, resume) sending new requests to
+    /// one endpoint of a pool. Requests already there finish. It lasts
+    /// until undone or until a reload rebuilds the pool.
+    pub fn set_draining(
+        &self,
+        upstream: &str,
+        endpoint: &str,
+        draining: bool,
+    ) -> Result<(), DrainError> {
+        let pool = self
+            .pools
+            .get(upstream)
+            .ok_or_else(|| DrainError::NoUpstream(upstream.to_owned()))?;
+        let found = pool
+            .endpoints
+            .iter()
+            .find(|e| e.authority.as_str().eq_ignore_ascii_case(endpoint))
+            .ok_or_else(|| DrainError::NoEndpoint {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })?;
+        found.set_draining(draining);
+        tracing::info!(upstream, endpoint, draining, "endpoint drain changed");
+        Ok(())
     }
 
     /// Send a request (head prepared: hop-by-hop stripped, forwarding
@@ -211,9 +272,11 @@ impl Pool {
     fn pick(&self, tried: &[usize]) -> Option<usize> {
         let count = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // A draining endpoint is never chosen, not even in panic mode: the
+        // operator took it out.
         let order = (0..count)
             .map(|i| (start + i) % count)
-            .filter(|i| !tried.contains(i));
+            .filter(|i| !tried.contains(i) && !self.endpoints[*i].is_draining());
         let healthy: Vec<usize> = order
             .clone()
             .filter(|&i| self.endpoints[i].is_healthy())

@@ -598,6 +598,10 @@ pub struct AdminFile {
     /// Most admin connections at once.
     #[serde(default = "default_admin_connections")]
     pub max_connections: usize,
+    /// Serve the admin endpoints over TLS 1.3 only; with `client_ca`, a
+    /// client certificate is required (mTLS) unless `client_auth =
+    /// "optional"`. The token is still checked.
+    pub tls: Option<ListenerTlsFile>,
 }
 
 fn default_admin_connections() -> usize {

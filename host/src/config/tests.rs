@@ -143,6 +143,29 @@ fn a_remote_admin_listener_needs_a_token() {
 }
 
 #[test]
+fn admin_tls_names_each_missing_file() {
+    let errs = errors(&format!(
+        "{LISTENER}[admin]\naddress = \"127.0.0.1:9901\"\n[admin.tls]\n\
+         certificates = [{{ cert = \"nope.pem\", key = \"nope.key\" }}]\nclient_ca = \"ca.pem\"\n"
+    ));
+    for key in [
+        "admin.tls.certificates[0].cert",
+        "admin.tls.certificates[0].key",
+        "admin.tls.client_ca",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(key)), "{key}: {errs:?}");
+    }
+    let errs = errors(&format!(
+        "{LISTENER}[admin]\naddress = \"127.0.0.1:9901\"\n[admin.tls]\ncertificates = []\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("admin.tls.certificates") && e.contains("at least one")),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn metrics_limits_default_and_refuse_zero_with_their_line() {
     let config = Config::parse(Path::new("/srv/proxy.toml"), LISTENER).unwrap();
     assert_eq!(config.metrics, crate::metrics::MetricsLimits::default());

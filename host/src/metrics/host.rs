@@ -28,6 +28,12 @@ pub struct UpstreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub upstream: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginPhaseLabel {
     pub plugin: String,
     pub phase: String,
@@ -75,6 +81,8 @@ pub struct HostMetrics {
     /// Per plugin, set at scrape: warm pooled instances, calls running.
     pub plugin_pool_idle: Family<PluginLabel, Gauge>,
     pub plugin_in_flight: Family<PluginLabel, Gauge>,
+    /// Per upstream endpoint, set at scrape: 1 when requests may go there.
+    endpoint_healthy: Family<EndpointLabel, Gauge>,
     /// Route names with a request histogram.
     routes: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -137,6 +145,12 @@ impl Default for HostMetrics {
             "Calls of a plugin running now (max_concurrency slots taken).",
             plugin_in_flight.clone(),
         );
+        let endpoint_healthy = Family::<EndpointLabel, Gauge>::default();
+        registry.register(
+            "weir_upstream_endpoint_healthy",
+            "1 when an endpoint takes requests; 0 when ejected, down or draining.",
+            endpoint_healthy.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -155,6 +169,7 @@ impl Default for HostMetrics {
             last_reload_success,
             plugin_pool_idle,
             plugin_in_flight,
+            endpoint_healthy,
             routes: Default::default(),
         }
     }
@@ -226,6 +241,24 @@ impl HostMetrics {
             self.plugin_in_flight
                 .get_or_create(&label)
                 .inc_by(i64::try_from(*in_flight).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Set each endpoint's health gauge, replacing the last scrape's (an
+    /// endpoint a reload removed disappears).
+    pub fn set_endpoint_health(&self, upstreams: &[crate::upstream::UpstreamStatus]) {
+        self.endpoint_healthy.clear();
+        for upstream in upstreams {
+            for endpoint in &upstream.endpoints {
+                let label = EndpointLabel {
+                    upstream: upstream.name.clone(),
+                    endpoint: endpoint.address.clone(),
+                };
+                let taking = endpoint.healthy && endpoint.state != "draining";
+                self.endpoint_healthy
+                    .get_or_create(&label)
+                    .set(i64::from(taking));
+            }
         }
     }
 

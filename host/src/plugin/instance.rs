@@ -78,6 +78,24 @@ pub struct Plugin {
     pub(super) durations: [crate::metrics::Histogram; 2],
 }
 
+/// One loaded plugin, as `GET /api/plugins` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    /// `weir:plugin@x.y.z`.
+    pub contract: &'static str,
+    /// `fresh` or `pooled`.
+    pub strategy: &'static str,
+    pub pool_size: Option<usize>,
+    pub max_uses: Option<u64>,
+    pub pool_idle: usize,
+    pub in_flight: usize,
+    pub max_concurrency: usize,
+    pub timeout_ms: u64,
+    pub on_request: bool,
+    pub on_response: bool,
+}
+
 /// An instance and its store.
 struct Warm {
     store: Store<HostState>,
@@ -204,6 +222,30 @@ impl Plugin {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// What the admin API shows of this plugin.
+    pub fn status(&self) -> PluginStatus {
+        let (strategy, pool_size, max_uses) = match self.strategy {
+            Strategy::Fresh => ("fresh", None, None),
+            Strategy::Pooled {
+                pool_size,
+                max_uses,
+            } => ("pooled", Some(pool_size), Some(max_uses)),
+        };
+        PluginStatus {
+            name: self.name.clone(),
+            contract: self.pre.version(),
+            strategy,
+            pool_size,
+            max_uses,
+            pool_idle: self.pool_idle(),
+            in_flight: self.in_flight(),
+            max_concurrency: self.max_concurrency,
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            on_request: self.info.on_request,
+            on_response: self.info.on_response,
+        }
     }
 
     /// Warm instances waiting in the pool.

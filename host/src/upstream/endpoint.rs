@@ -28,6 +28,9 @@ pub struct Endpoint {
     ejected_until_ms: AtomicU64,
     /// Set by the active checker when the endpoint fails its check.
     down: AtomicBool,
+    /// Set by an operator (`weir ctl drain`): no new request is sent here;
+    /// requests already here finish.
+    draining: AtomicBool,
     /// Open connections waiting for a request.
     idle: Arc<IdleConns>,
 }
@@ -41,6 +44,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             idle: Arc::default(),
         }
     }
@@ -60,6 +64,39 @@ impl Endpoint {
     pub fn is_healthy(&self) -> bool {
         !self.down.load(Ordering::Relaxed)
             && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// What the admin API shows of this endpoint.
+    pub fn status(&self) -> EndpointStatus {
+        let ejected_for_ms = self
+            .ejected_until_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(now_ms());
+        let state = if self.is_draining() {
+            "draining"
+        } else if self.down.load(Ordering::Relaxed) {
+            "down"
+        } else if ejected_for_ms > 0 {
+            "ejected"
+        } else {
+            "up"
+        };
+        EndpointStatus {
+            address: self.authority.to_string(),
+            state,
+            healthy: self.is_healthy(),
+            outstanding: self.outstanding(),
+            ejected_for_ms,
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+        }
     }
 
     pub fn record_success(&self) {
@@ -93,6 +130,18 @@ impl Endpoint {
             1,
         );
     }
+}
+
+/// One endpoint, as `GET /api/upstreams` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointStatus {
+    pub address: String,
+    /// `up`, `ejected` (passive health), `down` (active check) or `draining`.
+    pub state: &'static str,
+    pub healthy: bool,
+    pub outstanding: usize,
+    pub ejected_for_ms: u64,
+    pub consecutive_failures: u32,
 }
 
 /// Counts a request as outstanding on an endpoint while alive.

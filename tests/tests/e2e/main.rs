@@ -3,6 +3,7 @@
 
 mod access_log;
 mod admin;
+mod admin_ctl;
 mod cache;
 mod cache_rfc;
 mod canonical_request;

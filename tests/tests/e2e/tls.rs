@@ -17,13 +17,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use weir_tests::{artifacts, echo_json, echoed_header, respond, TestProxy, Upstream};
 
 /// A test certificate authority.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -36,7 +36,7 @@ impl Ca {
     }
 
     /// A leaf certificate (PEM cert, PEM key) for `names`.
-    fn leaf(&self, common_name: &str, names: &[&str], client: bool) -> (String, String) {
+    pub(crate) fn leaf(&self, common_name: &str, names: &[&str], client: bool) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -58,7 +58,7 @@ impl Ca {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
@@ -115,7 +115,7 @@ async fn start_tls(upstream: &Upstream, tls: &str) -> (TestProxy, SocketAddr) {
     (proxy, addr)
 }
 
-fn cert_table(dir: &Path, name: &str, pair: &(String, String)) -> String {
+pub(crate) fn cert_table(dir: &Path, name: &str, pair: &(String, String)) -> String {
     let cert = write(dir, &format!("{name}.pem"), &pair.0);
     let key = write(dir, &format!("{name}.key"), &pair.1);
     format!(
