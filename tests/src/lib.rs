@@ -408,7 +408,8 @@ pub async fn spawn_weir(mut command: tokio::process::Command) -> WeirProcess {
     let address = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         while let Some(line) = log.next_line().await.expect("read log") {
             if let Some((_, address)) = line.split_once(" listening address=") {
-                return address.trim().to_owned();
+                let address = address.split_whitespace().next().unwrap_or_default();
+                return address.to_owned();
             }
             startup.push(line);
         }

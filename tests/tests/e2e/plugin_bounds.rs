@@ -44,7 +44,8 @@ async fn log_lines_are_capped_escaped_and_rate_limited() {
             .expect("admin address in the log");
         admin = line
             .split_once("admin listening address=")
-            .map(|(_, a)| a.trim().to_owned());
+            .and_then(|(_, a)| a.split_whitespace().next())
+            .map(str::to_owned);
     }
     let admin = admin.unwrap_or_default();
     for _ in 0..5 {
