@@ -127,6 +127,8 @@ const MAX_PATH_BYTES: usize = 1024;
 pub struct PluginRun {
     pub plugin: Arc<str>,
     pub phase: &'static str,
+    /// When the call began (a trace's plugin span starts here).
+    pub start: std::time::SystemTime,
     pub micros: u64,
     /// `continue`, `respond:<status>`, `error:deny` or `error:skip`.
     pub decision: Decision,
@@ -470,6 +472,7 @@ mod tests {
             plugins: vec![PluginRun {
                 plugin: "auth".into(),
                 phase: "request",
+                start: std::time::SystemTime::UNIX_EPOCH,
                 micros: 12,
                 decision: Decision::Respond(401),
             }],

@@ -40,6 +40,7 @@ pub struct Config {
     pub cache: Option<CacheSettings>,
     pub admin: Option<AdminSettings>,
     pub access_log: Option<crate::access_log::Settings>,
+    pub traces: Option<crate::otel::TraceSettings>,
     pub kv: KvSettings,
     /// Things worth an operator's attention that do not stop Weir
     /// (`weir check` prints them; `weir run` logs them).
@@ -454,6 +455,7 @@ impl Validator<'_> {
 
         let admin = raw.admin.as_ref().and_then(|admin| self.admin(admin));
         let access_log = raw.access_log.as_ref().map(|log| self.access_log(log));
+        let traces = raw.traces.as_ref().map(|traces| self.traces(traces));
         let upstreams = self.upstreams(&raw);
         let default_upstream = raw.default_upstream.as_ref().map(|name| {
             self.check_upstream_ref(name, "default_upstream", &upstreams);
@@ -526,6 +528,7 @@ impl Validator<'_> {
             }),
             admin,
             access_log,
+            traces,
             warnings: Vec::new(),
             metrics,
             kv: self.kv(&raw.kv),
@@ -843,6 +846,61 @@ impl Validator<'_> {
             self.fail(None, key, format!("no such file {}", resolved.display()));
         }
         resolved
+    }
+
+    fn traces(&mut self, raw: &file::TracesFile) -> crate::otel::TraceSettings {
+        let endpoint = raw.endpoint.get_ref();
+        match endpoint.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {}
+            _ => self.fail(
+                Some(raw.endpoint.span()),
+                "traces.endpoint",
+                format!(
+                    "{endpoint:?} is not an http:// URL (e.g. http://127.0.0.1:4318/v1/traces; \
+                     for TLS, export through a local collector)"
+                ),
+            ),
+        }
+        if !(0.0..=1.0).contains(&raw.sample) {
+            self.fail(
+                None,
+                "traces.sample",
+                format!("{} is outside 0..=1", raw.sample),
+            );
+        }
+        if !(1..=1 << 20).contains(&raw.max_queue_spans) {
+            self.fail(
+                None,
+                "traces.max_queue_spans",
+                format!("{} is outside 1..=1048576", raw.max_queue_spans),
+            );
+        }
+        if raw.max_batch_spans == 0 || raw.max_batch_spans > raw.max_queue_spans {
+            self.fail(
+                None,
+                "traces.max_batch_spans",
+                format!(
+                    "{} is outside 1..=max_queue_spans ({})",
+                    raw.max_batch_spans, raw.max_queue_spans
+                ),
+            );
+        }
+        if raw.export_timeout_ms == 0 || raw.batch_delay_ms == 0 {
+            self.fail(
+                None,
+                "traces",
+                "batch_delay_ms and export_timeout_ms must be above 0".into(),
+            );
+        }
+        crate::otel::TraceSettings {
+            endpoint: endpoint.clone(),
+            service_name: raw.service_name.clone(),
+            sample: raw.sample,
+            max_queue_spans: raw.max_queue_spans,
+            max_batch_spans: raw.max_batch_spans,
+            batch_delay: Duration::from_millis(raw.batch_delay_ms),
+            export_timeout: Duration::from_millis(raw.export_timeout_ms),
+        }
     }
 
     fn access_log(&mut self, raw: &file::AccessLogFile) -> crate::access_log::Settings {

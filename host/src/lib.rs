@@ -20,6 +20,7 @@ pub mod error;
 pub mod headers;
 pub mod kv;
 pub mod metrics;
+pub mod otel;
 pub mod plugin;
 pub mod proxy;
 pub mod route;

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, Forwarded};
 use crate::metrics::{Metrics, RouteRequests};
+use crate::otel::{RequestTrace, Traces};
 use crate::plugin::bindings::types;
 use crate::plugin::chain::ResponseState;
 use crate::plugin::chain::Runs;
@@ -86,6 +87,7 @@ pub struct Proxy {
     metrics: Metrics,
     ids: RequestIds,
     access_log: Option<Arc<AccessLog>>,
+    traces: Option<Arc<Traces>>,
 }
 
 impl Proxy {
@@ -95,7 +97,14 @@ impl Proxy {
             metrics,
             ids: RequestIds::new(),
             access_log: None,
+            traces: None,
         }
+    }
+
+    /// Trace requests (`[traces]`).
+    pub fn with_traces(mut self, traces: Arc<Traces>) -> Proxy {
+        self.traces = Some(traces);
+        self
     }
 
     /// Write a line per request to this log.
@@ -147,12 +156,18 @@ impl Proxy {
         );
         let started = Instant::now();
         async {
+            let trace = self.traces.as_ref().and_then(|t| t.begin(&req, &id));
             let mut served = Served {
                 route: &generation.fallback,
-                log: self
-                    .access_log
-                    .as_ref()
-                    .map(|_| Box::new(Logged::new(&req, &id, conn))),
+                log: self.access_log.as_ref().map(|_| {
+                    let mut logged = Logged::new(&req, &id, conn);
+                    if let Some(trace) = &trace {
+                        logged.entry.trace_id = Some(trace.trace_id());
+                    }
+                    Box::new(logged)
+                }),
+                trace,
+                runs: None,
             };
             let result = generation.serve(req, conn, id.clone(), &mut served).await;
             let mut response = result.unwrap_or_else(|err| {
@@ -177,6 +192,10 @@ impl Proxy {
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "served"
             );
+            let response = match (served.trace, served.runs.clone()) {
+                (Some(trace), runs) => trace_to_the_end(response, trace, runs),
+                (None, _) => response,
+            };
             match (&self.access_log, served.log) {
                 (Some(log), Some(logged)) if log.wants(status.as_u16()) => {
                     logged.finish(response, served.route, log.clone(), started)
@@ -189,11 +208,36 @@ impl Proxy {
     }
 }
 
-/// What serving a request found out, for its metrics and log line.
+/// What serving a request found out, for its metrics, log line and trace.
 struct Served<'g> {
     route: &'g Route,
     /// Only when the access log is on.
     log: Option<Box<Logged>>,
+    /// Only when the request is traced and sampled.
+    trace: Option<Arc<RequestTrace>>,
+    /// The plugin calls, when the log or the trace wants them.
+    runs: Option<Runs>,
+}
+
+/// End the request's server span, with its plugin spans, once the body
+/// has been sent (or the client left).
+fn trace_to_the_end(
+    response: Response<Body>,
+    trace: Arc<RequestTrace>,
+    runs: Option<Runs>,
+) -> Response<Body> {
+    let status = response.status().as_u16();
+    response.map(|body| {
+        body::on_drop(body, move |_| match runs {
+            Some(runs) => {
+                let runs = runs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                trace.finish(status, &runs);
+            }
+            None => trace.finish(status, &[]),
+        })
+    })
 }
 
 /// The access-log facts of a request, gathered as it is served.
@@ -283,12 +327,11 @@ impl Logged {
             entry.bytes_out = bytes_out;
             entry.bytes_in = logged.bytes_in.load(Ordering::Relaxed);
             entry.total_time = started.elapsed();
-            entry.plugins = std::mem::take(
-                &mut *logged
-                    .runs
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
+            entry.plugins = logged
+                .runs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             log.log(&entry);
         });
         Response::from_parts(parts, body)
@@ -356,6 +399,12 @@ impl Generation {
             log.admitted(&mut ex);
             log.bytes_in.clone()
         });
+        if let Some(trace) = &served.trace {
+            trace.admitted(&ex.authority, ex.head.uri.path(), route.name.as_deref());
+            ex.head.extensions.insert(trace.clone());
+            ex.runs.get_or_insert_with(Runs::default);
+        }
+        served.runs.clone_from(&ex.runs);
         let version = ex.head.version;
         let body = self.request_body(route, &mut ex, incoming, counter).await?;
         if let RequestOutcome::Respond { ran, response } =

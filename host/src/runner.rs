@@ -15,6 +15,7 @@ use crate::cache::ResponseCache;
 use crate::config::{Config, KvSettings, PluginSpec};
 use crate::kv::{KvStore, MemoryKv, RedisKv};
 use crate::metrics::Metrics;
+use crate::otel::Traces;
 use crate::plugin::outbound::OwnListeners;
 use crate::plugin::{Chain, Plugin, PluginError, Runtime};
 use crate::proxy::{Generation, Proxy, Route};
@@ -37,6 +38,8 @@ pub enum StartError {
     Config(crate::config::ConfigErrors),
     #[error(transparent)]
     AccessLog(crate::access_log::OpenError),
+    #[error(transparent)]
+    Traces(crate::otel::TraceError),
     /// A blocking step (file reads, parsing) panicked or was cancelled.
     #[error("loading failed: {0}")]
     Blocking(String),
@@ -205,19 +208,24 @@ pub struct Running {
     config_path: std::path::PathBuf,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    traces: Option<Arc<Traces>>,
 }
 
 impl Running {
     /// Stop accepting, let in-flight requests finish (within the grace
     /// period), and wait for the listeners to close.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        self.wait().await;
     }
 
-    /// Wait until the listeners stop (after a shutdown signal elsewhere).
+    /// Wait until the listeners stop (after a shutdown signal elsewhere),
+    /// then send the spans still queued.
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        if let Some(traces) = self.traces.take() {
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
     }
 
     /// Reload `proxy.toml` and every plugin: compiled and validated aside,
@@ -325,6 +333,9 @@ async fn reload_once(weir: &Weir, proxy: &Proxy, path: &std::path::Path) -> Resu
     if config.access_log != current.config.access_log {
         tracing::warn!("[access_log] changes take effect at the next restart");
     }
+    if config.traces != current.config.traces {
+        tracing::warn!("[traces] changes take effect at the next restart");
+    }
     let listeners: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let serving: Vec<_> = current.config.listeners.iter().map(|l| l.address).collect();
     if listeners != serving {
@@ -347,6 +358,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let limits = config.limits.clone();
     let access_log = config.access_log.clone();
+    let traces = match &config.traces {
+        Some(settings) => Some(Arc::new(
+            Traces::start(settings, tokio::runtime::Handle::current())
+                .map_err(StartError::Traces)?,
+        )),
+        None => None,
+    };
     let generation = weir.load(config).await?;
     weir.metrics.note_load();
     let mut proxy = Proxy::new(generation, weir.metrics.clone());
@@ -354,6 +372,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let log =
             AccessLog::start(settings, weir.metrics.clone()).map_err(StartError::AccessLog)?;
         proxy = proxy.with_access_log(Arc::new(log));
+    }
+    if let Some(traces) = &traces {
+        proxy = proxy.with_traces(traces.clone());
     }
     let proxy = Arc::new(proxy);
     let (stop, stopped) = watch::channel(false);
@@ -430,6 +451,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         weir,
         stop,
         tasks,
+        traces,
     };
     if let Some(every) = reload_check {
         let watcher = running.reloader().watch(every);

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::body::{self, Body};
 use crate::config::{LoadBalancing, UpstreamSpec};
 use crate::metrics::Metrics;
+use crate::otel::RequestTrace;
 use crate::tls::{self, TlsError};
 use conn::{Connector, ExchangeError};
 pub use endpoint::EndpointStatus;
@@ -326,7 +327,14 @@ impl Pool {
                     Replay::Streamed => unreachable_replay(),
                 },
             };
-            let request = request_for(&head, body);
+            let mut request = request_for(&head, body);
+            let traced = head
+                .extensions
+                .get::<Arc<RequestTrace>>()
+                .map(|trace| trace.attempt(&self.spec.name, endpoint.authority.as_str(), attempt));
+            if let Some(span) = &traced {
+                span.propagate(request.headers_mut());
+            }
             let can_retry = attempt < self.spec.retries && !matches!(replay, Replay::Streamed);
 
             let outcome = {
@@ -339,6 +347,15 @@ impl Pool {
                 );
                 tokio::time::timeout(response_timeout, exchange).await
             };
+            if let Some(span) = traced {
+                span.finish(match &outcome {
+                    Ok(Ok(response)) => Ok(response.status().as_u16()),
+                    Ok(Err(ExchangeError::ConnectTimeout)) => Err("connect_timeout"),
+                    Ok(Err(ExchangeError::Connect(_))) => Err("connect"),
+                    Ok(Err(ExchangeError::Http(_) | ExchangeError::Closed)) => Err("protocol"),
+                    Err(_elapsed) => Err("timeout"),
+                });
+            }
             match outcome {
                 Ok(Ok(mut response)) => {
                     response

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub admin: Option<AdminFile>,
     /// `[access_log]`: one line per request; absent means none.
     pub access_log: Option<AccessLogFile>,
+    /// `[traces]`: OpenTelemetry spans over OTLP/HTTP; absent means none.
+    pub traces: Option<TracesFile>,
     /// `[metrics]`: what plugins' metrics may make the host hold.
     #[serde(default)]
     pub metrics: MetricsFile,
@@ -64,6 +66,51 @@ pub struct AccessLogFile {
     /// Lines queued for the writer before new ones are dropped.
     #[serde(default = "default_buffer_lines")]
     pub buffer_lines: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesFile {
+    /// The OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: Spanned<String>,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of new traces recorded, 0–1. A request whose
+    /// `traceparent` says sampled (or not) follows its parent.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Spans queued for export before new ones are dropped.
+    #[serde(default = "default_max_queue_spans")]
+    pub max_queue_spans: usize,
+    /// Spans per export request.
+    #[serde(default = "default_max_batch_spans")]
+    pub max_batch_spans: usize,
+    /// How long a batch may wait before it is sent.
+    #[serde(default = "default_batch_delay_ms")]
+    pub batch_delay_ms: u64,
+    /// One export request's time limit.
+    #[serde(default = "default_export_timeout_ms")]
+    pub export_timeout_ms: u64,
+}
+
+fn default_service_name() -> String {
+    "weir".into()
+}
+
+fn default_max_queue_spans() -> usize {
+    4096
+}
+
+fn default_max_batch_spans() -> usize {
+    512
+}
+
+fn default_batch_delay_ms() -> u64 {
+    1000
+}
+
+fn default_export_timeout_ms() -> u64 {
+    5000
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -236,3 +236,32 @@ fn kv_limits_are_checked_with_their_key() {
         errs[0]
     );
 }
+
+#[test]
+fn traces_are_off_by_default_and_bad_settings_are_named() {
+    let config = Config::parse(Path::new("/srv/proxy.toml"), LISTENER).unwrap();
+    assert!(config.traces.is_none());
+
+    let config = Config::parse(
+        Path::new("/srv/proxy.toml"),
+        &format!("{LISTENER}[traces]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\n"),
+    )
+    .unwrap();
+    let traces = config.traces.expect("traces on");
+    assert_eq!(traces.service_name, "weir");
+    assert_eq!(traces.sample, 1.0);
+    assert_eq!(traces.max_queue_spans, 4096);
+
+    let errs = errors(&format!(
+        "{LISTENER}[traces]\nendpoint = \"https://collector:4318/v1/traces\"\n\
+         sample = 1.5\nmax_batch_spans = 9000\n"
+    ));
+    for key in ["traces.endpoint", "traces.sample", "traces.max_batch_spans"] {
+        assert!(errs.iter().any(|e| e.contains(key)), "{key}: {errs:?}");
+    }
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("proxy.toml:4: traces.endpoint")),
+        "{errs:?}"
+    );
+}

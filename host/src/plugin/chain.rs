@@ -494,6 +494,9 @@ fn record(
         let run = PluginRun {
             plugin: plugin.name.as_str().into(),
             phase,
+            start: std::time::SystemTime::now()
+                .checked_sub(elapsed)
+                .unwrap_or(std::time::UNIX_EPOCH),
             micros: elapsed.as_micros() as u64,
             decision,
         };

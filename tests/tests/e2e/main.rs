@@ -35,6 +35,7 @@ mod reload;
 mod routes;
 mod scaffold;
 mod tls;
+mod traces;
 mod upstreams;
 mod working_dir;
 
