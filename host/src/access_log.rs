@@ -132,6 +132,17 @@ pub struct PluginRun {
     pub micros: u64,
     /// `continue`, `respond:<status>`, `error:deny` or `error:skip`.
     pub decision: Decision,
+    /// What the plugin logged during the call, kept only when the request
+    /// is traced (they become its span's events).
+    pub logs: Vec<PluginLog>,
+}
+
+/// One line a plugin logged, as the host let it through (cut, escaped).
+#[derive(Debug, Clone)]
+pub struct PluginLog {
+    pub at: std::time::SystemTime,
+    pub level: &'static str,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,6 +486,7 @@ mod tests {
                 start: std::time::SystemTime::UNIX_EPOCH,
                 micros: 12,
                 decision: Decision::Respond(401),
+                logs: Vec::new(),
             }],
             ..Entry::default()
         };

@@ -4,7 +4,8 @@
 //! A request continues the client's W3C `traceparent` (and its sampled
 //! flag) or starts a trace, head-sampled at `traces.sample`. A sampled
 //! request gets a server span; each plugin call becomes a child span
-//! (plugin, phase, decision) and so does each upstream attempt (upstream,
+//! (plugin, phase, decision, and the lines the plugin logged during the
+//! call as its events) and so does each upstream attempt (upstream,
 //! endpoint, attempt number, status), so retries show as siblings. The
 //! upstream is sent a `traceparent` naming its attempt's span; `tracestate`
 //! passes through as the client sent it. Unsampled requests are forwarded
@@ -226,6 +227,13 @@ impl RequestTrace {
                 KeyValue::new("weir.decision", run.decision.to_string()),
             ])
             .start_with_context(&self.tracer, &self.children);
+        for line in &run.logs {
+            span.add_event_with_timestamp(
+                line.message.clone(),
+                line.at,
+                vec![KeyValue::new("log.level", line.level)],
+            );
+        }
         if matches!(run.decision, Decision::Denied | Decision::Skipped) {
             span.set_status(Status::error("plugin failed"));
         }

@@ -14,11 +14,13 @@ use tracing::Instrument;
 use super::bindings::types::{self, RequestAction};
 use super::convert;
 use super::instance::{Answer, Call};
+use super::state::{LogSink, PLUGIN_LOGS};
 use super::view::View;
 use super::{Plugin, PluginError};
 use crate::access_log::{Decision, PluginRun};
 use crate::canonical::{self, Canonical, PathOptions};
 use crate::config::{OnError, PropertyLimits};
+use crate::otel::RequestTrace;
 
 /// One request as it flows through the chain: the request head the upstream
 /// will see, plus the typed facts plugins read and set.
@@ -182,40 +184,40 @@ impl Chain {
                 continue;
             }
             let span = tracing::debug_span!("on_request", plugin = %plugin.name);
-            let started = Instant::now();
+            let started = Timed::start(ex);
             let req = ex.to_wit(plugin.info.request_body, &plugin.view);
-            let answer = plugin
-                .invoke(&ex.id, ex.hops, Call::Request(req))
+            let answer = started
+                .run(plugin.invoke(&ex.id, ex.hops, Call::Request(req)))
                 .instrument(span)
                 .await;
             let action = match answer {
                 Ok(Answer::Request(action)) => action,
                 Ok(_) => continue,
                 Err(err) => {
-                    record(ex, plugin, "request", started, failed(plugin));
+                    record(ex, plugin, "request", &started, failed(plugin));
                     policy(plugin, err)?;
                     continue;
                 }
             };
             match action {
                 RequestAction::Continue(changes) => match self.apply_request_changes(ex, changes) {
-                    Ok(()) => record(ex, plugin, "request", started, Decision::Continue),
+                    Ok(()) => record(ex, plugin, "request", &started, Decision::Continue),
                     Err(message) => {
-                        record(ex, plugin, "request", started, failed(plugin));
+                        record(ex, plugin, "request", &started, failed(plugin));
                         policy(plugin, bad_output(plugin, message))?
                     }
                 },
                 RequestAction::Respond(local) => match local_response(local) {
                     Ok(response) => {
                         let decision = Decision::Respond(response.status().as_u16());
-                        record(ex, plugin, "request", started, decision);
+                        record(ex, plugin, "request", &started, decision);
                         return Ok(RequestOutcome::Respond {
                             ran: index,
                             response,
                         });
                     }
                     Err(message) => {
-                        record(ex, plugin, "request", started, failed(plugin));
+                        record(ex, plugin, "request", &started, failed(plugin));
                         policy(plugin, bad_output(plugin, message))?
                     }
                 },
@@ -254,22 +256,22 @@ impl Chain {
                     None
                 },
             };
-            let started = Instant::now();
-            let answer = plugin
-                .invoke(&ex.id, ex.hops, Call::Response(head, req))
+            let started = Timed::start(ex);
+            let answer = started
+                .run(plugin.invoke(&ex.id, ex.hops, Call::Response(head, req)))
                 .instrument(span)
                 .await;
             match answer {
                 Ok(Answer::Response(changes)) => match apply_response_changes(resp, changes) {
-                    Ok(()) => record(ex, plugin, "response", started, Decision::Continue),
+                    Ok(()) => record(ex, plugin, "response", &started, Decision::Continue),
                     Err(message) => {
-                        record(ex, plugin, "response", started, failed(plugin));
+                        record(ex, plugin, "response", &started, failed(plugin));
                         policy(plugin, bad_output(plugin, message))?;
                     }
                 },
                 Ok(_) => {}
                 Err(err) => {
-                    record(ex, plugin, "response", started, failed(plugin));
+                    record(ex, plugin, "response", &started, failed(plugin));
                     policy(plugin, err)?
                 }
             }
@@ -480,14 +482,8 @@ fn bad_output(plugin: &Plugin, message: String) -> PluginError {
 /// Apply the plugin's `on_error` policy: `Ok` means go on without it.
 /// Time a plugin call in its histogram, and note it for the access log
 /// if that keeps a record.
-fn record(
-    ex: &Exchange,
-    plugin: &Plugin,
-    phase: &'static str,
-    started: Instant,
-    decision: Decision,
-) {
-    let elapsed = started.elapsed();
+fn record(ex: &Exchange, plugin: &Plugin, phase: &'static str, timed: &Timed, decision: Decision) {
+    let elapsed = timed.started.elapsed();
     let histogram = usize::from(phase != "request");
     plugin.durations[histogram].observe(elapsed.as_secs_f64());
     if let Some(runs) = &ex.runs {
@@ -499,10 +495,42 @@ fn record(
                 .unwrap_or(std::time::UNIX_EPOCH),
             micros: elapsed.as_micros() as u64,
             decision,
+            logs: timed
+                .logs
+                .as_ref()
+                .map(|logs| {
+                    std::mem::take(&mut *logs.lock().unwrap_or_else(PoisonError::into_inner))
+                })
+                .unwrap_or_default(),
         };
         runs.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(run);
+    }
+}
+
+/// One plugin call being timed and, when its request is traced, the log
+/// lines it writes (for its span).
+struct Timed {
+    started: Instant,
+    logs: Option<LogSink>,
+}
+
+impl Timed {
+    fn start(ex: &Exchange) -> Timed {
+        let traced = ex.runs.is_some() && ex.head.extensions.get::<Arc<RequestTrace>>().is_some();
+        Timed {
+            started: Instant::now(),
+            logs: traced.then(LogSink::default),
+        }
+    }
+
+    /// Run the call, its log lines going to this call's sink if it has one.
+    async fn run<F: std::future::Future>(&self, call: F) -> F::Output {
+        match &self.logs {
+            Some(logs) => PLUGIN_LOGS.scope(logs.clone(), call).await,
+            None => call.await,
+        }
     }
 }
 

@@ -63,6 +63,38 @@ impl TokenBucket {
     }
 }
 
+/// Where a traced call's log lines go, for its span.
+pub type LogSink = Arc<Mutex<Vec<crate::access_log::PluginLog>>>;
+
+/// The most lines of one call kept for its span (the rate limit and the
+/// byte cap apply first).
+pub const MAX_SPAN_LOGS: usize = 32;
+
+tokio::task_local! {
+    /// Set around a plugin call whose request is traced.
+    pub static PLUGIN_LOGS: LogSink;
+}
+
+/// Keep a line for the current call's span, when there is one.
+fn keep_for_span(level: log::Level, message: &str) {
+    let _ = PLUGIN_LOGS.try_with(|sink| {
+        let mut lines = sink.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.len() < MAX_SPAN_LOGS {
+            lines.push(crate::access_log::PluginLog {
+                at: SystemTime::now(),
+                level: match level {
+                    log::Level::Trace => "trace",
+                    log::Level::Debug => "debug",
+                    log::Level::Info => "info",
+                    log::Level::Warn => "warn",
+                    log::Level::Error => "error",
+                },
+                message: message.to_owned(),
+            });
+        }
+    });
+}
+
 /// The data of one wasmtime store: one plugin instance.
 pub struct HostState {
     wasi: WasiCtx,
@@ -263,6 +295,7 @@ impl log::Host for HostState {
             return;
         }
         let message = super::printable(&message, shared.logs.max_bytes);
+        keep_for_span(level, &message);
         let plugin = shared.name.as_str();
         let request = self.request_id.as_str();
         match level {

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, Span};
 use prost::Message;
-use weir_tests::{client, respond, tagger_plugin, TestProxy, Upstream};
+use weir_tests::{client, hostile_plugin, respond, tagger_plugin, TestProxy, Upstream};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -260,4 +260,70 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_is_replaced() {
         .find(|s| s.kind == SpanKind::Server as i32)
         .expect("a server span");
     assert!(server.parent_span_id.is_empty(), "a root span");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_log_lines_become_its_spans_events_up_to_a_cap() {
+    let (otlp, spans) = collector().await;
+    let (upstream, _seen) = flaky().await;
+    let noisy = |count: u32| {
+        format!(
+            "{}count = {count}\nsize = 40\ntrigger_prefix = \"/\"\n",
+            hostile_plugin(
+                "noisy",
+                "log-flood",
+                "log_burst = 200\nlog_lines_per_second = 1000"
+            ),
+        )
+    };
+    let body = config(&otlp, &upstream)
+        .replace("chain = [\"tag\"]", "chain = [\"noisy\", \"tag\"]")
+        + &noisy(3);
+    let proxy = TestProxy::start(&body).await;
+    let response = client()
+        .get(proxy.url("/few"))
+        .header("traceparent", format!("00-{TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    let trace = spans_of(&spans, TRACE, 5).await;
+    let noisy_span = trace
+        .iter()
+        .find(|s| s.name == "plugin noisy request")
+        .unwrap_or_else(|| panic!("no noisy span in {trace:#?}"));
+    assert_eq!(noisy_span.events.len(), 3, "{noisy_span:#?}");
+    for event in &noisy_span.events {
+        let level = event.attributes.iter().find(|a| a.key == "log.level");
+        assert!(level.is_some(), "{event:#?}");
+        // Cut and escaped as on stderr: no raw newline forges a line.
+        assert!(!event.name.contains('\n'), "{:?}", event.name);
+        assert!(event.time_unix_nano >= noisy_span.start_time_unix_nano);
+    }
+    let tag_span = trace
+        .iter()
+        .find(|s| s.name == "plugin tag request")
+        .expect("the tagger's span");
+    assert!(tag_span.events.is_empty(), "another plugin's lines leaked");
+    drop(proxy);
+
+    // A flood keeps only the first lines of the call.
+    let flood = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let body =
+        config(&otlp, &upstream).replace("chain = [\"tag\"]", "chain = [\"noisy\"]") + &noisy(150);
+    let proxy = TestProxy::start(&body).await;
+    let response = client()
+        .get(proxy.url("/many"))
+        .header("traceparent", format!("00-{flood}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    response.bytes().await.unwrap();
+    let trace = spans_of(&spans, flood, 3).await;
+    let noisy_span = trace
+        .iter()
+        .find(|s| s.name == "plugin noisy request")
+        .expect("the noisy span");
+    assert_eq!(noisy_span.events.len(), 32);
 }
