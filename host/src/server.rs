@@ -41,7 +41,7 @@ pub async fn serve(
     };
     let builder = Arc::new(connection_builder(&limits));
     let listener_label = local.to_string();
-    let active = proxy.metrics().host().connections(&listener_label);
+    let active = Arc::new(ConnectionGauges::new(&proxy, &listener_label));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -75,7 +75,7 @@ pub async fn serve(
             proxy: proxy.clone(),
             watcher: graceful.watcher(),
             _permit: permit,
-            _active: Active::open(&active),
+            active: Arc::new(Active::open(active.clone())),
         };
         match &tls {
             None => {
@@ -129,22 +129,67 @@ struct Connection {
     watcher: Watcher,
     /// Holds one of `max_connections` until the connection ends.
     _permit: OwnedSemaphorePermit,
-    _active: Active,
+    active: Arc<Active>,
 }
 
-/// One open connection in `weir_connections_active`, until dropped.
-struct Active(crate::metrics::Gauge);
+/// A listener's `weir_connections_active` series, one per protocol.
+struct ConnectionGauges([crate::metrics::Gauge; 3]);
+
+/// Indexes into [`ConnectionGauges`].
+const PENDING: u8 = 0;
+const HTTP1: u8 = 1;
+const H2: u8 = 2;
+
+impl ConnectionGauges {
+    fn new(proxy: &Proxy, listener: &str) -> ConnectionGauges {
+        let host = proxy.metrics().host();
+        ConnectionGauges(["pending", "http1", "h2"].map(|p| host.connections(listener, p)))
+    }
+}
+
+/// One open connection in `weir_connections_active`, counted as `pending`
+/// until its first request names the protocol, until dropped.
+struct Active {
+    gauges: Arc<ConnectionGauges>,
+    protocol: std::sync::atomic::AtomicU8,
+}
 
 impl Active {
-    fn open(gauge: &crate::metrics::Gauge) -> Active {
-        gauge.inc();
-        Active(gauge.clone())
+    fn open(gauges: Arc<ConnectionGauges>) -> Active {
+        gauges.0[usize::from(PENDING)].inc();
+        Active {
+            gauges,
+            protocol: std::sync::atomic::AtomicU8::new(PENDING),
+        }
+    }
+
+    /// A request arrived: the first one moves the connection from
+    /// `pending` to its protocol. Later ones cost one relaxed load.
+    fn saw(&self, version: http::Version) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.protocol.load(Relaxed) != PENDING {
+            return;
+        }
+        let protocol = if version == http::Version::HTTP_2 {
+            H2
+        } else {
+            HTTP1
+        };
+        if self
+            .protocol
+            .compare_exchange(PENDING, protocol, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.gauges.0[usize::from(PENDING)].dec();
+            self.gauges.0[usize::from(protocol)].inc();
+        }
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.dec();
+        let protocol = self.protocol.load(std::sync::atomic::Ordering::Relaxed);
+        self.gauges.0[usize::from(protocol)].dec();
     }
 }
 
@@ -175,7 +220,9 @@ impl Connection {
         let client = meta.client;
         let meta = Arc::new(meta);
         let proxy = self.proxy;
-        let service = service_fn(move |req| {
+        let active = self.active;
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            active.saw(req.version());
             let proxy = proxy.clone();
             let meta = meta.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &meta).await) }

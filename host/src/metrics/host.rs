@@ -47,6 +47,9 @@ pub struct PluginLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
+    /// `pending` until the connection's first request, then `http1` or
+    /// `h2`.
+    pub protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,7 +115,7 @@ impl Default for HostMetrics {
         let connections = Family::<ListenerLabel, Gauge>::default();
         registry.register(
             "weir_connections_active",
-            "Client connections open, by listener.",
+            "Client connections open, by listener and protocol (pending before the first request).",
             connections.clone(),
         );
         let cache_entries = Gauge::default();
@@ -202,9 +205,10 @@ impl HostMetrics {
         })
     }
 
-    pub fn connections(&self, listener: &str) -> Gauge {
+    pub fn connections(&self, listener: &str, protocol: &'static str) -> Gauge {
         self.connections.get_or_create_owned(&ListenerLabel {
             listener: listener.to_owned(),
+            protocol,
         })
     }
 

@@ -142,7 +142,7 @@ async fn every_host_family_appears_and_moves_with_traffic() {
     let listener = proxy.all_addrs()[0];
     assert!(
         after.contains(&format!(
-            "weir_connections_active{{listener=\"{listener}\"}}"
+            "weir_connections_active{{listener=\"{listener}\",protocol=\"http1\"}}"
         )),
         "{after}"
     );
@@ -164,4 +164,51 @@ async fn every_host_family_appears_and_moves_with_traffic() {
     );
 
     weir_tests::assert_promtool_accepts(&after);
+}
+
+/// Polls the scrape until `series` reads `want` (gauges move as
+/// connection tasks finish, a moment after the client is done).
+async fn until(proxy: &TestProxy, series: &str, want: f64) {
+    let mut last = String::new();
+    for _ in 0..200 {
+        last = scrape(proxy).await;
+        if last.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        }) == Some(want)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{series} never read {want}:\n{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_connections_are_counted_by_protocol_once_they_speak() {
+    let up = Upstream::serve(|_req| async move { respond(200, "ok") }).await;
+    let proxy = TestProxy::start(&config(&up, "")).await;
+    let listener = proxy.all_addrs()[0];
+    let series = |protocol: &str| {
+        format!("weir_connections_active{{listener=\"{listener}\",protocol=\"{protocol}\"}}")
+    };
+
+    // Connected, silent: pending.
+    let silent = tokio::net::TcpStream::connect(listener).await.unwrap();
+    until(&proxy, &series("pending"), 1.0).await;
+
+    // An h2c client's connection stays open after its request.
+    let h2 = weir_tests::h2c_client();
+    let response = h2.get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    response.bytes().await.unwrap();
+    until(&proxy, &series("h2"), 1.0).await;
+    until(&proxy, &series("pending"), 1.0).await;
+
+    drop(silent);
+    drop(h2);
+    until(&proxy, &series("pending"), 0.0).await;
+    until(&proxy, &series("h2"), 0.0).await;
 }
