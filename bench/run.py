@@ -43,8 +43,11 @@ PORTS = {
     "weir-cache": 18006,
     "weir-chain-redis": 18008,
     "redis": 18009,
+    "weir-chain-log": 18010,
+    "weir-chain-traced": 18011,
 }
-WEIR_NAMES = ["weir", "weir-chain", "weir-chain-fresh", "weir-cache", "weir-chain-redis"]
+WEIR_NAMES = ["weir", "weir-chain", "weir-chain-fresh", "weir-cache", "weir-chain-redis",
+              "weir-chain-log", "weir-chain-traced"]
 # The same Weir configurations run by --compare-binary, 50 ports up.
 COMPARE = " [compare binary]"
 for _name in WEIR_NAMES:
@@ -63,6 +66,13 @@ ROWS = [
     # (one EVALSHA per request), against the memory backend (issue #18).
     ("Weir, 4-plugin chain, rate limit on Redis", "weir-chain-redis", "weir-chain-redis", "/13",
      "Weir, 4-plugin chain"),
+    # What observing costs (issue #16): the chain with a JSON access-log
+    # line per request, and with every request traced (server, plugin and
+    # upstream-attempt spans, exported over OTLP/HTTP to the origin nginx).
+    ("Weir, 4-plugin chain, access log", "weir-chain-log", "weir-chain-log", "/13",
+     "Weir, 4-plugin chain"),
+    ("Weir, 4-plugin chain, traced (all sampled)", "weir-chain-traced", "weir-chain-traced",
+     "/13", "Weir, 4-plugin chain"),
     ("nginx proxy_cache hit", "nginx-cache", "nginx-cache-h2", "/cache.json", None),
     ("Weir cache hit", "weir-cache", "weir-cache", "/cache.json", "nginx proxy_cache hit"),
     ("direct to origin, 64 KiB", "origin", "origin-h2", "/64k", None),
@@ -92,6 +102,8 @@ def origin_conf(work):
                 listen 127.0.0.1:{PORTS['origin-h2']} http2;
                 location = /13 {{ default_type text/plain; return 200 "Hello, world!"; }}
                 location = /64k {{ default_type application/octet-stream; alias {body64}; }}
+                # The OTLP sink of the traced Weir: accept and discard.
+                location = /v1/traces {{ return 200; }}
                 location = /cache.json {{
                     default_type application/json;
                     add_header Cache-Control "public, max-age=3600" always;
@@ -186,6 +198,16 @@ def weir_conf(work, name, chain, instances="pooled"):
         text += """
         [cache]
         capacity_bytes = 67108864
+        """
+    if name.startswith("weir-chain-log"):
+        text += f"""
+        [access_log]
+        path = "{work}/{name}-access.log"
+        """
+    if name.startswith("weir-chain-traced"):
+        text += f"""
+        [traces]
+        endpoint = "http://{origin}/v1/traces"
         """
     if name.startswith("weir-chain-redis"):
         text += f"""
@@ -373,7 +395,9 @@ def main():
             for name, chain, instances in [("weir", [], None), ("weir-chain", sample, "pooled"),
                                            ("weir-chain-fresh", sample, "fresh"),
                                            ("weir-cache", [], None),
-                                           ("weir-chain-redis", sample, "pooled")]:
+                                           ("weir-chain-redis", sample, "pooled"),
+                                           ("weir-chain-log", sample, "pooled"),
+                                           ("weir-chain-traced", sample, "pooled")]:
                 conf = weir_conf(work, name + suffix, chain, instances)
                 weirs[name + suffix] = start(
                     [str(binary), "run", "--threads", "1", "--config", str(conf)],
