@@ -329,7 +329,8 @@ def main():
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--only", action="append", default=[],
-                        help="measure only rows whose label contains this text (repeatable; "
+                        help="measure only rows whose label contains this text, or is exactly it "
+                             "with a leading '=' (repeatable; "
                              "for quick checks while optimising, not for published figures)")
     parser.add_argument("--weir-binary", type=Path, default=WEIR,
                         help="the weir to measure (default: target/release/weir)")
@@ -361,7 +362,11 @@ def main():
     PLUGINS = args.plugins_dir.resolve()
     if args.storm:
         return run_storm(args)
-    rows = [r for r in ROWS if not args.only or any(o in r[0] for o in args.only)]
+    def chosen(label):
+        # "=LABEL" names one row exactly; other text matches as a substring.
+        return any(label == o[1:] if o.startswith("=") else o in label for o in args.only)
+
+    rows = [r for r in ROWS if not args.only or chosen(r[0])]
     if args.compare_binary:
         rows += [(label + COMPARE, h1 + "-cmp", h2 + "-cmp", path, label)
                  for label, h1, h2, path, _ in rows if h1.startswith("weir")]
@@ -494,6 +499,15 @@ def render(results, args, rss):
             p2 = median([a[1][0] / b[1][0] for a, b in pairs])
             r1 = f"{p1:.3f}× {rival} (median of per-round ratios)"
             r2 = f"{p2:.3f}×"
+        elif rival in results and rival.startswith("Weir"):
+            # A Weir variant against a Weir row that ran beside it in every
+            # round: per-round ratios, so the machine's drift between rounds
+            # cancels out (their medians' ratio would keep it).
+            pairs = list(zip(results[label], results[rival]))
+            p1 = median([a[0][0] / b[0][0] for a, b in pairs])
+            p2 = median([a[1][0] / b[1][0] for a, b in pairs])
+            r1 = f"{p1:.2f}× {rival} (median of per-round ratios)"
+            r2 = f"{p2:.2f}×"
         elif rival in med:
             r1 = f"{h1[0] / med[rival][0][0]:.2f}× {rival}"
             r2 = f"{h2[0] / med[rival][1][0]:.2f}×"
