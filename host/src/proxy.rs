@@ -192,15 +192,18 @@ impl Proxy {
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "served"
             );
-            let response = match (served.trace, served.runs.clone()) {
-                (Some(trace), runs) => trace_to_the_end(response, trace, runs),
-                (None, _) => response,
-            };
-            match (&self.access_log, served.log) {
+            let response = match (&self.access_log, served.log) {
                 (Some(log), Some(logged)) if log.wants(status.as_u16()) => {
                     logged.finish(response, served.route, log.clone(), started)
                 }
                 _ => response,
+            };
+            // Outermost, so its span is finished (reading the plugin runs)
+            // before the log line takes them: a body's wrapper is dropped
+            // before the body it wraps.
+            match served.trace {
+                Some(trace) => trace_to_the_end(response, trace, served.runs),
+                None => response,
             }
         }
         .instrument(span)
@@ -215,7 +218,7 @@ struct Served<'g> {
     log: Option<Box<Logged>>,
     /// Only when the request is traced and sampled.
     trace: Option<Arc<RequestTrace>>,
-    /// The plugin calls, when the log or the trace wants them.
+    /// The plugin calls, when the request is traced.
     runs: Option<Runs>,
 }
 
@@ -327,11 +330,12 @@ impl Logged {
             entry.bytes_out = bytes_out;
             entry.bytes_in = logged.bytes_in.load(Ordering::Relaxed);
             entry.total_time = started.elapsed();
-            entry.plugins = logged
-                .runs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+            entry.plugins = std::mem::take(
+                &mut *logged
+                    .runs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
             log.log(&entry);
         });
         Response::from_parts(parts, body)
@@ -402,9 +406,8 @@ impl Generation {
         if let Some(trace) = &served.trace {
             trace.admitted(&ex.authority, ex.head.uri.path(), route.name.as_deref());
             ex.head.extensions.insert(trace.clone());
-            ex.runs.get_or_insert_with(Runs::default);
+            served.runs = Some(ex.runs.get_or_insert_with(Runs::default).clone());
         }
-        served.runs.clone_from(&ex.runs);
         let version = ex.head.version;
         let body = self.request_body(route, &mut ex, incoming, counter).await?;
         if let RequestOutcome::Respond { ran, response } =

@@ -327,3 +327,47 @@ async fn a_plugins_log_lines_become_its_spans_events_up_to_a_cap() {
         .expect("the noisy span");
     assert_eq!(noisy_span.events.len(), 32);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_access_log_on_both_see_every_plugin_call_and_share_the_trace_id() {
+    let (otlp, spans) = collector().await;
+    let (upstream, _seen) = flaky().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let body = format!(
+        "{}[access_log]\npath = {:?}\n",
+        config(&otlp, &upstream),
+        log.display().to_string()
+    );
+    let proxy = TestProxy::start(&body).await;
+    let response = client()
+        .get(proxy.url("/both"))
+        .header("traceparent", format!("00-{TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+
+    let trace = spans_of(&spans, TRACE, 4).await;
+    let plugin_spans = trace
+        .iter()
+        .filter(|s| s.name.starts_with("plugin tag "))
+        .count();
+    assert_eq!(plugin_spans, 2, "{trace:#?}");
+    let mut line = String::new();
+    for _ in 0..200 {
+        line = std::fs::read_to_string(&log).unwrap_or_default();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let entry: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON line");
+    assert_eq!(entry["trace_id"], TRACE);
+    assert_eq!(
+        entry["plugins"].as_array().map(Vec::len),
+        Some(2),
+        "{entry}"
+    );
+}
