@@ -115,6 +115,9 @@ pub struct HostState {
     /// released at every tick (so long-running calls take turns) and when
     /// the call ends.
     pub long_turn: Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// Whether the current call has run into an epoch tick: the plugin
+    /// counts its calls that do (see `Plugin::long_running`).
+    pub reached_tick: bool,
 }
 
 impl HostState {
@@ -135,6 +138,7 @@ impl HostState {
             hops: 0,
             call_deadline: Instant::now(),
             long_turn: Arc::default(),
+            reached_tick: false,
         }
     }
 

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use weir_tests::{admin_section, client, hostile_plugin, TestProxy, Upstream};
+use weir_tests::{admin_section, client, hostile_plugin, TestProxy, Upstream, ADMIN_TOKEN};
 
 fn looping(upstream: &Upstream, extra: &str, sections: &str) -> String {
     format!(
@@ -131,6 +131,83 @@ async fn a_busy_plugin_that_keeps_finishing_calls_queues_instead_of_refusing() {
         let (status, body) = call.await.unwrap();
         assert_eq!(status, 503, "{body}");
         assert!(body.contains("plugin timed out"), "{body}");
+    }
+    assert_eq!(
+        proxy.metrics().counter(
+            "weir_plugin_errors_total",
+            &[("plugin", "spin"), ("kind", "overload")]
+        ),
+        0
+    );
+}
+
+/// Whether the admin API shows the `spin` plugin as long-running.
+async fn spin_is_long_running(proxy: &TestProxy) -> bool {
+    let body = client()
+        .get(proxy.admin_url("/api/v1/plugins"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let plugins: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let spin = plugins["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "spin")
+        .unwrap_or_else(|| panic!("no spin plugin in {plugins}"));
+    spin["long_running"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("no long_running in {spin}"))
+}
+
+/// A plugin whose calls keep running past an epoch tick becomes
+/// long-running: its calls wait for a turn before they start, instead of
+/// each running its first slice beside all the others. It still serves
+/// its quick calls, and the first of them that ends before a tick makes
+/// it an ordinary plugin again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_whose_calls_keep_running_long_waits_for_a_turn_before_it_starts() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::start(&looping(
+        &upstream,
+        "timeout_ms = 20
+instances = \"fresh\"",
+        &format!(
+            "{}\n[runtime]\nmax_long_running_calls = 1\n",
+            admin_section()
+        ),
+    ))
+    .await;
+    assert!(!spin_is_long_running(&proxy).await);
+    for _ in 0..4 {
+        let boom = client().get(proxy.url("/boom")).send().await.unwrap();
+        assert_eq!(boom.status(), 503);
+    }
+    assert!(spin_is_long_running(&proxy).await);
+    // Long-running calls at once, all through the one turn: each still
+    // ends at its own deadline.
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let url = proxy.url("/boom");
+            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 503);
+    }
+    // A quick call waits for its turn too, then is served; ending before a
+    // tick, it clears the plugin's streak.
+    let mut quick = 0;
+    while spin_is_long_running(&proxy).await {
+        let fine = client().get(proxy.url("/fine")).send().await.unwrap();
+        assert_eq!(fine.status(), 200);
+        quick += 1;
+        assert!(quick < 20, "quick calls never cleared the streak");
     }
     assert_eq!(
         proxy.metrics().counter(
