@@ -215,6 +215,8 @@ pub struct UpstreamSpec {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
+    /// Open connections per endpoint, idle and busy.
+    pub max_connections_per_endpoint: usize,
     pub lb: LoadBalancing,
     pub max_fails: u32,
     pub eject: Duration,
@@ -609,6 +611,7 @@ impl Validator<'_> {
                     response_timeout: Duration::from_millis(upstream.response_timeout_ms),
                     idle_timeout: Duration::from_millis(upstream.idle_timeout_ms.max(1)),
                     max_idle_per_endpoint: upstream.max_idle_per_endpoint,
+                    max_connections_per_endpoint: upstream.max_connections_per_endpoint,
                     lb: match upstream.lb {
                         file::LbFile::RoundRobin => LoadBalancing::RoundRobin,
                         file::LbFile::LeastOutstanding => LoadBalancing::LeastOutstanding,

@@ -47,6 +47,10 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
             }
+            ProxyError::Upstream(UpstreamError::Saturated { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connections exhausted",
+            ),
             ProxyError::Upstream(UpstreamError::Protocol { .. }) => {
                 (StatusCode::BAD_GATEWAY, "upstream sent an invalid response")
             }

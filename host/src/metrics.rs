@@ -99,7 +99,7 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const REQUESTS: &str = "weir_requests_total";
 
 /// Help text for the host's families (Prometheus tools warn without one).
-const HOST_HELP: [(&str, &str); 10] = [
+const HOST_HELP: [(&str, &str); 11] = [
     (
         "weir_cache_requests_total",
         "Requests the response cache answered or forwarded, by result.",
@@ -132,6 +132,10 @@ const HOST_HELP: [(&str, &str); 10] = [
     (
         "weir_upstream_retries_total",
         "Upstream requests retried, by upstream and reason.",
+    ),
+    (
+        "weir_upstream_connection_limit_total",
+        "Upstream attempts refused because their endpoint had max_connections_per_endpoint open for connect_timeout_ms.",
     ),
     (
         REQUESTS,

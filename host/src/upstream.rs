@@ -55,6 +55,17 @@ pub enum UpstreamError {
     /// The client's body failed (e.g. the client went away) mid-stream.
     #[error("request body failed while streaming to {upstream}: {message}")]
     RequestBody { upstream: String, message: String },
+    /// Every endpoint tried had `max_connections_per_endpoint` open, and
+    /// none came free within the connect timeout.
+    #[error(
+        "upstream {upstream}: {endpoint} has {max_connections} connections open (max_connections_per_endpoint), none free within {timeout_ms} ms"
+    )]
+    Saturated {
+        upstream: String,
+        endpoint: String,
+        max_connections: usize,
+        timeout_ms: u64,
+    },
 }
 
 /// How a request body can be sent again for a retry.
@@ -251,7 +262,9 @@ impl Pool {
                 .endpoints
                 .iter()
                 .filter_map(|e| e.parse().ok())
-                .map(|authority| Arc::new(Endpoint::new(authority)))
+                .map(|authority| {
+                    Arc::new(Endpoint::new(authority, spec.max_connections_per_endpoint))
+                })
                 .collect(),
             next: AtomicUsize::new(0),
             connector: Arc::new(connector),
@@ -353,6 +366,7 @@ impl Pool {
                     Ok(Err(ExchangeError::ConnectTimeout)) => Err("connect_timeout"),
                     Ok(Err(ExchangeError::Connect(_))) => Err("connect"),
                     Ok(Err(ExchangeError::Http(_) | ExchangeError::Closed)) => Err("protocol"),
+                    Ok(Err(ExchangeError::Saturated)) => Err("connection_limit"),
                     Err(_elapsed) => Err("timeout"),
                 });
             }
@@ -396,6 +410,25 @@ impl Pool {
                         return Err(self.connect_error(endpoint.authority.as_str(), &message));
                     }
                     self.note_retry(endpoint, "connect");
+                }
+                Ok(Err(ExchangeError::Saturated)) => {
+                    // Busy, not broken: no failure is counted against the
+                    // endpoint. Nothing was sent, so another endpoint may
+                    // take it.
+                    self.metrics.counter_add(
+                        "weir_upstream_connection_limit_total",
+                        &[("upstream", &self.spec.name)],
+                        1,
+                    );
+                    if !(can_retry && self.budget.try_spend()) {
+                        return Err(UpstreamError::Saturated {
+                            upstream: self.spec.name.clone(),
+                            endpoint: endpoint.authority.to_string(),
+                            max_connections: self.spec.max_connections_per_endpoint,
+                            timeout_ms: self.spec.connect_timeout.as_millis() as u64,
+                        });
+                    }
+                    self.note_retry(endpoint, "connection_limit");
                 }
                 Ok(Err(ExchangeError::Http(err))) if caused_by::<LengthLimitError>(&err) => {
                     return Err(UpstreamError::RequestBodyTooLarge {

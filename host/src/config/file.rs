@@ -389,6 +389,11 @@ pub struct UpstreamFile {
     /// Idle keep-alive connections kept per endpoint.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
+    /// Connections open to one endpoint at once, idle and busy together
+    /// (nginx's `max_conns`). A request that would need one more waits up
+    /// to `connect_timeout_ms` for one to come free, then gets 503.
+    #[serde(default = "default_max_connections_per_endpoint")]
+    pub max_connections_per_endpoint: usize,
     #[serde(default)]
     pub lb: LbFile,
     /// Passive health: consecutive failures (connect errors, timeouts,
@@ -478,6 +483,9 @@ fn default_idle_timeout_ms() -> u64 {
 }
 fn default_max_idle() -> usize {
     64
+}
+fn default_max_connections_per_endpoint() -> usize {
+    1024
 }
 
 #[derive(Debug, Deserialize)]

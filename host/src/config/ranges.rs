@@ -140,6 +140,11 @@ impl Validator<'_> {
                 up.max_idle_per_endpoint,
                 0..=10_000,
             );
+            self.range(
+                at("max_connections_per_endpoint"),
+                up.max_connections_per_endpoint,
+                1..=1_000_000,
+            );
             self.range(at("max_fails"), up.max_fails, 0..=1_000);
             self.range(at("eject_ms"), up.eject_ms, 1..=MAX_INTERVAL_MS);
             self.range(at("retries"), up.retries, 0..=10);

@@ -91,6 +91,7 @@ fn a_valid_minimal_config_gets_defaults() {
     let up = &config.upstreams["up"];
     assert_eq!(up.retries, 2);
     assert_eq!(up.max_fails, 3);
+    assert_eq!(up.max_connections_per_endpoint, 1024);
     assert!(config.cache.is_none());
     assert!(config.chain.is_empty());
 }
@@ -99,7 +100,8 @@ fn a_valid_minimal_config_gets_defaults() {
 fn numbers_out_of_range_name_their_key_and_range() {
     let errs = errors(&format!(
         "{LISTENER}[limits]\nheader_read_timeout_ms = 0\nmax_connections = 0\n\
-         [upstreams.api]\nendpoints = [\"127.0.0.1:80\"]\nretries = 1000\n"
+         [upstreams.api]\nendpoints = [\"127.0.0.1:80\"]\nretries = 1000\n\
+         max_connections_per_endpoint = 0\n"
     ));
     let all = errs.join("\n");
     assert!(
@@ -112,6 +114,12 @@ fn numbers_out_of_range_name_their_key_and_range() {
     );
     assert!(
         all.contains("upstreams.api.retries: 1000 is out of range: expected 0 to 10"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "upstreams.api.max_connections_per_endpoint: 0 is out of range: expected 1 to 1000000"
+        ),
         "{all}"
     );
 }

@@ -1,6 +1,7 @@
 //! Upstream HTTP/1.1 connections: connect (TCP, then TLS for HTTPS pools),
-//! keep idle ones per endpoint, and drive each exchange inside the task of
-//! the request that owns it.
+//! keep idle ones per endpoint, at most `max_connections_per_endpoint` open
+//! per endpoint, and drive each exchange inside the task of the request
+//! that owns it.
 //!
 //! hyper's connection future is not spawned as a task of its own: the
 //! request polls it while waiting for the response head, and the response
@@ -26,6 +27,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
 use crate::body::Body;
@@ -48,6 +50,9 @@ pub struct Conn {
     driver: Option<Driver>,
     /// Why the driver ended, if it failed.
     failed: Option<hyper::Error>,
+    /// Its place among the endpoint's open connections, given back when
+    /// the connection is dropped.
+    _open: OwnedSemaphorePermit,
 }
 
 /// Why an exchange failed.
@@ -61,6 +66,9 @@ pub enum ExchangeError {
     Http(hyper::Error),
     /// The upstream closed the connection without answering.
     Closed,
+    /// The endpoint had `max_connections_per_endpoint` open and none came
+    /// free within the connect timeout; nothing was sent.
+    Saturated,
 }
 
 /// Opens connections to one pool's endpoints.
@@ -98,7 +106,11 @@ impl Connector {
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Conn, ExchangeError> {
+    async fn connect(
+        &self,
+        authority: &Authority,
+        open: OwnedSemaphorePermit,
+    ) -> Result<Conn, ExchangeError> {
         let tcp =
             tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority.as_str()))
                 .await
@@ -140,17 +152,62 @@ impl Connector {
             sender,
             driver: Some(driver),
             failed: None,
+            _open: open,
         })
     }
 }
 
-/// One endpoint's idle connections, most recently used last.
-#[derive(Default)]
+/// One endpoint's connections: the idle ones, most recently used last, and
+/// the places for open ones.
 pub struct IdleConns {
     conns: Mutex<Vec<(Conn, Instant)>>,
+    /// One permit per connection that may be open (idle or busy).
+    open: Arc<Semaphore>,
+    /// Signalled when a connection goes back to the idle list.
+    returned: Notify,
+}
+
+/// What a request that found no idle connection may do.
+enum Room {
+    /// Open a connection in this place.
+    Open(OwnedSemaphorePermit),
+    /// A connection went back to the idle list: look again.
+    Returned,
+    /// Neither happened before the deadline.
+    Full,
 }
 
 impl IdleConns {
+    pub fn new(max_open: usize) -> IdleConns {
+        IdleConns {
+            conns: Mutex::default(),
+            open: Arc::new(Semaphore::new(max_open.clamp(1, Semaphore::MAX_PERMITS))),
+            returned: Notify::new(),
+        }
+    }
+
+    /// Connections open to the endpoint now, idle and busy.
+    pub fn open_count(&self, max_open: usize) -> usize {
+        max_open.saturating_sub(self.open.available_permits())
+    }
+
+    /// A place to open a connection, or a returned one to look for, once
+    /// either comes before `deadline`.
+    async fn room(&self, deadline: tokio::time::Instant) -> Room {
+        if let Ok(permit) = self.open.clone().try_acquire_owned() {
+            return Room::Open(permit);
+        }
+        tokio::select! {
+            permit = self.open.clone().acquire_owned() => match permit {
+                Ok(permit) => Room::Open(permit),
+                // Never closed; were it, nothing could be opened.
+                Err(_closed) => Room::Full,
+            },
+            () = self.returned.notified() => Room::Returned,
+            () = tokio::time::sleep_until(deadline) => Room::Full,
+        }
+    }
+
     /// An idle connection still open and ready for a request, if any.
     fn checkout(&self) -> Option<Conn> {
         loop {
@@ -176,6 +233,8 @@ impl IdleConns {
         conns.drain(..expired);
         if conns.len() < max_idle {
             conns.push((conn, now));
+            drop(conns);
+            self.returned.notify_one();
         }
     }
 }
@@ -217,16 +276,26 @@ pub async fn exchange(
     request: Request<Body>,
 ) -> Result<Response<Body>, ExchangeError> {
     let mut request = request;
-    // An idle connection the upstream closed meanwhile refuses the request
-    // before sending any of it; try the next one, then a new one.
-    while let Some(mut conn) = home.idle.checkout() {
-        match drive(&mut conn, request).await {
-            Ok(response) => return Ok(with_home(response, conn, home)),
-            Err(TryError::Unsent(returned)) => request = *returned,
-            Err(TryError::Failed(err)) => return Err(err),
+    let deadline = tokio::time::Instant::now() + connector.connect_timeout;
+    let open = loop {
+        // An idle connection the upstream closed meanwhile refuses the
+        // request before sending any of it; try the next one, then a new
+        // one.
+        while let Some(mut conn) = home.idle.checkout() {
+            match drive(&mut conn, request).await {
+                Ok(response) => return Ok(with_home(response, conn, home)),
+                Err(TryError::Unsent(returned)) => request = *returned,
+                Err(TryError::Failed(err)) => return Err(err),
+            }
         }
-    }
-    let mut conn = connector.connect(authority).await?;
+        // At the cap, wait for a connection to close or to come back.
+        match home.idle.room(deadline).await {
+            Room::Open(open) => break open,
+            Room::Returned => continue,
+            Room::Full => return Err(ExchangeError::Saturated),
+        }
+    };
+    let mut conn = connector.connect(authority, open).await?;
     match drive(&mut conn, request).await {
         Ok(response) => Ok(with_home(response, conn, home)),
         Err(TryError::Unsent(_)) => Err(ExchangeError::Connect(
@@ -249,6 +318,7 @@ async fn drive(conn: &mut Conn, request: Request<Body>) -> Result<Response<Incom
         sender,
         driver,
         failed,
+        ..
     } = conn;
     let mut response = std::pin::pin!(sender.try_send_request(request));
     std::future::poll_fn(|cx| {

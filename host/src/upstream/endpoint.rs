@@ -31,12 +31,13 @@ pub struct Endpoint {
     /// Set by an operator (`weir ctl drain`): no new request is sent here;
     /// requests already here finish.
     draining: AtomicBool,
-    /// Open connections waiting for a request.
+    /// Open connections waiting for a request, and the cap on open ones.
     idle: Arc<IdleConns>,
+    max_connections: usize,
 }
 
 impl Endpoint {
-    pub fn new(authority: Authority) -> Endpoint {
+    pub fn new(authority: Authority, max_connections: usize) -> Endpoint {
         Endpoint {
             authority,
             outstanding: AtomicUsize::new(0),
@@ -45,7 +46,8 @@ impl Endpoint {
             ejected_until_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            idle: Arc::default(),
+            idle: Arc::new(IdleConns::new(max_connections)),
+            max_connections,
         }
     }
 
@@ -94,6 +96,7 @@ impl Endpoint {
             state,
             healthy: self.is_healthy(),
             outstanding: self.outstanding(),
+            connections: self.idle.open_count(self.max_connections),
             ejected_for_ms,
             consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
         }
@@ -140,6 +143,9 @@ pub struct EndpointStatus {
     pub state: &'static str,
     pub healthy: bool,
     pub outstanding: usize,
+    /// Connections open now, idle and busy (at most
+    /// `max_connections_per_endpoint`).
+    pub connections: usize,
     pub ejected_for_ms: u64,
     pub consecutive_failures: u32,
 }

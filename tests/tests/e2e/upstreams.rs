@@ -297,3 +297,100 @@ async fn idle_connection_closed_by_the_upstream_is_not_reused() {
         "one fresh connection per round"
     );
 }
+
+/// An upstream whose requests wait for `gate` (one permit per request let
+/// through), recording the most it held at once.
+async fn gated(gate: Arc<tokio::sync::Semaphore>) -> (Upstream, Arc<AtomicUsize>) {
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = most.clone();
+    let upstream = Upstream::serve(move |_req| {
+        let (gate, now, most) = (gate.clone(), now.clone(), most.clone());
+        async move {
+            let holding = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(holding, Ordering::SeqCst);
+            gate.acquire().await.unwrap().forget();
+            now.fetch_sub(1, Ordering::SeqCst);
+            respond(200, "ok")
+        }
+    })
+    .await;
+    (upstream, seen)
+}
+
+/// `max_connections_per_endpoint` caps what one endpoint is sent at once:
+/// requests beyond it wait for a connection to come back and are then
+/// served over it, never over a connection more.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_beyond_the_connection_cap_wait_for_a_connection() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (upstream, most) = gated(gate.clone()).await;
+    let proxy = TestProxy::start(&pool(
+        &[&upstream],
+        "max_connections_per_endpoint = 2\nconnect_timeout_ms = 10000\nresponse_timeout_ms = 20000",
+    ))
+    .await;
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let url = proxy.url("/");
+            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    // Let all six reach the proxy, then the upstream answer them one by one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.add_permits(6);
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 2, "more than the cap at once");
+    assert_eq!(
+        proxy.metrics().counter(
+            "weir_upstream_connection_limit_total",
+            &[("upstream", "pool")]
+        ),
+        0
+    );
+}
+
+/// At the cap, a request that no connection frees up for within
+/// `connect_timeout_ms` gets a 503 naming the failure class, counted; the
+/// endpoint is not ejected for it, and serves once a connection is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_no_connection_frees_up_for_gets_503() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (upstream, _most) = gated(gate.clone()).await;
+    let proxy = TestProxy::start(&pool(
+        &[&upstream],
+        "max_connections_per_endpoint = 1\nconnect_timeout_ms = 200\nretries = 0\nmax_fails = 1",
+    ))
+    .await;
+    let url = proxy.url("/held");
+    let held = tokio::spawn(async move { client().get(url).send().await.unwrap().status() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.text().await.unwrap(),
+        "503 Service Unavailable: upstream connections exhausted\n"
+    );
+    assert_eq!(
+        proxy.metrics().counter(
+            "weir_upstream_connection_limit_total",
+            &[("upstream", "pool")]
+        ),
+        1
+    );
+    // Busy is not broken: with max_fails = 1 a failure would have ejected
+    // the endpoint.
+    assert_eq!(
+        proxy
+            .metrics()
+            .counter("weir_upstream_ejections_total", &[("upstream", "pool")]),
+        0
+    );
+    gate.add_permits(2);
+    assert_eq!(held.await.unwrap(), 200);
+    // Served over the connection the first request gave back.
+    let served = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+}
