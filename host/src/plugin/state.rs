@@ -120,6 +120,12 @@ pub struct HostState {
     pub reached_tick: bool,
 }
 
+/// The `tracing` target of plugin log lines. Their fields are already
+/// printable (the message escaped and capped here, the plugin's name and
+/// the request id plain by construction), so the log writer formats them
+/// without escaping them again (see `cli::init_tracing`).
+pub const LOG_TARGET: &str = "weir::plugin::log";
+
 impl HostState {
     pub fn new(shared: Arc<PluginShared>) -> HostState {
         HostState {
@@ -303,11 +309,11 @@ impl log::Host for HostState {
         let plugin = shared.name.as_str();
         let request = self.request_id.as_str();
         match level {
-            log::Level::Trace => tracing::trace!(plugin, request, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, request, "{message}"),
-            log::Level::Info => tracing::info!(plugin, request, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, request, "{message}"),
-            log::Level::Error => tracing::error!(plugin, request, "{message}"),
+            log::Level::Trace => tracing::trace!(target: LOG_TARGET, plugin, request, "{message}"),
+            log::Level::Debug => tracing::debug!(target: LOG_TARGET, plugin, request, "{message}"),
+            log::Level::Info => tracing::info!(target: LOG_TARGET, plugin, request, "{message}"),
+            log::Level::Warn => tracing::warn!(target: LOG_TARGET, plugin, request, "{message}"),
+            log::Level::Error => tracing::error!(target: LOG_TARGET, plugin, request, "{message}"),
         }
     }
 }
