@@ -320,17 +320,24 @@ impl Plugin {
             }
             let turn = data.long_turn.clone();
             let turns = data.shared.long_runners.clone();
+            let out_of_time = data.out_of_time.clone();
             let deadline = tokio::time::Instant::from_std(data.call_deadline);
             Ok(UpdateDeadline::YieldCustom(
                 YIELD_TICKS,
                 Box::pin(async move {
                     drop(lock(&turn).take());
-                    // Past the deadline without a turn: go on, and the
-                    // next tick interrupts it.
-                    if let Ok(Ok(permit)) =
-                        tokio::time::timeout_at(deadline, turns.acquire_owned()).await
-                    {
-                        *lock(&turn) = Some(permit);
+                    match tokio::time::timeout_at(deadline, turns.acquire_owned()).await {
+                        Ok(Ok(permit)) => *lock(&turn) = Some(permit),
+                        // Never closed; were it, run ungated.
+                        Ok(Err(_closed)) => {}
+                        // Past the deadline without a turn: the call ends
+                        // here, as a timeout (`invoke` drops it, and the
+                        // instance with it). Going on instead would run up
+                        // to a tick of guest code outside the turns.
+                        Err(_) => {
+                            out_of_time.notify_one();
+                            std::future::pending::<()>().await;
+                        }
                     }
                     tokio::task::yield_now().await;
                 }),
@@ -505,6 +512,7 @@ impl Plugin {
         warm.store.data_mut().hops = hops;
         warm.store.data_mut().call_deadline = Instant::now() + self.timeout;
         warm.store.set_epoch_deadline(YIELD_TICKS);
+        let out_of_time = warm.store.data().out_of_time.clone();
         let guest = &warm.guest;
         let store = &mut warm.store;
         let run = async move {
@@ -520,7 +528,7 @@ impl Plugin {
                     .map(Answer::Response),
             }
         };
-        let result = within(self.timeout + HOST_CALL_SLACK, run).await;
+        let result = within(self.timeout + HOST_CALL_SLACK, &out_of_time, run).await;
         // The call is over: its long-running turn (if any) goes back.
         drop(lock(&warm.store.data().long_turn).take());
         self.note_ticks(warm.store.data_mut());
@@ -587,15 +595,25 @@ impl Plugin {
 struct Elapsed;
 
 /// `tokio::time::timeout`, with the timer armed only if the call has to
-/// wait (a host import awaiting KV or HTTP). Most calls finish in their
-/// first poll and never touch the timer wheel.
-async fn within<F: Future>(limit: Duration, call: F) -> Result<F::Output, Elapsed> {
+/// wait (a host import awaiting KV or HTTP, a long-running turn). Most
+/// calls finish in their first poll and never touch the timer wheel. A
+/// call whose deadline passed while it waited for a turn signals
+/// `out_of_time` and ends at once.
+async fn within<F: Future>(
+    limit: Duration,
+    out_of_time: &tokio::sync::Notify,
+    call: F,
+) -> Result<F::Output, Elapsed> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut call = std::pin::pin!(call);
     let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    let mut abandoned = std::pin::pin!(out_of_time.notified());
     std::future::poll_fn(|cx| {
         if let Poll::Ready(output) = call.as_mut().poll(cx) {
             return Poll::Ready(Ok(output));
+        }
+        if abandoned.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Elapsed));
         }
         if timer.is_none() {
             timer.set(Some(tokio::time::sleep_until(deadline)));

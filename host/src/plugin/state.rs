@@ -118,6 +118,9 @@ pub struct HostState {
     /// Whether the current call has run into an epoch tick: the plugin
     /// counts its calls that do (see `Plugin::long_running`).
     pub reached_tick: bool,
+    /// Signalled when the call's deadline passed while it waited for a
+    /// long-running turn: the call is abandoned there, not resumed.
+    pub out_of_time: Arc<tokio::sync::Notify>,
 }
 
 /// The `tracing` target of plugin log lines. Their fields are already
@@ -145,6 +148,7 @@ impl HostState {
             call_deadline: Instant::now(),
             long_turn: Arc::default(),
             reached_tick: false,
+            out_of_time: Arc::default(),
         }
     }
 

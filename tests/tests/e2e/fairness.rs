@@ -190,15 +190,20 @@ instances = \"fresh\"",
     }
     assert!(spin_is_long_running(&proxy).await);
     // Long-running calls at once, all through the one turn: each still
-    // ends at its own deadline.
+    // ends at its own deadline, whether running or waiting for its turn.
     let calls: Vec<_> = (0..6)
         .map(|_| {
             let url = proxy.url("/boom");
-            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
+            tokio::spawn(async move {
+                let response = client().get(url).send().await.unwrap();
+                (response.status(), response.text().await.unwrap())
+            })
         })
         .collect();
     for call in calls {
-        assert_eq!(call.await.unwrap(), 503);
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("plugin timed out"), "{body}");
     }
     // A quick call waits for its turn too, then is served; ending before a
     // tick, it clears the plugin's streak.
