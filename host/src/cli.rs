@@ -141,21 +141,28 @@ const LOG_QUEUE_LINES: usize = 64 * 1024;
 /// a char at a time (half the CPU of a plugin logging 4 KB lines).
 /// Everything else keeps the formatter's escaping.
 fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+    use crate::plugin::state::LOG_TARGET;
+    use std::io::IsTerminal;
     use tracing_subscriber::filter::{filter_fn, FilterExt};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, EnvFilter, Layer};
-    use crate::plugin::state::LOG_TARGET;
     let filter = || EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("weir-log")
         .finish(std::io::stderr());
+    // Colour only for a person at a terminal: not into files, pipes or
+    // journald, and never with NO_COLOR set.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let host = fmt::layer()
+        .with_ansi(ansi)
         .with_writer(writer.clone())
         .with_filter(filter().and(filter_fn(|meta| meta.target() != LOG_TARGET)));
     let plugins = fmt::layer()
+        .with_ansi(ansi)
         .with_writer(writer)
         .with_ansi_sanitization(false)
         .with_filter(filter().and(filter_fn(|meta| meta.target() == LOG_TARGET)));

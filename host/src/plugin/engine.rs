@@ -32,6 +32,8 @@ struct RuntimeInner {
     ticker: EpochTicker,
     /// Turns for calls that run past one tick (`max_long_running_calls`).
     long_runners: Arc<tokio::sync::Semaphore>,
+    /// Where the calls of long-running plugins run (see [`LongRunners`]).
+    offload: LongRunners,
 }
 
 impl Runtime {
@@ -73,14 +75,17 @@ impl Runtime {
         let ticker = EpochTicker::start(engine.clone()).map_err(|e| PluginError::Runtime {
             message: format!("cannot start the epoch ticker thread: {e}"),
         })?;
+        let turns = settings.max_long_running_calls.max(1);
+        let offload = LongRunners::start(turns).map_err(|e| PluginError::Runtime {
+            message: format!("cannot start the long-running call threads: {e}"),
+        })?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
                 ticker,
-                long_runners: Arc::new(tokio::sync::Semaphore::new(
-                    settings.max_long_running_calls.max(1),
-                )),
+                long_runners: Arc::new(tokio::sync::Semaphore::new(turns)),
+                offload,
             }),
         })
     }
@@ -112,6 +117,11 @@ impl Runtime {
         self.inner.long_runners.clone()
     }
 
+    /// Where long-running plugins' calls run.
+    pub fn offload(&self) -> tokio::runtime::Handle {
+        self.inner.offload.handle()
+    }
+
     /// Marks plugin calls in flight for the epoch ticker.
     pub fn calls(&self) -> Calls {
         self.inner.ticker.calls()
@@ -137,6 +147,58 @@ impl Runtime {
             Err(join) => Err(PluginError::Load {
                 message: format!("{}: compilation did not finish: {join}", path.display()),
             }),
+        }
+    }
+}
+
+/// How much lower than the request workers the long runners' threads are
+/// scheduled (`nice` 10: about a tenth of a worker's share of a busy
+/// core).
+const LONG_RUNNER_NICENESS: i32 = 10;
+
+/// A small runtime of its own, on threads the OS schedules below the
+/// request workers, for the calls of plugins whose calls keep running past
+/// a tick (`instance::LONG_RUNNING_STREAK`). The turns still bound how
+/// many run at once; running them here, not on a request worker, means a
+/// request or the admin listener never waits behind a guest's slice for a
+/// core: on a two-core machine with one core spinning, the OS otherwise
+/// shares the other between everything else.
+struct LongRunners {
+    handle: tokio::runtime::Handle,
+    /// `None` once shut down.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl LongRunners {
+    fn start(threads: usize) -> std::io::Result<LongRunners> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("weir-long-runner")
+            .on_thread_start(|| {
+                // Best effort: without it they still take turns.
+                if let Err(e) = rustix::process::setpriority_process(None, LONG_RUNNER_NICENESS) {
+                    tracing::debug!(error = %e, "long-runner thread keeps its priority");
+                }
+            })
+            .enable_all()
+            .build()?;
+        Ok(LongRunners {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for LongRunners {
+    fn drop(&mut self) {
+        // Dropped wherever the last plugin runtime goes, perhaps inside
+        // the proxy's own runtime, where a blocking shutdown would panic.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }

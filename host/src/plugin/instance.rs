@@ -17,7 +17,7 @@ use super::bindings::types;
 use super::contract::{Guest, Pre};
 use super::engine::{Calls, Runtime};
 use super::outbound;
-use super::state::{HostState, PluginShared};
+use super::state::{HostState, PluginShared, PLUGIN_LOGS};
 use super::throttle::Throttle;
 use super::view::View;
 use super::PluginError;
@@ -89,6 +89,8 @@ pub struct Plugin {
     /// Calls in a row that ran into an epoch tick (see
     /// [`LONG_RUNNING_STREAK`]).
     ticked_calls: AtomicU32,
+    /// Where the calls of a long-running plugin run.
+    offload: tokio::runtime::Handle,
     /// `weir_plugin_call_duration_seconds`, request and response phase.
     pub(super) durations: [crate::metrics::Histogram; 2],
 }
@@ -213,6 +215,7 @@ impl Plugin {
             last_release: AtomicU64::new(0),
             max_concurrency: spec.max_concurrency,
             ticked_calls: AtomicU32::new(0),
+            offload: runtime.offload(),
             durations,
         };
         let answer = plugin
@@ -504,6 +507,7 @@ impl Plugin {
             Ok(turn) => turn,
             Err(error) => return Err(self.failed(request_id, error)),
         };
+        let offloaded = turn.is_some();
         let mut warm = match self.acquire(turn).await {
             Ok(warm) => warm,
             Err(error) => return Err(self.failed(request_id, error)),
@@ -512,23 +516,20 @@ impl Plugin {
         warm.store.data_mut().hops = hops;
         warm.store.data_mut().call_deadline = Instant::now() + self.timeout;
         warm.store.set_epoch_deadline(YIELD_TICKS);
-        let out_of_time = warm.store.data().out_of_time.clone();
-        let guest = &warm.guest;
-        let store = &mut warm.store;
-        let run = async move {
-            match call {
-                Call::ValidateConfig(json) => guest
-                    .validate_config(store, json)
-                    .await
-                    .map(Answer::ValidateConfig),
-                Call::Request(req) => guest.on_request(store, req).await.map(Answer::Request),
-                Call::Response(resp, req) => guest
-                    .on_response(store, resp, req)
-                    .await
-                    .map(Answer::Response),
+        let limit = self.timeout + HOST_CALL_SLACK;
+        // A long-running plugin's call runs on the long runners' threads;
+        // the calls that borrow (load time, a 0.1.0 response phase) stay.
+        let ran = match call {
+            Call::Request(req) if offloaded => self.offload(warm, Call::Request(req), limit).await,
+            Call::Response(resp, None) if offloaded => {
+                self.offload(warm, Call::Response(resp, None), limit).await
             }
+            call => Ok(run(warm, call, limit).await),
         };
-        let result = within(self.timeout + HOST_CALL_SLACK, &out_of_time, run).await;
+        let (mut warm, result) = match ran {
+            Ok(ran) => ran,
+            Err(error) => return Err(self.failed(request_id, error)),
+        };
         // The call is over: its long-running turn (if any) goes back.
         drop(lock(&warm.store.data().long_turn).take());
         self.note_ticks(warm.store.data_mut());
@@ -544,6 +545,32 @@ impl Plugin {
             },
         };
         Err(self.failed(request_id, error))
+    }
+
+    /// [`run`] the call on the long runners' runtime, with the request's
+    /// span and (when traced) its log sink.
+    async fn offload(
+        &self,
+        warm: Warm,
+        call: Call<'static>,
+        limit: Duration,
+    ) -> Result<Ran, PluginError> {
+        use tracing::Instrument;
+        let logs = PLUGIN_LOGS.try_with(Clone::clone).ok();
+        let task = async move {
+            match logs {
+                Some(logs) => PLUGIN_LOGS.scope(logs, run(warm, call, limit)).await,
+                None => run(warm, call, limit).await,
+            }
+        }
+        .instrument(tracing::Span::current());
+        self.offload
+            .spawn(task)
+            .await
+            .map_err(|e| PluginError::Trap {
+                plugin: self.name.clone(),
+                message: format!("the long-running call did not finish: {e}"),
+            })
     }
 
     /// Count and log a failed call, whether it failed before it ran (no
@@ -593,6 +620,31 @@ impl Plugin {
 
 /// The wall-time limit of a call passed.
 struct Elapsed;
+
+/// An instance after a call, and how the call went.
+type Ran = (Warm, Result<wasmtime::Result<Answer>, Elapsed>);
+
+/// One call on `warm`, within `limit` of wall time.
+async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran {
+    let out_of_time = warm.store.data().out_of_time.clone();
+    let guest = &warm.guest;
+    let store = &mut warm.store;
+    let call = async move {
+        match call {
+            Call::ValidateConfig(json) => guest
+                .validate_config(store, json)
+                .await
+                .map(Answer::ValidateConfig),
+            Call::Request(req) => guest.on_request(store, req).await.map(Answer::Request),
+            Call::Response(resp, req) => guest
+                .on_response(store, resp, req)
+                .await
+                .map(Answer::Response),
+        }
+    };
+    let result = within(limit, &out_of_time, call).await;
+    (warm, result)
+}
 
 /// `tokio::time::timeout`, with the timer armed only if the call has to
 /// wait (a host import awaiting KV or HTTP, a long-running turn). Most
