@@ -15,7 +15,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::types;
 use super::contract::{Guest, Pre};
-use super::engine::{Calls, Runtime};
+use super::engine::{Calls, Runtime, EPOCH_TICK};
 use super::outbound;
 use super::state::{HostState, PluginShared, PLUGIN_LOGS};
 use super::throttle::Throttle;
@@ -316,11 +316,20 @@ impl Plugin {
         // and the others keep serving requests. Short calls (most) never
         // reach a tick and never wait.
         store.epoch_deadline_callback(|mut store| {
-            store.data_mut().reached_tick = true;
-            let data = store.data();
+            let data = store.data_mut();
             if Instant::now() >= data.call_deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
+            // The tick passed, but the guest has not run a tick's worth
+            // of CPU since this poll began: it waited in a host import
+            // (KV, HTTP) or the OS ran something else. Not long-running:
+            // a new slice, without yielding.
+            let ran = thread_cpu_ns().saturating_sub(data.poll_cpu.load(Ordering::Relaxed));
+            if ran < EPOCH_TICK.as_nanos() as u64 {
+                return Ok(UpdateDeadline::Continue(YIELD_TICKS));
+            }
+            data.reached_tick = true;
+            let data = store.data();
             let turn = data.long_turn.clone();
             let turns = data.shared.long_runners.clone();
             let out_of_time = data.out_of_time.clone();
@@ -627,6 +636,7 @@ type Ran = (Warm, Result<wasmtime::Result<Answer>, Elapsed>);
 /// One call on `warm`, within `limit` of wall time.
 async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran {
     let out_of_time = warm.store.data().out_of_time.clone();
+    let poll_cpu = warm.store.data().poll_cpu.clone();
     let guest = &warm.guest;
     let store = &mut warm.store;
     let call = async move {
@@ -642,8 +652,25 @@ async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran {
                 .map(Answer::Response),
         }
     };
-    let result = within(limit, &out_of_time, call).await;
+    // Each poll notes where the thread's CPU clock stood (see
+    // `HostState::poll_cpu`).
+    let result = {
+        let mut call = std::pin::pin!(call);
+        let timed = std::future::poll_fn(|cx| {
+            poll_cpu.store(thread_cpu_ns(), Ordering::Relaxed);
+            call.as_mut().poll(cx)
+        });
+        within(limit, &out_of_time, timed).await
+    };
     (warm, result)
+}
+
+/// The calling thread's CPU time, in ns.
+fn thread_cpu_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 /// `tokio::time::timeout`, with the timer armed only if the call has to

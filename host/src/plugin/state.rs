@@ -118,6 +118,11 @@ pub struct HostState {
     /// Whether the current call has run into an epoch tick: the plugin
     /// counts its calls that do (see `Plugin::long_running`).
     pub reached_tick: bool,
+    /// The thread's CPU time, in ns, when the current poll of the call
+    /// began: at a tick, what the guest has run since (the thread runs
+    /// nothing else within one poll). Wall time would count the waits in
+    /// host imports and the OS preempting the thread.
+    pub poll_cpu: Arc<std::sync::atomic::AtomicU64>,
     /// Signalled when the call's deadline passed while it waited for a
     /// long-running turn: the call is abandoned there, not resumed.
     pub out_of_time: Arc<tokio::sync::Notify>,
@@ -148,6 +153,7 @@ impl HostState {
             call_deadline: Instant::now(),
             long_turn: Arc::default(),
             reached_tick: false,
+            poll_cpu: Arc::default(),
             out_of_time: Arc::default(),
         }
     }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_tests::{client, hostile_plugin, respond, TestProxy, Upstream};
+use weir_tests::{
+    admin_section, client, hostile_plugin, respond, TestProxy, Upstream, ADMIN_TOKEN,
+};
 
 const RESULT: &str = "x-hostile-result";
 
@@ -445,4 +447,41 @@ async fn https_callouts_are_verified_against_the_outbound_ca() {
         )),
         "{plain}"
     );
+}
+
+/// Time a call spends waiting in a callout is not time it ran: a plugin
+/// whose every call waits 30 ms on the network (30 epoch ticks) is not
+/// taken for a long-running one, so its calls neither queue for a turn
+/// nor leave the request workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_waits_on_a_callout_is_not_long_running() {
+    let slow = recording(200, Duration::from_millis(30), None).await;
+    let port = slow.upstream.addr.port();
+    let proxy = TestProxy::start(&format!(
+        "{}{}",
+        fetching(
+            &format!("allow_hosts = [\"127.0.0.1:{port}\"]"),
+            &format!("http://127.0.0.1:{port}/slow"),
+        ),
+        admin_section(),
+    ))
+    .await;
+    for _ in 0..6 {
+        let report = call(&proxy, None).await;
+        assert!(report.starts_with("status=200"), "{report}");
+    }
+    let body = client()
+        .get(proxy.admin_url("/api/v1/plugins"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let plugins: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let hostile = &plugins["plugins"][0];
+    assert_eq!(hostile["name"], "hostile", "{plugins}");
+    assert_eq!(hostile["long_running"], false, "{hostile}");
 }
