@@ -32,15 +32,15 @@ const HOST_CALL_SLACK: Duration = Duration::from_millis(50);
 /// Epoch ticks (`engine::EPOCH_TICK`, 1 ms) a guest runs between yields.
 const YIELD_TICKS: u64 = 1;
 
-/// After this many calls in a row that ran into an epoch tick, the
-/// plugin's calls wait for a long-running turn before they start, not at
+/// After this many calls in a row that each ran a tick of CPU in one poll
+/// (measured on the thread's CPU clock, so neither waits in host imports
+/// nor the OS preempting the thread count), the plugin's calls wait for a long-running turn before they start, not at
 /// their first tick. Otherwise every call of a spinning plugin would run
 /// its first slice (up to a whole tick, plus a fresh instance's start-up)
 /// ungated, beside every other call of it: with many connections, a core
 /// of guest code the turns never see. A call that ends before a tick
 /// clears the count, so a plugin that is quick again is not held back.
-/// Four in a row is rare for a call a fraction of a tick long (a 170 µs
-/// JavaScript call: 0.17⁴, under 0.1 %).
+/// A call a fraction of a tick long never counts.
 const LONG_RUNNING_STREAK: u32 = 4;
 
 /// A queued call waits at most this many `queue_timeout`s in all, however
