@@ -153,6 +153,29 @@ impl TestProxy {
         format!("http://{admin}{path_and_query}")
     }
 
+    /// The admin API's status of plugin `name` (`GET /api/v1/plugins`;
+    /// the config needs [`admin_section`]).
+    pub async fn plugin_status(&self, name: &str) -> serde_json::Value {
+        let body = client()
+            .get(self.admin_url("/api/v1/plugins"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin API answers")
+            .text()
+            .await
+            .expect("admin API body");
+        let plugins: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        plugins["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no plugin {name} in {plugins}"))
+    }
+
     pub fn metrics(&self) -> &weir::metrics::Metrics {
         self.running
             .as_ref()

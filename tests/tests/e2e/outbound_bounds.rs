@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_tests::{
-    admin_section, client, hostile_plugin, respond, TestProxy, Upstream, ADMIN_TOKEN,
-};
+use weir_tests::{admin_section, client, hostile_plugin, respond, TestProxy, Upstream};
 
 const RESULT: &str = "x-hostile-result";
 
@@ -470,18 +468,6 @@ async fn a_call_that_waits_on_a_callout_is_not_long_running() {
         let report = call(&proxy, None).await;
         assert!(report.starts_with("status=200"), "{report}");
     }
-    let body = client()
-        .get(proxy.admin_url("/api/v1/plugins"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let plugins: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let hostile = &plugins["plugins"][0];
-    assert_eq!(hostile["name"], "hostile", "{plugins}");
+    let hostile = proxy.plugin_status("hostile").await;
     assert_eq!(hostile["long_running"], false, "{hostile}");
 }
