@@ -152,9 +152,34 @@ impl Runtime {
 }
 
 /// How much lower than the request workers the long runners' threads are
-/// scheduled (`nice` 10: about a tenth of a worker's share of a busy
-/// core).
+/// scheduled where `SCHED_IDLE` is refused (`nice` 10: about a tenth of a
+/// worker's share of a busy core).
 const LONG_RUNNER_NICENESS: i32 = 10;
+
+/// Puts the calling thread below every ordinary thread: `SCHED_IDLE`,
+/// which Linux lets any process choose for itself, runs a thread only on
+/// a core nothing else wants, and the scheduler places a waking request
+/// worker on a core that runs only such threads as if it were idle. `nice`
+/// alone leaves the spinning thread a share of its core and the waking
+/// worker queued behind it. Best effort: without either they still take
+/// turns.
+fn lower_own_priority() {
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let Err(idle_refused) = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        idle,
+    ) else {
+        return;
+    };
+    if let Err(e) = rustix::process::setpriority_process(None, LONG_RUNNER_NICENESS) {
+        tracing::debug!(sched_idle = ?idle_refused, nice = %e, "long-runner thread keeps its priority");
+    }
+}
 
 /// A small runtime of its own, on threads the OS schedules below the
 /// request workers, for the calls of plugins whose calls keep running past
@@ -174,12 +199,7 @@ impl LongRunners {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("weir-long-runner")
-            .on_thread_start(|| {
-                // Best effort: without it they still take turns.
-                if let Err(e) = rustix::process::setpriority_process(None, LONG_RUNNER_NICENESS) {
-                    tracing::debug!(error = %e, "long-runner thread keeps its priority");
-                }
-            })
+            .on_thread_start(lower_own_priority)
             .enable_all()
             .build()?;
         Ok(LongRunners {

@@ -417,15 +417,21 @@ impl Plugin {
         }
     }
 
-    /// Count the call that just ended towards [`LONG_RUNNING_STREAK`].
-    fn note_ticks(&self, state: &mut HostState) {
+    /// Count the call that just ended towards [`LONG_RUNNING_STREAK`]: one
+    /// that ran a tick adds to the streak, one that ended by itself within
+    /// its tick breaks it. A call cut off at its deadline before it ran a
+    /// tick (it waited for a turn, or the long runners' threads got no
+    /// core) shows nothing either way, so it leaves the streak alone:
+    /// counted as short, a starved spinner would move back onto the
+    /// request workers.
+    fn note_ticks(&self, state: &mut HostState, ended: Ended) {
         if std::mem::take(&mut state.reached_tick) {
             let _ = self
                 .ticked_calls
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                     Some(n.saturating_add(1))
                 });
-        } else {
+        } else if ended == Ended::ByItself {
             self.ticked_calls.store(0, Ordering::Relaxed);
         }
     }
@@ -541,9 +547,9 @@ impl Plugin {
         };
         // The call is over: its long-running turn (if any) goes back.
         drop(lock(&warm.store.data().long_turn).take());
-        self.note_ticks(warm.store.data_mut());
         let error = match result {
             Ok(Ok(answer)) => {
+                self.note_ticks(warm.store.data_mut(), Ended::ByItself);
                 self.release(warm);
                 return Ok(answer);
             }
@@ -553,6 +559,12 @@ impl Plugin {
                 timeout_ms: self.timeout.as_millis() as u64,
             },
         };
+        let ended = if matches!(error, PluginError::Timeout { .. }) {
+            Ended::CutOff
+        } else {
+            Ended::ByItself
+        };
+        self.note_ticks(warm.store.data_mut(), ended);
         Err(self.failed(request_id, error))
     }
 
@@ -573,13 +585,25 @@ impl Plugin {
             }
         }
         .instrument(tracing::Span::current());
-        self.offload
-            .spawn(task)
-            .await
-            .map_err(|e| PluginError::Trap {
+        // The call keeps its own deadline on the long runners, but those
+        // threads run only on a core nothing else wants: on a saturated
+        // proxy they may not run at all. The request does not wait for
+        // them past the deadline and its slack.
+        let mut joined = self.offload.spawn(task);
+        match tokio::time::timeout(limit + HOST_CALL_SLACK, &mut joined).await {
+            Ok(ran) => ran.map_err(|e| PluginError::Trap {
                 plugin: self.name.clone(),
                 message: format!("the long-running call did not finish: {e}"),
-            })
+            }),
+            Err(_) => {
+                // It ends, and drops its instance, when next scheduled.
+                joined.abort();
+                Err(PluginError::Timeout {
+                    plugin: self.name.clone(),
+                    timeout_ms: self.timeout.as_millis() as u64,
+                })
+            }
+        }
     }
 
     /// Count and log a failed call, whether it failed before it ran (no
@@ -629,6 +653,15 @@ impl Plugin {
 
 /// The wall-time limit of a call passed.
 struct Elapsed;
+
+/// How a call ended, for [`Plugin::note_ticks`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// It returned an answer or failed on its own.
+    ByItself,
+    /// Its deadline cut it off.
+    CutOff,
+}
 
 /// An instance after a call, and how the call went.
 type Ran = (Warm, Result<wasmtime::Result<Answer>, Elapsed>);

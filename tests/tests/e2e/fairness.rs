@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use weir_tests::{admin_section, client, hostile_plugin, TestProxy, Upstream, ADMIN_TOKEN};
+use weir_tests::{admin_section, client, hostile_plugin, TestProxy, Upstream};
 
 fn looping(upstream: &Upstream, extra: &str, sections: &str) -> String {
     format!(
@@ -143,26 +143,38 @@ async fn a_busy_plugin_that_keeps_finishing_calls_queues_instead_of_refusing() {
 
 /// Whether the admin API shows the `spin` plugin as long-running.
 async fn spin_is_long_running(proxy: &TestProxy) -> bool {
-    let body = client()
-        .get(proxy.admin_url("/api/v1/plugins"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let plugins: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let spin = plugins["plugins"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "spin")
-        .unwrap_or_else(|| panic!("no spin plugin in {plugins}"));
+    let spin = proxy.plugin_status("spin").await;
     spin["long_running"]
         .as_bool()
         .unwrap_or_else(|| panic!("no long_running in {spin}"))
+}
+
+/// Linux's `SCHED_IDLE` scheduling policy.
+const SCHED_IDLE: u32 = 5;
+
+/// The scheduling policy (field 41 of `/proc/<tid>/stat`) of each of this
+/// process's `weir-long-runner` threads, whichever test's proxy they serve.
+fn long_runner_policies() -> Vec<u32> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("read /proc/self/task");
+    let mut policies = Vec::new();
+    for task in tasks.flatten() {
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `tid (comm) state ...`, comm cut to 15 bytes.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if head.ends_with("(weir-long-runne") {
+            policies.extend(
+                rest.split_whitespace()
+                    .nth(41 - 3)
+                    .and_then(|field| field.parse::<u32>().ok()),
+            );
+        }
+    }
+    policies
 }
 
 /// A plugin whose calls keep running past an epoch tick becomes
@@ -189,6 +201,13 @@ instances = \"fresh\"",
         assert_eq!(boom.status(), 503);
     }
     assert!(spin_is_long_running(&proxy).await);
+    // Their threads run only on a core nothing else wants.
+    let policies = long_runner_policies();
+    assert!(!policies.is_empty(), "no weir-long-runner threads");
+    assert!(
+        policies.iter().all(|&policy| policy == SCHED_IDLE),
+        "long-runner scheduling policies {policies:?}, not SCHED_IDLE ({SCHED_IDLE})"
+    );
     // Long-running calls at once, all through the one turn: each still
     // ends at its own deadline, whether running or waiting for its turn.
     let calls: Vec<_> = (0..6)
