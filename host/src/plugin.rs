@@ -44,7 +44,7 @@ pub fn printable(text: &str, max: usize) -> String {
             rest = &rest[first.len_utf8()..];
             continue;
         }
-        let run = rest.find(needs_escape).unwrap_or(rest.len());
+        let run = plain_run(rest);
         // Up to the room left, on a char boundary; a char that starts
         // within the room is kept whole.
         let mut take = run.min(room);
@@ -59,6 +59,28 @@ pub fn printable(text: &str, max: usize) -> String {
 
 fn needs_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// The length of `text`'s leading run of chars that need no escape.
+///
+/// Scans bytes, not chars: every char `needs_escape` accepts starts with a
+/// byte below 0x20, 0x7f, 0xc2 (U+0080..U+009F) or 0xe2 (U+2028, U+2029),
+/// so only those bytes are decoded. Each is ASCII or a UTF-8 lead byte, so
+/// it sits on a char boundary.
+fn plain_run(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(found) = bytes[from..]
+        .iter()
+        .position(|&b| b < 0x20 || b == 0x7f || b == 0xc2 || b == 0xe2)
+    {
+        let at = from + found;
+        if text[at..].chars().next().is_some_and(needs_escape) {
+            return at;
+        }
+        from = at + 1;
+    }
+    text.len()
 }
 
 #[cfg(test)]
@@ -92,6 +114,8 @@ mod printable_tests {
             "\n\n\n",
             "ééééééééé",
             "abc日本",
+            // Lead bytes 0xc2 and 0xe2 of chars that need no escape.
+            "£5 or €5… \u{a0}nbsp \u{2029}\u{2027}",
         ];
         for text in texts {
             for max in 0..=text.len() + 3 {

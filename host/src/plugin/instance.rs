@@ -187,6 +187,7 @@ impl Plugin {
             started: Instant::now(),
             logs: spec.logs,
             log_bucket: std::sync::Mutex::new(super::state::TokenBucket::full(&spec.logs)),
+            log_dropped: std::sync::OnceLock::new(),
             long_runners: runtime.long_runners(),
         });
         let mut plugin = Plugin {

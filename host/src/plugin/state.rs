@@ -3,7 +3,8 @@
 //! with an empty context: no preopened directories, no environment, no
 //! sockets, no stdin; stdout/stderr are discarded.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
@@ -29,6 +30,9 @@ pub struct PluginShared {
     /// Shared by every instance of the plugin: a pool cannot log more
     /// than one instance.
     pub log_bucket: Mutex<TokenBucket>,
+    /// `weir_plugin_log_dropped_total` for this plugin, found at its first
+    /// dropped line: a flood drops thousands a second.
+    pub log_dropped: OnceLock<Arc<AtomicU64>>,
     /// The process's turns for long-running calls (see `instance.rs`).
     pub long_runners: Arc<tokio::sync::Semaphore>,
 }
@@ -307,11 +311,15 @@ impl log::Host for HostState {
             .unwrap_or_else(PoisonError::into_inner)
             .take(&shared.logs);
         if !allowed {
-            shared.metrics.counter_add(
-                "weir_plugin_log_dropped_total",
-                &[("plugin", &shared.name)],
-                1,
-            );
+            shared
+                .log_dropped
+                .get_or_init(|| {
+                    shared.metrics.counter_handle(
+                        "weir_plugin_log_dropped_total",
+                        &[("plugin", &shared.name)],
+                    )
+                })
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         let message = super::printable(&message, shared.logs.max_bytes);
