@@ -68,7 +68,7 @@ pub struct Plugin {
     /// What each call is given (`info`'s interest, checked).
     pub view: View,
     pub on_error: OnError,
-    pre: Pre,
+    maker: Arc<Maker>,
     shared: Arc<PluginShared>,
     timeout: Duration,
     strategy: Strategy,
@@ -204,7 +204,11 @@ impl Plugin {
             },
             view: View::everything(),
             on_error: spec.on_error,
-            pre,
+            maker: Arc::new(Maker {
+                pre,
+                shared: shared.clone(),
+                timeout: spec.timeout,
+            }),
             shared,
             timeout: spec.timeout,
             strategy: spec.strategy,
@@ -240,7 +244,7 @@ impl Plugin {
     /// Whether the response phase is given the request too (a 0.1.0
     /// guest's `on-response` takes it).
     pub fn response_takes_request(&self) -> bool {
-        self.pre.response_takes_request()
+        self.maker.pre.response_takes_request()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -258,7 +262,7 @@ impl Plugin {
         };
         PluginStatus {
             name: self.name.clone(),
-            contract: self.pre.version(),
+            contract: self.maker.pre.version(),
             strategy,
             pool_size,
             max_uses,
@@ -293,110 +297,27 @@ impl Plugin {
 
     /// A new instance, its start-up run holding `turn` (a long-running
     /// plugin's turn, taken before it started), which the call keeps.
-    async fn instantiate(&self, turn: Option<OwnedSemaphorePermit>) -> Result<Warm, PluginError> {
-        let mut store = Store::new(self.pre.engine(), HostState::new(self.shared.clone()));
-        *lock(&store.data().long_turn) = turn;
-        store.limiter(|state| state);
-        // At every epoch tick a running guest gives its thread back to the
-        // runtime (other requests, the admin listener, other plugins run),
-        // then goes on, until its own wall-time deadline has passed: then
-        // it is interrupted, as a trap the call reports as a timeout.
-        //
-        // It yields through tokio's `yield_now`, not a plain wake-up: tokio
-        // defers that wake until the worker has polled its I/O driver, so
-        // sockets are read between guest slices. A plain wake looks like
-        // ordinary readiness, and a worker whose tasks are always runnable
-        // polls the driver only every 61 turns, about 61 ms of guest time
-        // (measured: /fast p50 25 ms beside 2 spinning calls, 2.3 ms this
-        // way; BENCHMARKS.md, storms).
-        //
-        // A call still running at a tick is a long runner: before going on
-        // it waits for one of `max_long_running_calls` turns (fair, FIFO),
-        // giving back the one it held. Waiting, it is not runnable, so
-        // however many calls spin, they occupy at most that many workers
-        // and the others keep serving requests. Short calls (most) never
-        // reach a tick and never wait.
-        store.epoch_deadline_callback(|mut store| {
-            let data = store.data_mut();
-            if Instant::now() >= data.call_deadline {
-                return Ok(UpdateDeadline::Interrupt);
+    /// An instance for one call, holding `turn` if the call has one.
+    async fn acquire(&self, turn: Option<OwnedSemaphorePermit>) -> Result<Warm, PluginError> {
+        match self.pooled() {
+            Some(warm) => {
+                *lock(&warm.store.data().long_turn) = turn;
+                Ok(warm)
             }
-            // The tick passed, but the guest has not run a tick's worth
-            // of CPU since this poll began: it waited in a host import
-            // (KV, HTTP) or the OS ran something else. Not long-running:
-            // a new slice, without yielding.
-            let ran = thread_cpu_ns().saturating_sub(data.poll_cpu.load(Ordering::Relaxed));
-            if ran < EPOCH_TICK.as_nanos() as u64 {
-                return Ok(UpdateDeadline::Continue(YIELD_TICKS));
-            }
-            data.reached_tick = true;
-            let data = store.data();
-            let turn = data.long_turn.clone();
-            let turns = data.shared.long_runners.clone();
-            let out_of_time = data.out_of_time.clone();
-            let deadline = tokio::time::Instant::from_std(data.call_deadline);
-            Ok(UpdateDeadline::YieldCustom(
-                YIELD_TICKS,
-                Box::pin(async move {
-                    drop(lock(&turn).take());
-                    match tokio::time::timeout_at(deadline, turns.acquire_owned()).await {
-                        Ok(Ok(permit)) => *lock(&turn) = Some(permit),
-                        // Never closed; were it, run ungated.
-                        Ok(Err(_closed)) => {}
-                        // Past the deadline without a turn: the call ends
-                        // here, as a timeout (`invoke` drops it, and the
-                        // instance with it). Going on instead would run up
-                        // to a tick of guest code outside the turns.
-                        Err(_) => {
-                            out_of_time.notify_one();
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    tokio::task::yield_now().await;
-                }),
-            ))
-        });
-        // Instantiation runs guest code too (start functions, a language
-        // runtime's initialisation): the same wall-time limit applies.
-        store.data_mut().call_deadline = Instant::now() + self.timeout;
-        store.set_epoch_deadline(YIELD_TICKS);
-        // A turn taken at a tick of the start-up stays with the call: it
-        // is a long runner already.
-        let instantiated = self.pre.instantiate(&mut store).await;
-        match instantiated {
-            Ok(guest) => Ok(Warm {
-                store,
-                guest,
-                uses: 0,
-            }),
-            Err(err) => {
-                let text = format!("{err:#}");
-                if text.contains("maximum concurrent") || text.contains("pooling allocator") {
-                    Err(PluginError::Overload {
-                        plugin: self.name.clone(),
-                        message: text,
-                    })
-                } else {
-                    Err(self.classify(err, &store))
-                }
-            }
+            None => self.maker.instantiate(turn).await,
         }
     }
 
-    /// An instance for one call, holding `turn` if the call has one.
-    async fn acquire(&self, turn: Option<OwnedSemaphorePermit>) -> Result<Warm, PluginError> {
-        if let Strategy::Pooled { .. } = self.strategy {
-            let warm = self
+    /// An idle instance from the pool, if the plugin is pooled and has one.
+    fn pooled(&self) -> Option<Warm> {
+        match self.strategy {
+            Strategy::Pooled { .. } => self
                 .pool
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            if let Some(warm) = warm {
-                *lock(&warm.store.data().long_turn) = turn;
-                return Ok(warm);
-            }
+                .pop(),
+            Strategy::Fresh => None,
         }
-        self.instantiate(turn).await
     }
 
     /// For a plugin whose recent calls all ran past a tick, a long-running
@@ -425,8 +346,8 @@ impl Plugin {
     /// core) shows nothing either way, so it leaves the streak alone:
     /// counted as short, a starved spinner would move back onto the
     /// request workers.
-    fn note_ticks(&self, state: &mut HostState, ended: Ended) {
-        if std::mem::take(&mut state.reached_tick) {
+    fn note_ticks(&self, reached_tick: bool, ended: Ended) {
+        if reached_tick {
             let _ = self
                 .ticked_calls
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -524,65 +445,85 @@ impl Plugin {
             Err(error) => return Err(self.failed(request_id, error)),
         };
         let offloaded = turn.is_some();
-        let mut warm = match self.acquire(turn).await {
-            Ok(warm) => warm,
-            Err(error) => return Err(self.failed(request_id, error)),
-        };
-        request_id.clone_into(&mut warm.store.data_mut().request_id);
-        warm.store.data_mut().hops = hops;
-        warm.store.data_mut().call_deadline = Instant::now() + self.timeout;
-        warm.store.set_epoch_deadline(YIELD_TICKS);
         let limit = self.timeout + HOST_CALL_SLACK;
         // A long-running plugin's call runs on the long runners' threads;
         // the calls that borrow (load time, a 0.1.0 response phase) stay.
-        let ran = match call {
-            Call::Request(req) if offloaded => self.offload(warm, Call::Request(req), limit).await,
+        let settled = match call {
+            Call::Request(req) if offloaded => {
+                self.offload(turn, Call::Request(req), request_id, hops, limit)
+                    .await
+            }
             Call::Response(resp, None) if offloaded => {
-                self.offload(warm, Call::Response(resp, None), limit).await
+                self.offload(turn, Call::Response(resp, None), request_id, hops, limit)
+                    .await
             }
-            call => Ok(run(warm, call, limit).await),
-        };
-        let (mut warm, result) = match ran {
-            Ok(ran) => ran,
-            Err(error) => return Err(self.failed(request_id, error)),
-        };
-        // The call is over: its long-running turn (if any) goes back.
-        drop(lock(&warm.store.data().long_turn).take());
-        let error = match result {
-            Ok(Ok(answer)) => {
-                self.note_ticks(warm.store.data_mut(), Ended::ByItself);
-                self.release(warm);
-                return Ok(answer);
-            }
-            Ok(Err(err)) => self.classify(err, &warm.store),
-            Err(Elapsed) => PluginError::Timeout {
-                plugin: self.name.clone(),
-                timeout_ms: self.timeout.as_millis() as u64,
+            call => match self.acquire(turn).await {
+                Ok(mut warm) => {
+                    warm.prepare(request_id, hops, self.timeout);
+                    let (warm, result) = run(warm, call, limit).await;
+                    self.maker.settle(warm, result)
+                }
+                Err(error) => Settled::unseen(error),
             },
         };
-        let ended = if matches!(error, PluginError::Timeout { .. }) {
-            Ended::CutOff
-        } else {
-            Ended::ByItself
-        };
-        self.note_ticks(warm.store.data_mut(), ended);
-        Err(self.failed(request_id, error))
+        match settled {
+            Settled::Answered {
+                warm,
+                answer,
+                reached_tick,
+            } => {
+                self.note_ticks(reached_tick, Ended::ByItself);
+                self.release(warm);
+                Ok(answer)
+            }
+            Settled::Failed {
+                error,
+                reached_tick,
+                ended,
+            } => {
+                self.note_ticks(reached_tick, ended);
+                Err(self.failed(request_id, error))
+            }
+        }
     }
 
-    /// [`run`] the call on the long runners' runtime, with the request's
-    /// span and (when traced) its log sink.
+    /// The call, from taking an instance to dropping a broken one, on the
+    /// long runners' runtime, with the request's span and (when traced)
+    /// its log sink. A spinning plugin's calls time out and take their
+    /// instances with them: making and dropping those stays off the
+    /// request workers too.
     async fn offload(
         &self,
-        warm: Warm,
+        turn: Option<OwnedSemaphorePermit>,
         call: Call<'static>,
+        request_id: &str,
+        hops: u8,
         limit: Duration,
-    ) -> Result<Ran, PluginError> {
+    ) -> Settled {
         use tracing::Instrument;
+        let pooled = self.pooled();
+        let maker = self.maker.clone();
+        let request_id = request_id.to_owned();
+        let call = async move {
+            let mut warm = match pooled {
+                Some(warm) => {
+                    *lock(&warm.store.data().long_turn) = turn;
+                    warm
+                }
+                None => match maker.instantiate(turn).await {
+                    Ok(warm) => warm,
+                    Err(error) => return Settled::unseen(error),
+                },
+            };
+            warm.prepare(&request_id, hops, maker.timeout);
+            let (warm, result) = run(warm, call, limit).await;
+            maker.settle(warm, result)
+        };
         let logs = PLUGIN_LOGS.try_with(Clone::clone).ok();
         let task = async move {
             match logs {
-                Some(logs) => PLUGIN_LOGS.scope(logs, run(warm, call, limit)).await,
-                None => run(warm, call, limit).await,
+                Some(logs) => PLUGIN_LOGS.scope(logs, call).await,
+                None => call.await,
             }
         }
         .instrument(tracing::Span::current());
@@ -592,14 +533,15 @@ impl Plugin {
         // them past the deadline and its slack.
         let mut joined = self.offload.spawn(task);
         match tokio::time::timeout(limit + HOST_CALL_SLACK, &mut joined).await {
-            Ok(ran) => ran.map_err(|e| PluginError::Trap {
+            Ok(Ok(settled)) => settled,
+            Ok(Err(e)) => Settled::unseen(PluginError::Trap {
                 plugin: self.name.clone(),
                 message: format!("the long-running call did not finish: {e}"),
             }),
             Err(_) => {
                 // It ends, and drops its instance, when next scheduled.
                 joined.abort();
-                Err(PluginError::Timeout {
+                Settled::unseen(PluginError::Timeout {
                     plugin: self.name.clone(),
                     timeout_ms: self.timeout.as_millis() as u64,
                 })
@@ -628,17 +570,150 @@ impl Plugin {
         }
         error
     }
+}
+
+/// What making and judging an instance takes, apart from the plugin's
+/// pool and counters: shared with the long runners, which instantiate a
+/// long-running plugin's instances and drop the ones its calls leave
+/// broken, so that neither happens on a request worker.
+struct Maker {
+    pre: Pre,
+    shared: Arc<PluginShared>,
+    timeout: Duration,
+}
+
+impl Maker {
+    /// What a finished call on `warm` came to. Its long-running turn (if
+    /// any) goes back; a failed call's instance is dropped here.
+    fn settle(&self, mut warm: Warm, result: Result<wasmtime::Result<Answer>, Elapsed>) -> Settled {
+        drop(lock(&warm.store.data().long_turn).take());
+        let reached_tick = std::mem::take(&mut warm.store.data_mut().reached_tick);
+        let error = match result {
+            Ok(Ok(answer)) => {
+                return Settled::Answered {
+                    warm,
+                    answer,
+                    reached_tick,
+                }
+            }
+            Ok(Err(err)) => self.classify(err, &warm.store),
+            Err(Elapsed) => PluginError::Timeout {
+                plugin: self.shared.name.clone(),
+                timeout_ms: self.timeout.as_millis() as u64,
+            },
+        };
+        let ended = if matches!(error, PluginError::Timeout { .. }) {
+            Ended::CutOff
+        } else {
+            Ended::ByItself
+        };
+        Settled::Failed {
+            error,
+            reached_tick,
+            ended,
+        }
+    }
+
+    async fn instantiate(&self, turn: Option<OwnedSemaphorePermit>) -> Result<Warm, PluginError> {
+        let mut store = Store::new(self.pre.engine(), HostState::new(self.shared.clone()));
+        *lock(&store.data().long_turn) = turn;
+        store.limiter(|state| state);
+        // At every epoch tick a running guest gives its thread back to the
+        // runtime (other requests, the admin listener, other plugins run),
+        // then goes on, until its own wall-time deadline has passed: then
+        // it is interrupted, as a trap the call reports as a timeout.
+        //
+        // It yields through tokio's `yield_now`, not a plain wake-up: tokio
+        // defers that wake until the worker has polled its I/O driver, so
+        // sockets are read between guest slices. A plain wake looks like
+        // ordinary readiness, and a worker whose tasks are always runnable
+        // polls the driver only every 61 turns, about 61 ms of guest time
+        // (measured: /fast p50 25 ms beside 2 spinning calls, 2.3 ms this
+        // way; BENCHMARKS.md, storms).
+        //
+        // A call still running at a tick is a long runner: before going on
+        // it waits for one of `max_long_running_calls` turns (fair, FIFO),
+        // giving back the one it held. Waiting, it is not runnable, so
+        // however many calls spin, they occupy at most that many workers
+        // and the others keep serving requests. Short calls (most) never
+        // reach a tick and never wait.
+        store.epoch_deadline_callback(|mut store| {
+            let data = store.data_mut();
+            if Instant::now() >= data.call_deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // The tick passed, but the guest has not run a tick's worth
+            // of CPU since this poll began: it waited in a host import
+            // (KV, HTTP) or the OS ran something else. Not long-running:
+            // a new slice, without yielding.
+            let ran = thread_cpu_ns().saturating_sub(data.poll_cpu.load(Ordering::Relaxed));
+            if ran < EPOCH_TICK.as_nanos() as u64 {
+                return Ok(UpdateDeadline::Continue(YIELD_TICKS));
+            }
+            data.reached_tick = true;
+            let data = store.data();
+            let turn = data.long_turn.clone();
+            let turns = data.shared.long_runners.clone();
+            let out_of_time = data.out_of_time.clone();
+            let deadline = tokio::time::Instant::from_std(data.call_deadline);
+            Ok(UpdateDeadline::YieldCustom(
+                YIELD_TICKS,
+                Box::pin(async move {
+                    drop(lock(&turn).take());
+                    match tokio::time::timeout_at(deadline, turns.acquire_owned()).await {
+                        Ok(Ok(permit)) => *lock(&turn) = Some(permit),
+                        // Never closed; were it, run ungated.
+                        Ok(Err(_closed)) => {}
+                        // Past the deadline without a turn: the call ends
+                        // here, as a timeout (`invoke` drops it, and the
+                        // instance with it). Going on instead would run up
+                        // to a tick of guest code outside the turns.
+                        Err(_) => {
+                            out_of_time.notify_one();
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }),
+            ))
+        });
+        // Instantiation runs guest code too (start functions, a language
+        // runtime's initialisation): the same wall-time limit applies.
+        store.data_mut().call_deadline = Instant::now() + self.timeout;
+        store.set_epoch_deadline(YIELD_TICKS);
+        // A turn taken at a tick of the start-up stays with the call: it
+        // is a long runner already.
+        let instantiated = self.pre.instantiate(&mut store).await;
+        match instantiated {
+            Ok(guest) => Ok(Warm {
+                store,
+                guest,
+                uses: 0,
+            }),
+            Err(err) => {
+                let text = format!("{err:#}");
+                if text.contains("maximum concurrent") || text.contains("pooling allocator") {
+                    Err(PluginError::Overload {
+                        plugin: self.shared.name.clone(),
+                        message: text,
+                    })
+                } else {
+                    Err(self.classify(err, &store))
+                }
+            }
+        }
+    }
 
     fn classify(&self, err: wasmtime::Error, store: &Store<HostState>) -> PluginError {
         if store.data().memory_exceeded {
             return PluginError::MemoryLimit {
-                plugin: self.name.clone(),
+                plugin: self.shared.name.clone(),
                 limit_mb: (self.shared.memory_bytes >> 20) as u64,
             };
         }
         if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
             return PluginError::Timeout {
-                plugin: self.name.clone(),
+                plugin: self.shared.name.clone(),
                 timeout_ms: self.timeout.as_millis() as u64,
             };
         }
@@ -646,7 +721,7 @@ impl Plugin {
         // without the host's Rust backtrace that `{:?}` would add.
         // Names in the backtrace come from the guest: printable, bounded.
         PluginError::Trap {
-            plugin: self.name.clone(),
+            plugin: self.shared.name.clone(),
             message: super::printable(&format!("{err:#}"), super::MAX_MESSAGE_BYTES),
         }
     }
@@ -662,6 +737,47 @@ enum Ended {
     ByItself,
     /// Its deadline cut it off.
     CutOff,
+    /// No instance came back to tell: none could be made, or the long
+    /// runners did not hand the call back in time.
+    Unseen,
+}
+
+/// A call's outcome, with what it showed about the plugin; a failed
+/// call's instance is dropped where the call ran.
+// Built and matched once per call, never stored (as `Call`).
+#[allow(clippy::large_enum_variant)]
+enum Settled {
+    Answered {
+        warm: Warm,
+        answer: Answer,
+        reached_tick: bool,
+    },
+    Failed {
+        error: PluginError,
+        reached_tick: bool,
+        ended: Ended,
+    },
+}
+
+impl Settled {
+    fn unseen(error: PluginError) -> Settled {
+        Settled::Failed {
+            error,
+            reached_tick: false,
+            ended: Ended::Unseen,
+        }
+    }
+}
+
+impl Warm {
+    /// Ready for one call of request `request_id`, `hops` callouts deep.
+    fn prepare(&mut self, request_id: &str, hops: u8, timeout: Duration) {
+        let data = self.store.data_mut();
+        request_id.clone_into(&mut data.request_id);
+        data.hops = hops;
+        data.call_deadline = Instant::now() + timeout;
+        self.store.set_epoch_deadline(YIELD_TICKS);
+    }
 }
 
 /// An instance after a call, and how the call went.
