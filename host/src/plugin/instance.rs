@@ -295,8 +295,6 @@ impl Plugin {
             .saturating_sub(self.slots.available_permits())
     }
 
-    /// A new instance, its start-up run holding `turn` (a long-running
-    /// plugin's turn, taken before it started), which the call keeps.
     /// An instance for one call, holding `turn` if the call has one.
     async fn acquire(&self, turn: Option<OwnedSemaphorePermit>) -> Result<Warm, PluginError> {
         match self.pooled() {
@@ -614,6 +612,8 @@ impl Maker {
         }
     }
 
+    /// A new instance, its start-up run holding `turn` (a long-running
+    /// plugin's turn, taken before it started), which the call keeps.
     async fn instantiate(&self, turn: Option<OwnedSemaphorePermit>) -> Result<Warm, PluginError> {
         let mut store = Store::new(self.pre.engine(), HostState::new(self.shared.clone()));
         *lock(&store.data().long_turn) = turn;
@@ -665,7 +665,7 @@ impl Maker {
                         // Never closed; were it, run ungated.
                         Ok(Err(_closed)) => {}
                         // Past the deadline without a turn: the call ends
-                        // here, as a timeout (`invoke` drops it, and the
+                        // here, as a timeout (`Maker::settle` drops it, and the
                         // instance with it). Going on instead would run up
                         // to a tick of guest code outside the turns.
                         Err(_) => {
