@@ -56,7 +56,7 @@ struct Slot<'a> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let plugin = self.plugin;
-        let now = plugin.shared.started.elapsed().as_nanos() as u64;
+        let now = plugin.maker.shared.started.elapsed().as_nanos() as u64;
         plugin.last_release.fetch_max(now, Ordering::Relaxed);
     }
 }
@@ -68,9 +68,8 @@ pub struct Plugin {
     /// What each call is given (`info`'s interest, checked).
     pub view: View,
     pub on_error: OnError,
+    /// Its linked component, shared state and time limit.
     maker: Arc<Maker>,
-    shared: Arc<PluginShared>,
-    timeout: Duration,
     strategy: Strategy,
     pool: Mutex<Vec<Warm>>,
     calls: Calls,
@@ -206,11 +205,9 @@ impl Plugin {
             on_error: spec.on_error,
             maker: Arc::new(Maker {
                 pre,
-                shared: shared.clone(),
+                shared,
                 timeout: spec.timeout,
             }),
-            shared,
-            timeout: spec.timeout,
             strategy: spec.strategy,
             pool: Mutex::new(Vec::new()),
             calls: runtime.calls(),
@@ -248,7 +245,7 @@ impl Plugin {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        &self.maker.shared.metrics
     }
 
     /// What the admin API shows of this plugin.
@@ -269,7 +266,7 @@ impl Plugin {
             pool_idle: self.pool_idle(),
             in_flight: self.in_flight(),
             max_concurrency: self.max_concurrency,
-            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(self.maker.timeout.as_millis()).unwrap_or(u64::MAX),
             on_request: self.info.on_request,
             on_response: self.info.on_response,
             long_running: self.long_running(),
@@ -297,13 +294,7 @@ impl Plugin {
 
     /// An instance for one call, holding `turn` if the call has one.
     async fn acquire(&self, turn: Option<OwnedSemaphorePermit>) -> Result<Warm, PluginError> {
-        match self.pooled() {
-            Some(warm) => {
-                *lock(&warm.store.data().long_turn) = turn;
-                Ok(warm)
-            }
-            None => self.maker.instantiate(turn).await,
-        }
+        self.maker.take(self.pooled(), turn).await
     }
 
     /// An idle instance from the pool, if the plugin is pooled and has one.
@@ -325,15 +316,12 @@ impl Plugin {
         if !self.long_running() {
             return Ok(None);
         }
-        let turns = self.shared.long_runners.clone();
-        match tokio::time::timeout(self.timeout, turns.acquire_owned()).await {
+        let turns = self.maker.shared.long_runners.clone();
+        match tokio::time::timeout(self.maker.timeout, turns.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
             // The semaphore is never closed; were it, run ungated.
             Ok(Err(_closed)) => Ok(None),
-            Err(_) => Err(PluginError::Timeout {
-                plugin: self.name.clone(),
-                timeout_ms: self.timeout.as_millis() as u64,
-            }),
+            Err(_) => Err(self.maker.timed_out()),
         }
     }
 
@@ -411,7 +399,7 @@ impl Plugin {
     }
 
     fn last_release(&self) -> Instant {
-        self.shared.started + Duration::from_nanos(self.last_release.load(Ordering::Relaxed))
+        self.maker.shared.started + Duration::from_nanos(self.last_release.load(Ordering::Relaxed))
     }
 
     /// Run one call in a bounded instance, for a request `hops` plugin
@@ -443,7 +431,7 @@ impl Plugin {
             Err(error) => return Err(self.failed(request_id, error)),
         };
         let offloaded = turn.is_some();
-        let limit = self.timeout + HOST_CALL_SLACK;
+        let limit = self.maker.timeout + HOST_CALL_SLACK;
         // A long-running plugin's call runs on the long runners' threads;
         // the calls that borrow (load time, a 0.1.0 response phase) stay.
         let settled = match call {
@@ -457,7 +445,7 @@ impl Plugin {
             }
             call => match self.acquire(turn).await {
                 Ok(mut warm) => {
-                    warm.prepare(request_id, hops, self.timeout);
+                    warm.prepare(request_id, hops, self.maker.timeout);
                     let (warm, result) = run(warm, call, limit).await;
                     self.maker.settle(warm, result)
                 }
@@ -503,15 +491,9 @@ impl Plugin {
         let maker = self.maker.clone();
         let request_id = request_id.to_owned();
         let call = async move {
-            let mut warm = match pooled {
-                Some(warm) => {
-                    *lock(&warm.store.data().long_turn) = turn;
-                    warm
-                }
-                None => match maker.instantiate(turn).await {
-                    Ok(warm) => warm,
-                    Err(error) => return Settled::unseen(error),
-                },
+            let mut warm = match maker.take(pooled, turn).await {
+                Ok(warm) => warm,
+                Err(error) => return Settled::unseen(error),
             };
             warm.prepare(&request_id, hops, maker.timeout);
             let (warm, result) = run(warm, call, limit).await;
@@ -539,10 +521,7 @@ impl Plugin {
             Err(_) => {
                 // It ends, and drops its instance, when next scheduled.
                 joined.abort();
-                Settled::unseen(PluginError::Timeout {
-                    plugin: self.name.clone(),
-                    timeout_ms: self.timeout.as_millis() as u64,
-                })
+                Settled::unseen(self.maker.timed_out())
             }
         }
     }
@@ -550,7 +529,7 @@ impl Plugin {
     /// Count and log a failed call, whether it failed before it ran (no
     /// instance to be had) or while running.
     fn failed(&self, request_id: &str, error: PluginError) -> PluginError {
-        self.shared.metrics.counter_add(
+        self.maker.shared.metrics.counter_add(
             "weir_plugin_errors_total",
             &[("plugin", &self.name), ("kind", error.kind())],
             1,
@@ -595,10 +574,7 @@ impl Maker {
                 }
             }
             Ok(Err(err)) => self.classify(err, &warm.store),
-            Err(Elapsed) => PluginError::Timeout {
-                plugin: self.shared.name.clone(),
-                timeout_ms: self.timeout.as_millis() as u64,
-            },
+            Err(Elapsed) => self.timed_out(),
         };
         let ended = if matches!(error, PluginError::Timeout { .. }) {
             Ended::CutOff
@@ -704,6 +680,28 @@ impl Maker {
         }
     }
 
+    fn timed_out(&self) -> PluginError {
+        PluginError::Timeout {
+            plugin: self.shared.name.clone(),
+            timeout_ms: self.timeout.as_millis() as u64,
+        }
+    }
+
+    /// `pooled`, holding `turn` from now on, or else a new instance.
+    async fn take(
+        &self,
+        pooled: Option<Warm>,
+        turn: Option<OwnedSemaphorePermit>,
+    ) -> Result<Warm, PluginError> {
+        match pooled {
+            Some(warm) => {
+                *lock(&warm.store.data().long_turn) = turn;
+                Ok(warm)
+            }
+            None => self.instantiate(turn).await,
+        }
+    }
+
     fn classify(&self, err: wasmtime::Error, store: &Store<HostState>) -> PluginError {
         if store.data().memory_exceeded {
             return PluginError::MemoryLimit {
@@ -712,10 +710,7 @@ impl Maker {
             };
         }
         if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
-            return PluginError::Timeout {
-                plugin: self.shared.name.clone(),
-                timeout_ms: self.timeout.as_millis() as u64,
-            };
+            return self.timed_out();
         }
         // `{:#}` keeps wasmtime's wasm backtrace (a context in the chain)
         // without the host's Rust backtrace that `{:?}` would add.
