@@ -337,10 +337,7 @@ impl Chain {
             let consumed = ops.iter().any(|op| {
                 matches!(op, convert::CheckedOp::Remove(name) if ex.head.headers.contains_key(name))
             });
-            // Apply to a copy: a failure half-way must change nothing.
-            let mut headers = ex.head.headers.clone();
-            convert::apply_header_ops(&mut headers, ops)?;
-            ex.head.headers = headers;
+            apply_header_ops(&mut ex.head.headers, ops)?;
             ex.credentialed |= consumed;
         }
         if let Some(upstream) = changes.upstream {
@@ -359,11 +356,15 @@ impl Chain {
     }
 }
 
+/// Up to this many properties held and set together, a merge scans (at
+/// most 16 × 16 name comparisons); beyond, it indexes by name.
+const LINEAR_MERGE: usize = 16;
+
 /// The request's properties with a plugin's merged in (same name
 /// replaces), or why the result would break a cap. `None`: nothing set.
-/// Sizes are checked before anything is merged, and the merge is one pass
-/// over a name index, so an answer with many properties costs the host
-/// linear time, never quadratic.
+/// Sizes are checked before anything is merged, and a merge of more than
+/// a few is one pass over a name index, so an answer with many properties
+/// costs the host linear time, never quadratic.
 fn merged_properties(
     current: &[(String, types::Value)],
     set: Vec<(String, types::Value)>,
@@ -390,17 +391,27 @@ fn merged_properties(
         }
     }
     let mut merged = current.to_vec();
-    let mut index: std::collections::HashMap<String, usize> = merged
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _))| (name.clone(), i))
-        .collect();
-    for (name, value) in set {
-        match index.get(&name) {
-            Some(&i) => merged[i].1 = value,
-            None => {
-                index.insert(name.clone(), merged.len());
-                merged.push((name, value));
+    if current.len().saturating_add(set.len()) <= LINEAR_MERGE {
+        // A request's few properties: a scan beats building an index.
+        for (name, value) in set {
+            match merged.iter_mut().find(|(held, _)| *held == name) {
+                Some(slot) => slot.1 = value,
+                None => merged.push((name, value)),
+            }
+        }
+    } else {
+        let mut index: std::collections::HashMap<String, usize> = merged
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), i))
+            .collect();
+        for (name, value) in set {
+            match index.get(&name) {
+                Some(&i) => merged[i].1 = value,
+                None => {
+                    index.insert(name.clone(), merged.len());
+                    merged.push((name, value));
+                }
             }
         }
     }
@@ -442,10 +453,7 @@ fn apply_response_changes(
         return Err("replaced the body without asking to buffer it".into());
     }
     if !ops.is_empty() {
-        // Apply to a copy: a failure half-way must change nothing.
-        let mut headers = resp.head.headers.clone();
-        convert::apply_header_ops(&mut headers, ops)?;
-        resp.head.headers = headers;
+        apply_header_ops(&mut resp.head.headers, ops)?;
     }
     if let Some(status) = status {
         resp.head.status = status;
@@ -453,6 +461,25 @@ fn apply_response_changes(
     if let Some(body) = changes.body {
         resp.body = Some(Bytes::from(body));
     }
+    Ok(())
+}
+
+/// A map this much below `http`'s limit (`HeaderMap` holds at most
+/// 24,576 entries) cannot outgrow it with as many operations again.
+const IN_PLACE_HEADERS: usize = 16_384;
+
+/// Apply a plugin's checked header operations, all or none. Each one was
+/// checked already; all that can still fail is the map outgrowing what
+/// `http` holds, which a map and its operations far below that limit
+/// cannot do, so those (every real request) are changed in place and
+/// only the rest on a copy.
+fn apply_header_ops(headers: &mut HeaderMap, ops: Vec<convert::CheckedOp>) -> Result<(), String> {
+    if headers.len().saturating_add(ops.len()) <= IN_PLACE_HEADERS {
+        return convert::apply_header_ops(headers, ops);
+    }
+    let mut copy = headers.clone();
+    convert::apply_header_ops(&mut copy, ops)?;
+    *headers = copy;
     Ok(())
 }
 
@@ -548,6 +575,46 @@ fn policy(plugin: &Plugin, err: PluginError) -> Result<(), PluginError> {
         OnError::Skip => {
             tracing::debug!(plugin = %plugin.name, "on_error = skip: going on without it");
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> types::Value {
+        types::Value::Text(s.to_owned())
+    }
+
+    fn props(names: impl IntoIterator<Item = String>, value: &str) -> Vec<(String, types::Value)> {
+        names.into_iter().map(|n| (n, text(value))).collect()
+    }
+
+    /// The scan (few properties) and the index (many) merge alike: a set
+    /// name replaces in place, a new one goes last, a name set twice in
+    /// one answer keeps its last value.
+    #[test]
+    fn merging_scans_few_and_indexes_many_alike() {
+        let limits = PropertyLimits::default();
+        for held in [2usize, 40] {
+            let current = props((0..held).map(|i| format!("p{i}")), "old");
+            let mut set = props(["p1".to_owned(), "new".to_owned()], "v1");
+            set.push(("new".to_owned(), text("v2")));
+            let merged = merged_properties(&current, set, limits)
+                .expect("within limits")
+                .expect("something set");
+            let shown: Vec<(&str, &str)> = merged
+                .iter()
+                .map(|(name, value)| match value {
+                    types::Value::Text(text) => (name.as_str(), text.as_str()),
+                    _ => panic!("only text was set"),
+                })
+                .collect();
+            assert_eq!(shown.len(), held + 1, "{held} held");
+            assert_eq!(shown[0], ("p0", "old"));
+            assert_eq!(shown[1], ("p1", "v1"));
+            assert_eq!(shown[held], ("new", "v2"));
         }
     }
 }

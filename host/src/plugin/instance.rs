@@ -32,9 +32,15 @@ const HOST_CALL_SLACK: Duration = Duration::from_millis(50);
 /// Epoch ticks (`engine::EPOCH_TICK`, 1 ms) a guest runs between yields.
 const YIELD_TICKS: u64 = 1;
 
-/// After this many calls in a row that each ran a tick of CPU in one poll
-/// (measured on the thread's CPU clock, so neither waits in host imports
-/// nor the OS preempting the thread count), the plugin's calls wait for a long-running turn before they start, not at
+/// A call still running a tick after the first tick of its poll, having
+/// run this much CPU since, is a long runner: half a tick, so a guest
+/// that had the core is one, whatever the ticker's jitter.
+const LONG_RUN_CPU_NS: u64 = EPOCH_TICK.as_nanos() as u64 / 2;
+
+/// After this many calls in a row that each turned out a long runner
+/// ([`LONG_RUN_CPU_NS`], measured on the thread's CPU clock, so neither
+/// waits in host imports nor the OS preempting the thread count), the
+/// plugin's calls wait for a long-running turn before they start, not at
 /// their first tick. Otherwise every call of a spinning plugin would run
 /// its first slice (up to a whole tick, plus a fresh instance's start-up)
 /// ungated, beside every other call of it: with many connections, a core
@@ -618,12 +624,21 @@ impl Maker {
             if Instant::now() >= data.call_deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            // The tick passed, but the guest has not run a tick's worth
-            // of CPU since this poll began: it waited in a host import
-            // (KV, HTTP) or the OS ran something else. Not long-running:
-            // a new slice, without yielding.
-            let ran = thread_cpu_ns().saturating_sub(data.poll_cpu.load(Ordering::Relaxed));
-            if ran < EPOCH_TICK.as_nanos() as u64 {
+            // The first tick of this poll: from here on, what the guest
+            // runs is measured on the thread's CPU clock. Read here, not
+            // as each poll begins: the read is a system call, and most
+            // calls end before any tick.
+            let cpu = thread_cpu_ns();
+            let since = data.poll_cpu.load(Ordering::Relaxed);
+            if since == 0 {
+                data.poll_cpu.store(cpu, Ordering::Relaxed);
+                return Ok(UpdateDeadline::Continue(YIELD_TICKS));
+            }
+            // Another tick passed, but the guest has not run half a tick
+            // of CPU since the first: it waited in a host import (KV,
+            // HTTP) or the OS ran something else. Not long-running: a new
+            // slice, without yielding.
+            if cpu.saturating_sub(since) < LONG_RUN_CPU_NS {
                 return Ok(UpdateDeadline::Continue(YIELD_TICKS));
             }
             data.reached_tick = true;
@@ -659,7 +674,8 @@ impl Maker {
         store.set_epoch_deadline(YIELD_TICKS);
         // A turn taken at a tick of the start-up stays with the call: it
         // is a long runner already.
-        let instantiated = self.pre.instantiate(&mut store).await;
+        let poll_cpu = store.data().poll_cpu.clone();
+        let instantiated = measured(&poll_cpu, self.pre.instantiate(&mut store)).await;
         match instantiated {
             Ok(guest) => Ok(Warm {
                 store,
@@ -797,17 +813,19 @@ async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran {
                 .map(Answer::Response),
         }
     };
-    // Each poll notes where the thread's CPU clock stood (see
-    // `HostState::poll_cpu`).
-    let result = {
-        let mut call = std::pin::pin!(call);
-        let timed = std::future::poll_fn(|cx| {
-            poll_cpu.store(thread_cpu_ns(), Ordering::Relaxed);
-            call.as_mut().poll(cx)
-        });
-        within(limit, &out_of_time, timed).await
-    };
+    let result = within(limit, &out_of_time, measured(&poll_cpu, call)).await;
     (warm, result)
+}
+
+/// `guest_code`, each of its polls starting the guest's CPU count afresh
+/// (see `HostState::poll_cpu`).
+async fn measured<F: Future>(poll_cpu: &AtomicU64, guest_code: F) -> F::Output {
+    let mut guest_code = std::pin::pin!(guest_code);
+    std::future::poll_fn(|cx| {
+        poll_cpu.store(0, Ordering::Relaxed);
+        guest_code.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// The calling thread's CPU time, in ns.

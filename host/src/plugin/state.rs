@@ -122,10 +122,11 @@ pub struct HostState {
     /// Whether the current call has run into an epoch tick: the plugin
     /// counts its calls that do (see `Plugin::long_running`).
     pub reached_tick: bool,
-    /// The thread's CPU time, in ns, when the current poll of the call
-    /// began: at a tick, what the guest has run since (the thread runs
-    /// nothing else within one poll). Wall time would count the waits in
-    /// host imports and the OS preempting the thread.
+    /// The thread's CPU time, in ns, at the first epoch tick of the
+    /// current poll of the call (0 until then; each poll resets it): at a
+    /// later tick, what the guest has run since (the thread runs nothing
+    /// else within one poll). Wall time would count the waits in host
+    /// imports and the OS preempting the thread.
     pub poll_cpu: Arc<std::sync::atomic::AtomicU64>,
     /// Signalled when the call's deadline passed while it waited for a
     /// long-running turn: the call is abandoned there, not resumed.
