@@ -441,12 +441,13 @@ impl Plugin {
         // A long-running plugin's call runs on the long runners' threads;
         // the calls that borrow (load time, a 0.1.0 response phase) stay.
         let settled = match call {
+            // Boxed, so that the rare long-running path does not make
+            // every call's future larger.
             Call::Request(req) if offloaded => {
-                self.offload(turn, Call::Request(req), request_id, hops, limit)
-                    .await
+                Box::pin(self.offload(turn, Call::Request(req), request_id, hops, limit)).await
             }
             Call::Response(resp, None) if offloaded => {
-                self.offload(turn, Call::Response(resp, None), request_id, hops, limit)
+                Box::pin(self.offload(turn, Call::Response(resp, None), request_id, hops, limit))
                     .await
             }
             call => match self.acquire(turn).await {
@@ -505,14 +506,10 @@ impl Plugin {
             let (warm, result) = run(warm, call, limit).await;
             maker.settle(warm, result)
         };
-        let logs = PLUGIN_LOGS.try_with(Clone::clone).ok();
-        let task = async move {
-            match logs {
-                Some(logs) => PLUGIN_LOGS.scope(logs, call).await,
-                None => call.await,
-            }
-        }
-        .instrument(tracing::Span::current());
+        let logs = PLUGIN_LOGS.try_with(Clone::clone).ok().flatten();
+        let task = PLUGIN_LOGS
+            .scope(logs, call)
+            .instrument(tracing::Span::current());
         // The call keeps its own deadline on the long runners, but those
         // threads run only on a core nothing else wants: on a saturated
         // proxy they may not run at all. The request does not wait for
@@ -714,7 +711,9 @@ impl Maker {
                 *lock(&warm.store.data().long_turn) = turn;
                 Ok(warm)
             }
-            None => self.instantiate(turn).await,
+            // Boxed: instantiation's future is large and most calls of a
+            // pooled plugin never make one.
+            None => Box::pin(self.instantiate(turn)).await,
         }
     }
 
@@ -800,7 +799,10 @@ async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran {
     let poll_cpu = warm.store.data().poll_cpu.clone();
     let guest = &warm.guest;
     let store = &mut warm.store;
-    let call = async move {
+    // Boxed: the guest call's future is kilobytes, and every future that
+    // awaits it (this one, the timeout, the CPU count, the plugin's call,
+    // the chain's) would hold and copy it again; one allocation is cheaper.
+    let call = Box::pin(async move {
         match call {
             Call::ValidateConfig(json) => guest
                 .validate_config(store, json)
@@ -812,7 +814,7 @@ async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran {
                 .await
                 .map(Answer::Response),
         }
-    };
+    });
     let result = within(limit, &out_of_time, measured(&poll_cpu, call)).await;
     (warm, result)
 }

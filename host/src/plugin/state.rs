@@ -75,13 +75,14 @@ pub type LogSink = Arc<Mutex<Vec<crate::access_log::PluginLog>>>;
 pub const MAX_SPAN_LOGS: usize = 32;
 
 tokio::task_local! {
-    /// Set around a plugin call whose request is traced.
-    pub static PLUGIN_LOGS: LogSink;
+    /// Set around every plugin call; `Some` when its request is traced.
+    pub static PLUGIN_LOGS: Option<LogSink>;
 }
 
 /// Keep a line for the current call's span, when there is one.
 fn keep_for_span(level: log::Level, message: &str) {
     let _ = PLUGIN_LOGS.try_with(|sink| {
+        let Some(sink) = sink else { return };
         let mut lines = sink.lock().unwrap_or_else(PoisonError::into_inner);
         if lines.len() < MAX_SPAN_LOGS {
             lines.push(crate::access_log::PluginLog {
