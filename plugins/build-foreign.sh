@@ -33,14 +33,16 @@ usage() {
 }
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 script="$root/plugins/build-foreign.sh"
-# The JavaScript, Python and C samples stay on contract 0.1.0: they need
-# nothing 0.2.0 adds, and they keep the host's 0.1.0 support tested in
-# three languages. (The Rust samples and `weir new` target 0.2.0.)
-wit="$root/wit/0.1.0"
+# The JavaScript and Python samples target contract 0.2.0, as the Rust ones
+# and `weir plugin new` do. The C sample stays on 0.1.0: it is the frozen
+# contract's component that the tests serve beside 0.2.0 plugins in one
+# chain. `--wit` sets the WIT for every language.
+wit="$root/wit"
+wit_c="$root/wit/0.1.0"
 world=plugin
 while [ $# -gt 0 ]; do
     case "$1" in
-    --wit) [ $# -ge 2 ] || usage; wit="$(cd "$2" && pwd)"; shift 2 ;;
+    --wit) [ $# -ge 2 ] || usage; wit="$(cd "$2" && pwd)"; wit_c="$wit"; shift 2 ;;
     --world) [ $# -ge 2 ] || usage; world="$2"; shift 2 ;;
     -*) usage ;;
     *) break ;;
@@ -151,7 +153,7 @@ build_c() {
     local src="$1" name="$2"
     local wasm="$out/${name//-/_}.wasm" tools="$work/tools"
     local tool="$tools/release/weir-build-c"
-    stale "$wasm" "$src" "$wit" "$script" "$root/tools/build-c" "$root/Cargo.lock" || return 0
+    stale "$wasm" "$src" "$wit_c" "$script" "$root/tools/build-c" "$root/Cargo.lock" || return 0
     need "${WASI_CC:-clang}" "install clang, lld, wasi-libc and libclang-rt-14-dev-wasm32 to build $src"
     # The build tool is a member of the root workspace, built into a target
     # dir of its own (the caller may hold the workspace's).
@@ -159,7 +161,7 @@ build_c() {
         -u CARGO_MAKEFLAGS -u RUSTC_WRAPPER -u RUSTC_WORKSPACE_WRAPPER \
         "${CARGO:-cargo}" build --quiet --release --locked \
         --manifest-path "$root/Cargo.toml" -p weir-build-c --target-dir "$tools"
-    "$tool" --wit "$wit" --world "$world" --work "$work/c/$name" \
+    "$tool" --wit "$wit_c" --world "$world" --work "$work/c/$name" \
         --out "$wasm.tmp" "$src" >/dev/null
     finish "$wasm"
 }

@@ -1,7 +1,10 @@
 //! Criterion benchmarks of the plugins written in other languages, each with
 //! warm (pooled) instances as they are meant to run: the JavaScript `cors`
 //! plugin answering a preflight and decorating an actual response, and the
-//! Python `security-headers` plugin decorating a response. Each iteration
+//! Python `security-headers` plugin decorating a response, with its request
+//! phase (HSTS on https only) and without (HSTS on every scheme); and, to
+//! show what isolating requests costs these guests, on a fresh instance per
+//! call. Each iteration
 //! includes building the WIT values, the call, and applying the changes —
 //! what a request pays. Compare with `plugin_call` (Rust `tagger`).
 //!
@@ -65,9 +68,19 @@ fn load(
     file: &str,
     config: &str,
 ) -> (Generation, weir::Weir, tempfile::TempDir) {
+    load_as(rt, file, config, "pooled")
+}
+
+/// Load a one-plugin chain: `file` with `instances = strategy`.
+fn load_as(
+    rt: &tokio::runtime::Runtime,
+    file: &str,
+    config: &str,
+    strategy: &str,
+) -> (Generation, weir::Weir, tempfile::TempDir) {
     let body = format!(
         "chain = [\"p\"]\n[upstreams.up]\nendpoints = [\"127.0.0.1:9\"]\n\
-         [plugins.p]\nfile = {file:?}\ninstances = \"pooled\"\ntimeout_ms = 1000\n\
+         [plugins.p]\nfile = {file:?}\ninstances = {strategy:?}\ntimeout_ms = 1000\n\
          [plugins.p.config]\n{config}\n"
     );
     let (dir, path) = config_file(&body);
@@ -87,12 +100,32 @@ const SECURITY_CONFIG: &str = "hsts_include_subdomains = true\n\
      content_security_policy = \"default-src 'self'\"\n\
      remove_headers = [\"server\"]\n";
 
+/// A request through `generation`'s chain, both phases, as the proxy runs
+/// it; the response must come back with `expect` set.
+async fn both_phases(
+    generation: &Generation,
+    mut ex: Exchange,
+    expect: &str,
+) -> (Exchange, ResponseState) {
+    let chain = &generation.fallback.chain;
+    let outcome = chain.request_phase(&mut ex).await;
+    assert!(matches!(outcome, Ok(RequestOutcome::Continue)));
+    let mut resp = upstream_response();
+    chain
+        .response_phase(&ex, 1, &mut resp)
+        .await
+        .expect("response phase");
+    assert!(resp.head.headers.contains_key(expect), "{expect} missing");
+    (ex, resp)
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
+    let actual = || exchange("GET", &[("origin", "https://app.example.com")]);
 
     let (cors, _weir, _dir) = load(&rt, artifacts::CORS, CORS_CONFIG);
     c.bench_function("cors (JS) preflight, pooled", |b| {
@@ -110,39 +143,43 @@ fn bench(c: &mut Criterion) {
         })
     });
     c.bench_function("cors (JS) actual request, both phases, pooled", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut ex = exchange("GET", &[("origin", "https://app.example.com")]);
-            let outcome = cors.fallback.chain.request_phase(&mut ex).await;
-            assert!(matches!(outcome, Ok(RequestOutcome::Continue)));
-            let mut resp = upstream_response();
-            cors.fallback
-                .chain
-                .response_phase(&ex, 1, &mut resp)
-                .await
-                .expect("response phase");
-            assert!(resp
-                .head
-                .headers
-                .contains_key("access-control-allow-origin"));
-            resp
-        })
+        b.to_async(&rt)
+            .iter(|| both_phases(&cors, actual(), "access-control-allow-origin"))
+    });
+    // A new instance for each call: what isolating requests from each
+    // other costs a JavaScript plugin today.
+    let (cors_fresh, _weir, _dir) = load_as(&rt, artifacts::CORS, CORS_CONFIG, "fresh");
+    c.bench_function("cors (JS) actual request, both phases, fresh", |b| {
+        b.to_async(&rt)
+            .iter(|| both_phases(&cors_fresh, actual(), "access-control-allow-origin"))
     });
 
+    // HSTS over https only (the default): the plugin has a request phase
+    // that tells its response phase the scheme.
+    let hsts = "strict-transport-security";
     let (security, _weir, _dir) = load(&rt, artifacts::SECURITY_HEADERS, SECURITY_CONFIG);
-    c.bench_function("security-headers (Python) response phase, pooled", |b| {
-        b.to_async(&rt).iter(|| async {
-            let ex = exchange("GET", &[]);
-            let mut resp = upstream_response();
-            security
-                .fallback
-                .chain
-                .response_phase(&ex, 1, &mut resp)
-                .await
-                .expect("response phase");
-            assert!(resp.head.headers.contains_key("strict-transport-security"));
-            resp
-        })
+    c.bench_function("security-headers (Python) both phases, pooled", |b| {
+        b.to_async(&rt)
+            .iter(|| both_phases(&security, exchange("GET", &[]), hsts))
     });
+    // HSTS whatever the scheme: no request phase, one call per request.
+    let config = format!("{SECURITY_CONFIG}hsts_on_http = true\n");
+    let (security, _weir, _dir) = load(&rt, artifacts::SECURITY_HEADERS, &config);
+    c.bench_function(
+        "security-headers (Python) response phase only, pooled",
+        |b| {
+            b.to_async(&rt)
+                .iter(|| both_phases(&security, exchange("GET", &[]), hsts))
+        },
+    );
+    let (security_fresh, _weir, _dir) = load_as(&rt, artifacts::SECURITY_HEADERS, &config, "fresh");
+    c.bench_function(
+        "security-headers (Python) response phase only, fresh",
+        |b| {
+            b.to_async(&rt)
+                .iter(|| both_phases(&security_fresh, exchange("GET", &[]), hsts))
+        },
+    );
 }
 
 criterion_group!(benches, bench);

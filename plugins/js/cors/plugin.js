@@ -6,6 +6,12 @@
 // actual request from an allowed origin gets Access-Control-Allow-Origin and
 // friends added to the upstream's answer.
 //
+// Contract weir:plugin@0.2.0. The plugin is given only the three request
+// headers it reads and the response's Vary. The response phase is not sent
+// the request: the request phase leaves the Access-Control-Allow-Origin value
+// for an allowed origin as the property `cors.allow-origin`, and the response
+// phase reads it back.
+//
 // Config (proxy.toml, `[plugins.NAME.config]`):
 //   allowed_origins   = ["https://app.example.com"]   exact origins, or "*"
 //   allowed_methods   = ["GET", "HEAD", "POST"]       the default
@@ -14,8 +20,8 @@
 //   allow_credentials = false
 //   max_age           = 600                           seconds, optional
 
-import { get as getConfig } from 'weir:plugin/config@0.1.0';
-import { log } from 'weir:plugin/log@0.1.0';
+import { get as getConfig } from 'weir:plugin/config@0.2.0';
+import { log } from 'weir:plugin/log@0.2.0';
 
 const KEYS = new Set([
   'allowed_origins',
@@ -30,6 +36,8 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // scheme://host[:port], nothing after: what browsers send in Origin.
 const ORIGIN = /^[a-z][a-z0-9+.\-]*:\/\/(\[[0-9a-f:.]+\]|[a-z0-9\-._~%!$&'()*+,;=]+)(:[0-9]{1,5})?$/;
 const MAX_AGE_LIMIT = 86400 * 365;
+// What the request phase hands the response phase.
+const ALLOW_ORIGIN = 'cors.allow-origin';
 
 /** Parse and check the config JSON; throws a human message (a string). */
 function parseConfig(json) {
@@ -202,8 +210,21 @@ function preflight(cfg, origin, method, requested) {
 
 export const guest = {
   validateConfig(json) {
-    parseConfig(json);
-    return { onRequest: true, onResponse: true, requestBody: false, responseBody: false };
+    const cfg = parseConfig(json);
+    return {
+      onRequest: true,
+      onResponse: true,
+      requestBody: false,
+      responseBody: false,
+      requestHeaders: {
+        tag: 'named',
+        val: ['origin', 'access-control-request-method', 'access-control-request-headers'],
+      },
+      // Vary is read only to add Origin to it, which "*" never needs.
+      responseHeaders: { tag: 'named', val: cfg.anyOrigin ? [] : ['vary'] },
+      connection: false,
+      properties: true,
+    };
   },
 
   onRequest(req) {
@@ -213,10 +234,14 @@ export const guest = {
     if (req.method === 'OPTIONS' && origin !== undefined && method !== undefined) {
       return preflight(cfg, origin, method, header(req.headers, 'access-control-request-headers'));
     }
-    return { tag: 'continue', val: NO_CHANGES };
+    if (origin === undefined || !originAllowed(cfg, origin)) {
+      return { tag: 'continue', val: NO_CHANGES };
+    }
+    const properties = [[ALLOW_ORIGIN, { tag: 'text', val: allowOrigin(cfg, origin) }]];
+    return { tag: 'continue', val: { ...NO_CHANGES, properties } };
   },
 
-  onResponse(req, resp) {
+  onResponse(resp) {
     const cfg = settings();
     const ops = [];
     // The answer depends on Origin unless every origin gets "*": say so to
@@ -224,9 +249,9 @@ export const guest = {
     if (!cfg.anyOrigin && !varies(resp.headers, 'origin')) {
       ops.push({ tag: 'append', val: ['vary', 'Origin'] });
     }
-    const origin = header(req.headers, 'origin');
-    if (origin !== undefined && originAllowed(cfg, origin)) {
-      ops.push({ tag: 'set', val: ['access-control-allow-origin', allowOrigin(cfg, origin)] });
+    const allowed = resp.properties.find(([name]) => name === ALLOW_ORIGIN);
+    if (allowed !== undefined && allowed[1].tag === 'text') {
+      ops.push({ tag: 'set', val: ['access-control-allow-origin', allowed[1].val] });
       if (cfg.credentials) ops.push({ tag: 'set', val: ['access-control-allow-credentials', 'true'] });
       if (cfg.exposedValue !== '') {
         ops.push({ tag: 'set', val: ['access-control-expose-headers', cfg.exposedValue] });

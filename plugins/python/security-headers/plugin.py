@@ -17,6 +17,12 @@ Config (proxy.toml, `[plugins.NAME.config]`), every key optional:
     content_security_policy = "default-src 'self'"        # none by default
     override = false
     remove_headers = ["server", "x-powered-by"]
+
+Contract weir:plugin@0.2.0: the response phase is given only the response
+headers the plugin sets or removes. Whether the request was https is the
+one request fact it needs, and only when HSTS depends on it: then a request
+phase, given no headers, leaves the property `security-headers.https` for
+the response phase. Otherwise there is no request phase at all.
 """
 
 import json
@@ -26,12 +32,15 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import config, types
 from wit_world.imports.types import (
+    HeaderInterest_All,
+    HeaderInterest_Named,
     HeaderOp_Remove,
     HeaderOp_Set,
     PluginInfo,
     RequestAction_Continue,
     RequestChanges,
     ResponseChanges,
+    Value_Flag,
 )
 
 DEFAULTS = {
@@ -61,6 +70,10 @@ HOST_HEADERS = ("connection", "content-length", "host", "keep-alive",
                 "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade")
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 ONE_YEAR = 31536000
+# What the request phase hands the response phase.
+HTTPS = "security-headers.https"
+# The host takes at most this many header names in an interest declaration.
+MAX_NAMED = 64
 
 
 class Settings:
@@ -88,6 +101,21 @@ class Settings:
             self.always.append(("referrer-policy", raw["referrer_policy"]))
         if raw["content_security_policy"] is not None:
             self.always.append(("content-security-policy", raw["content_security_policy"]))
+
+    def needs_scheme(self) -> bool:
+        """Whether a response's headers depend on the request's scheme."""
+        return self.hsts is not None and not self.hsts_on_http
+
+    def response_headers(self):
+        """The response headers the response phase reads: what it would
+        set (unless it overrides anyway) and what it removes."""
+        names = list(self.remove)
+        if not self.override:
+            names += [name for name, _ in self.always]
+            if self.hsts is not None:
+                names.append("strict-transport-security")
+        names = list(dict.fromkeys(names))
+        return HeaderInterest_Named(names) if len(names) <= MAX_NAMED else HeaderInterest_All()
 
 
 def parse(text: str) -> Settings:
@@ -164,22 +192,26 @@ def settings() -> Settings:
 
 class Guest(exports.Guest):
     def validate_config(self, config: str) -> PluginInfo:
-        parse(config)
-        return PluginInfo(on_request=False, on_response=True,
-                          request_body=False, response_body=False)
+        s = parse(config)
+        return PluginInfo(on_request=s.needs_scheme(), on_response=True,
+                          request_body=False, response_body=False,
+                          request_headers=HeaderInterest_Named([]),
+                          response_headers=s.response_headers(),
+                          connection=False, properties=s.needs_scheme())
 
     def on_request(self, req: types.Request) -> types.RequestAction:
-        # Not called (plugin-info says so); answer "no changes" regardless.
+        # Called only when HSTS depends on the scheme.
+        properties = [(HTTPS, Value_Flag(True))] if req.scheme == "https" else []
         return RequestAction_Continue(RequestChanges(
             method=None, path=None, query=None, headers=[], upstream=None,
-            properties=[], cache=None, body=None,
+            properties=properties, cache=None, body=None,
         ))
 
-    def on_response(self, req: types.Request, resp: types.ResponseHead) -> types.ResponseChanges:
+    def on_response(self, resp: types.ResponseHead) -> types.ResponseChanges:
         s = settings()
         present = {name.lower() for name, _ in resp.headers}
         wanted = list(s.always)
-        if s.hsts is not None and (req.scheme == "https" or s.hsts_on_http):
+        if s.hsts is not None and (s.hsts_on_http or https(resp.properties)):
             wanted.append(("strict-transport-security", s.hsts))
         ops = []
         for name, value in wanted:
@@ -189,3 +221,9 @@ class Guest(exports.Guest):
             if name in present:
                 ops.append(HeaderOp_Remove(name))
         return ResponseChanges(status=None, headers=ops, body=None)
+
+
+def https(properties) -> bool:
+    """Whether the request phase saw https."""
+    return any(name == HTTPS and isinstance(value, Value_Flag) and value.value
+               for name, value in properties)

@@ -173,6 +173,39 @@ async fn removes_headers_that_reveal_the_upstream() {
     assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
 }
 
+/// Calls of `security_headers`' `phase` so far, from its call-time
+/// histogram (no series: none).
+fn calls(proxy: &TestProxy, phase: &str) -> u64 {
+    let series = format!(
+        "weir_plugin_call_duration_seconds_count{{plugin=\"security_headers\",phase=\"{phase}\"}} "
+    );
+    proxy
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Contract 0.2.0: the plugin asks for a request phase only when its
+/// headers depend on the scheme (HSTS on https only, the default), and a
+/// phase it did not ask for is never called.
+#[tokio::test(flavor = "multi_thread")]
+async fn has_a_request_phase_only_when_hsts_depends_on_the_scheme() {
+    let upstream = upstream_with(&[]).await;
+    for (config, request_calls) in [("", 2), ("hsts_on_http = true", 0), ("hsts = false", 0)] {
+        let proxy = TestProxy::start(&security_config(&upstream, config)).await;
+        for _ in 0..2 {
+            let headers = get_headers(&proxy).await;
+            assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+            let hsts = header(&headers, "strict-transport-security");
+            assert_eq!(hsts.is_some(), config.contains("hsts_on_http"), "{config}");
+        }
+        assert_eq!(calls(&proxy, "request"), request_calls, "{config:?}");
+        assert_eq!(calls(&proxy, "response"), 2, "{config:?}");
+    }
+}
+
 /// The listener has no TLS yet, so an https request is driven through the
 /// real chain (the same calls the proxy makes) rather than over a socket.
 #[tokio::test(flavor = "multi_thread")]
