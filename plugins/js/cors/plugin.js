@@ -250,8 +250,11 @@ export const guest = {
       ops.push({ tag: 'append', val: ['vary', 'Origin'] });
     }
     const allowed = resp.properties.find(([name]) => name === ALLOW_ORIGIN);
-    if (allowed !== undefined && allowed[1].tag === 'text') {
-      ops.push({ tag: 'set', val: ['access-control-allow-origin', allowed[1].val] });
+    const value = allowed !== undefined && allowed[1].tag === 'text' ? allowed[1].val : undefined;
+    // Properties are shared by the chain: send only a value this config
+    // allows, so a property another plugin set cannot widen the policy.
+    if (value !== undefined && (cfg.anyOrigin ? value === '*' : cfg.exactOrigins.has(value))) {
+      ops.push({ tag: 'set', val: ['access-control-allow-origin', value] });
       if (cfg.credentials) ops.push({ tag: 'set', val: ['access-control-allow-credentials', 'true'] });
       if (cfg.exposedValue !== '') {
         ops.push({ tag: 'set', val: ['access-control-expose-headers', cfg.exposedValue] });
