@@ -4,9 +4,9 @@
 //! Python `security-headers` plugin decorating a response, with its request
 //! phase (HSTS on https only) and without (HSTS on every scheme); and, to
 //! show what isolating requests costs these guests, on a fresh instance per
-//! call. Each iteration
-//! includes building the WIT values, the call, and applying the changes —
-//! what a request pays. Compare with `plugin_call` (Rust `tagger`).
+//! call. Each iteration includes building the WIT values, the call, and
+//! applying the changes — what a request pays. Compare with `plugin_call`
+//! (Rust `tagger`).
 //!
 //! Run: `cargo bench -p weir-tests --bench foreign_plugins`
 
