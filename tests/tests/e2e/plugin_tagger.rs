@@ -48,3 +48,28 @@ async fn bad_config_is_refused_at_load_with_the_plugins_message() {
     assert!(err.contains("plugin tagger: config refused"), "{err}");
     assert!(err.contains("must start with '/'"), "{err}");
 }
+
+/// What the binary registers with `engine::on_compiled` (mimalloc's
+/// collect) runs once a plugin is compiled, on the compiling thread and
+/// on every thread of rayon's pool, where cranelift compiled in parallel.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compile_hook_runs_on_the_compiling_threads_after_each_compilation() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    weir::plugin::engine::on_compiled(|| {
+        RAN.fetch_add(1, Ordering::SeqCst);
+    });
+    let (_dir, path) = weir_tests::config_file(&format!(
+        "chain = [\"tag\"]\n[upstreams.up]\nendpoints = [\"127.0.0.1:9\"]\n{}",
+        tagger_plugin("tag", "t", "")
+    ));
+    let config = weir::Config::load(&path).expect("config");
+    let weir = weir::Weir::new(&config).expect("runtime");
+    weir.load(config).await.expect("plugins load");
+    // The blocking thread, then at least one rayon thread.
+    assert!(
+        RAN.load(Ordering::SeqCst) >= 2,
+        "{}",
+        RAN.load(Ordering::SeqCst)
+    );
+}
