@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the plugins written in other languages into Wasm components:
 #
-#   plugins/js/<name>/plugin.js       componentize-js (pinned by the plugin's
-#                                     package.json + package-lock.json)
+#   plugins/js/<name>/plugin.js       componentize-qjs (QuickJS) or
+#                                     componentize-js (SpiderMonkey), as the
+#                                     plugin's package.json pins (with its
+#                                     package-lock.json); a subdirectory with
+#                                     its own pins builds <name>_<subdir>.wasm
+#                                     from the same source
 #   plugins/python/<name>/plugin.py   componentize-py (pinned by
 #                                     plugins/python/requirements.txt)
 #   plugins/c/<name>/*.c              clang for wasm32-wasi + wasi-libc, with
@@ -85,40 +89,84 @@ finish() {
     echo "built $1 ($(wc -c <"$1") bytes)"
 }
 
-build_js() {
-    local src="$1" name="$2"
-    local deps="$work/js/$name" wasm="$out/${name//-/_}.wasm"
-    if [ ! -f "$src/package-lock.json" ]; then
-        echo "build-foreign.sh: $src has no package-lock.json" >&2
+# The JavaScript engine a package.json pins: `quickjs` (componentize-qjs,
+# the default: a call costs a fifth of SpiderMonkey's, BENCHMARKS.md) or
+# `spidermonkey` (componentize-js, for code that needs more of the language).
+js_engine() {
+    if grep -q '"componentize-qjs"' "$1"; then
+        echo quickjs
+    elif grep -q '"@bytecodealliance/componentize-js"' "$1"; then
+        echo spidermonkey
+    else
+        echo "build-foreign.sh: $1 pins neither componentize-qjs nor @bytecodealliance/componentize-js" >&2
         exit 1
     fi
-    stale "$wasm" "$src" "$wit" "$script" || return 0
+}
+
+# build_js SRC NAME [PINS]: SRC/plugin.js into NAME.wasm, with the engine
+# and versions pinned by PINS/package.json and PINS/package-lock.json
+# (default SRC).
+build_js() {
+    local src="$1" name="$2" pins="${3:-$1}"
+    local deps="$work/js/$name" wasm="$out/${name//-/_}.wasm"
+    if [ ! -f "$pins/package-lock.json" ]; then
+        echo "build-foreign.sh: $pins has no package-lock.json" >&2
+        exit 1
+    fi
+    stale "$wasm" "$src" "$pins" "$wit" "$script" || return 0
     need node "install Node.js >= 18 (with npm) to build $src"
     need npm "install npm to build $src"
+    local engine
+    engine="$(js_engine "$pins/package.json")"
     # node_modules lives under target/: copy the pins there and `npm ci`
     # when they differ from the installed ones.
     mkdir -p "$deps"
-    if ! cmp -s "$src/package-lock.json" "$deps/package-lock.json" \
-        || ! cmp -s "$src/package.json" "$deps/package.json" \
+    if ! cmp -s "$pins/package-lock.json" "$deps/package-lock.json" \
+        || ! cmp -s "$pins/package.json" "$deps/package.json" \
         || [ ! -d "$deps/node_modules" ]; then
         rm -rf "$deps/node_modules"
-        cp "$src/package.json" "$src/package-lock.json" "$deps/"
+        cp "$pins/package.json" "$pins/package-lock.json" "$deps/"
         # A registry mirror that lacks other platforms' optional packages
         # yields a lockfile without them, which `npm ci` calls out of sync;
         # `npm install` then still installs exactly the locked versions.
         (cd "$deps" && { npm ci --no-audit --no-fund >"$deps/npm-ci.log" 2>&1 \
             || npm install --no-audit --no-fund --loglevel=error; })
         # Compare against the committed pins next time, not npm's rewrite.
-        cp "$src/package-lock.json" "$deps/"
+        cp "$pins/package-lock.json" "$deps/"
     fi
-    # Everything the engine offers beyond the plugin world is left out
-    # (no stdio, random, clocks or http imports); `--aot` is not used: it
-    # downloads a compiler at build time.
-    "$deps/node_modules/.bin/componentize-js" "$src/plugin.js" \
-        --wit "$wit" --world-name "$world" \
-        --disable stdio random clocks http fetch-event \
-        --out "$wasm.tmp" >/dev/null
+    case "$engine" in
+    quickjs)
+        # `--sync`: plain (not component-model async) exports and imports,
+        # as Weir calls them. WASI is not stubbed: Weir's WASI gives a
+        # plugin no files, sockets or environment anyway.
+        "$deps/node_modules/.bin/componentize-qjs" --sync \
+            --wit "$wit" --world "$world" --js "$src/plugin.js" \
+            --output "$wasm.tmp" >/dev/null
+        ;;
+    spidermonkey)
+        # Everything the engine offers beyond the plugin world is left out
+        # (no stdio, random, clocks or http imports); `--aot` is not used: it
+        # downloads a compiler at build time.
+        "$deps/node_modules/.bin/componentize-js" "$src/plugin.js" \
+            --wit "$wit" --world-name "$world" \
+            --disable stdio random clocks http fetch-event \
+            --out "$wasm.tmp" >/dev/null
+        ;;
+    esac
     finish "$wasm"
+}
+
+# A JavaScript sample with its pins, and with every other engine whose pins
+# sit in a subdirectory (plugins/js/cors/spidermonkey/package.json builds
+# cors_spidermonkey.wasm from the same plugin.js).
+build_js_sample() {
+    local src="$1" name="$2" variant
+    build_js "$src" "$name"
+    for variant in "$src"/*/; do
+        variant="${variant%/}"
+        [ -f "$variant/package.json" ] || continue
+        build_js "$src" "${name}_$(basename "$variant")" "$variant"
+    done
 }
 
 python_venv() {
@@ -171,7 +219,7 @@ if [ $# -gt 1 ]; then
     for dir in "$@"; do
         dir="$(cd "$dir" && pwd)"
         if [ -f "$dir/plugin.js" ]; then
-            build_js "$dir" "$(basename "$dir")"
+            build_js_sample "$dir" "$(basename "$dir")"
         elif [ -f "$dir/plugin.py" ]; then
             build_python "$dir" "$(basename "$dir")"
         elif compgen -G "$dir/*.c" >/dev/null; then
@@ -186,7 +234,7 @@ fi
 
 shopt -s nullglob
 for dir in "$root"/plugins/js/*/; do
-    build_js "${dir%/}" "$(basename "$dir")"
+    build_js_sample "${dir%/}" "$(basename "$dir")"
 done
 for dir in "$root"/plugins/python/*/; do
     build_python "${dir%/}" "$(basename "$dir")"

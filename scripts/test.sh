@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # The JavaScript and Python sample plugins are built by their own toolchains
-# (componentize-js from npm, componentize-py from PyPI), which need these.
+# (componentize-qjs and componentize-js from npm, componentize-py from
+# PyPI), which need these.
 command -v node >/dev/null || need_apt+=(nodejs npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # The C sample plugin: clang for wasm32-wasi, its linker, wasi-libc and the

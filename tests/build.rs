@@ -130,6 +130,18 @@ fn main() {
             file.display().to_string()
         ));
     }
+    // The same JavaScript sample built with another engine (a subdirectory
+    // with its own pins): tested by the sample's own test module.
+    for (name, engine) in js_engine_variants(&plugins_dir) {
+        let stem = format!("{}_{engine}", name.replace('-', "_"));
+        let file = foreign_dir.join(format!("{stem}.wasm"));
+        assert!(file.is_file(), "plugin {name} built no {}", file.display());
+        generated.push_str(&format!(
+            "/// The compiled `{name}` plugin, JavaScript on {engine}.\npub const {}: &str = {:?};\n",
+            stem.to_uppercase(),
+            file.display().to_string()
+        ));
+    }
     generated.push_str(
         "\n/// Every plugin, by crate or directory name.\npub const ALL: &[(&str, &str)] = &[\n",
     );
@@ -186,4 +198,28 @@ fn foreign_plugins(plugins_dir: &Path) -> Vec<String> {
     }
     names.sort();
     names
+}
+
+/// `(sample, engine)` for each JavaScript sample also built with another
+/// engine: `plugins/js/<sample>/<engine>/package.json`.
+fn js_engine_variants(plugins_dir: &Path) -> Vec<(String, String)> {
+    let mut variants = Vec::new();
+    let Ok(samples) = fs::read_dir(plugins_dir.join("js")) else {
+        return variants;
+    };
+    for sample in samples {
+        let sample = sample.expect("read plugins/js").path();
+        let Ok(entries) = fs::read_dir(&sample) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.expect("read a JavaScript sample").path();
+            if entry.join("package.json").is_file() {
+                let name = |p: &Path| p.file_name().expect("named").to_string_lossy().into_owned();
+                variants.push((name(&sample), name(&entry)));
+            }
+        }
+    }
+    variants.sort();
+    variants
 }

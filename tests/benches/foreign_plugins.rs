@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the plugins written in other languages, each with
 //! warm (pooled) instances as they are meant to run: the JavaScript `cors`
-//! plugin answering a preflight and decorating an actual response, and the
+//! plugin answering a preflight and decorating an actual response, built
+//! with QuickJS (the default engine) and with SpiderMonkey, and the
 //! Python `security-headers` plugin decorating a response, with its request
 //! phase (HSTS on https only) and without (HSTS on every scheme); and, to
 //! show what isolating requests costs these guests, on a fresh instance per
@@ -127,32 +128,45 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let actual = || exchange("GET", &[("origin", "https://app.example.com")]);
 
-    let (cors, _weir, _dir) = load(&rt, artifacts::CORS, CORS_CONFIG);
-    c.bench_function("cors (JS) preflight, pooled", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut ex = exchange(
-                "OPTIONS",
-                &[
-                    ("origin", "https://app.example.com"),
-                    ("access-control-request-method", "PUT"),
-                ],
-            );
-            let outcome = cors.fallback.chain.request_phase(&mut ex).await;
-            assert!(matches!(outcome, Ok(RequestOutcome::Respond { .. })));
-            ex
-        })
-    });
-    c.bench_function("cors (JS) actual request, both phases, pooled", |b| {
-        b.to_async(&rt)
-            .iter(|| both_phases(&cors, actual(), "access-control-allow-origin"))
-    });
-    // A new instance for each call: what isolating requests from each
-    // other costs a JavaScript plugin today.
-    let (cors_fresh, _weir, _dir) = load_as(&rt, artifacts::CORS, CORS_CONFIG, "fresh");
-    c.bench_function("cors (JS) actual request, both phases, fresh", |b| {
-        b.to_async(&rt)
-            .iter(|| both_phases(&cors_fresh, actual(), "access-control-allow-origin"))
-    });
+    // The same plugin.js on each engine: QuickJS (componentize-qjs, the
+    // default) and SpiderMonkey (componentize-js).
+    for (engine, file) in [
+        ("QuickJS", artifacts::CORS),
+        ("SpiderMonkey", artifacts::CORS_SPIDERMONKEY),
+    ] {
+        let (cors, _weir, _dir) = load(&rt, file, CORS_CONFIG);
+        c.bench_function(&format!("cors (JS, {engine}) preflight, pooled"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut ex = exchange(
+                    "OPTIONS",
+                    &[
+                        ("origin", "https://app.example.com"),
+                        ("access-control-request-method", "PUT"),
+                    ],
+                );
+                let outcome = cors.fallback.chain.request_phase(&mut ex).await;
+                assert!(matches!(outcome, Ok(RequestOutcome::Respond { .. })));
+                ex
+            })
+        });
+        c.bench_function(
+            &format!("cors (JS, {engine}) actual request, both phases, pooled"),
+            |b| {
+                b.to_async(&rt)
+                    .iter(|| both_phases(&cors, actual(), "access-control-allow-origin"))
+            },
+        );
+        // A new instance for each call: what isolating requests from each
+        // other costs a JavaScript plugin today.
+        let (cors_fresh, _weir, _dir) = load_as(&rt, file, CORS_CONFIG, "fresh");
+        c.bench_function(
+            &format!("cors (JS, {engine}) actual request, both phases, fresh"),
+            |b| {
+                b.to_async(&rt)
+                    .iter(|| both_phases(&cors_fresh, actual(), "access-control-allow-origin"))
+            },
+        );
+    }
 
     // HSTS over https only (the default): the plugin has a request phase
     // that tells its response phase the scheme.

@@ -1,4 +1,7 @@
-// CORS for Weir, in JavaScript (componentize-js).
+// CORS for Weir, in JavaScript: built with QuickJS (componentize-qjs, the
+// default engine; package.json) and with SpiderMonkey (componentize-js;
+// spidermonkey/package.json) from this one file, so it uses only what both
+// engines have (no TextEncoder, no Intl).
 //
 // Request phase: a preflight (OPTIONS with Origin and
 // Access-Control-Request-Method) is answered here, 204 with the allow headers
@@ -159,6 +162,25 @@ const NO_CHANGES = {
   body: undefined,
 };
 
+/** `text` as UTF-8 bytes, as TextEncoder would (QuickJS has none). */
+function utf8(text) {
+  const bytes = [];
+  for (const char of text) {
+    let c = char.codePointAt(0);
+    if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd; // a lone surrogate
+    if (c < 0x80) {
+      bytes.push(c);
+    } else if (c < 0x800) {
+      bytes.push(0xc0 | (c >> 6), 0x80 | (c & 0x3f));
+    } else if (c < 0x10000) {
+      bytes.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 0x3f), 0x80 | (c & 0x3f));
+    } else {
+      bytes.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 0x3f), 0x80 | ((c >> 6) & 0x3f), 0x80 | (c & 0x3f));
+    }
+  }
+  return new Uint8Array(bytes);
+}
+
 function deny(reason) {
   return {
     tag: 'respond',
@@ -168,7 +190,7 @@ function deny(reason) {
         ['content-type', 'application/json'],
         ['vary', 'Origin, Access-Control-Request-Method, Access-Control-Request-Headers'],
       ],
-      body: new TextEncoder().encode(JSON.stringify({ error: reason })),
+      body: utf8(JSON.stringify({ error: reason })),
     },
   };
 }

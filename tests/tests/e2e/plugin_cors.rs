@@ -1,6 +1,8 @@
-//! The JavaScript `cors` plugin (componentize-js), pooled: preflights
-//! answered at the edge, CORS headers added to actual responses, and its
-//! config checked once at load time.
+//! The JavaScript `cors` plugin, pooled: preflights answered at the edge,
+//! CORS headers added to actual responses, and its config checked once at
+//! load time. Every case runs on both builds of the same `plugin.js`:
+//! QuickJS (componentize-qjs, the default engine) and SpiderMonkey
+//! (componentize-js, kept selectable).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,14 +11,45 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 use weir_tests::{client, echo_json, echoed_header, respond, TestProxy, Upstream};
 
-/// A proxy config with the `cors` plugin (pooled) in front of `upstream`.
-fn cors_config(upstream: &Upstream, plugin_config: &str) -> String {
+/// Each case as a test per engine: `engines!(case, ...)` makes
+/// `quickjs::case` and `spidermonkey::case`, each calling `case(file)`.
+macro_rules! engines {
+    ($($case:ident),* $(,)?) => {
+        mod quickjs {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    super::$case(weir_tests::artifacts::CORS).await;
+                }
+            )*
+        }
+        mod spidermonkey {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    super::$case(weir_tests::artifacts::CORS_SPIDERMONKEY).await;
+                }
+            )*
+        }
+    };
+}
+
+engines!(
+    allowed_preflight_is_answered_at_the_edge_with_204,
+    preflight_from_a_wrong_origin_or_for_a_wrong_method_or_header_is_403,
+    actual_requests_from_allowed_origins_get_cors_headers_on_the_way_out,
+    wildcards_allow_any_origin_and_echo_the_requested_headers,
+    bad_config_is_refused_at_load_with_the_plugins_message,
+);
+
+/// A proxy config with the `cors` plugin `file` (pooled) in front of
+/// `upstream`.
+fn cors_config(file: &str, upstream: &Upstream, plugin_config: &str) -> String {
     format!(
         "default_upstream = \"up\"\nchain = [\"cors\"]\n{}\n\
-         [plugins.cors]\nfile = {:?}\ninstances = \"pooled\"\ntimeout_ms = 2000\n\
+         [plugins.cors]\nfile = {file:?}\ninstances = \"pooled\"\ntimeout_ms = 2000\n\
          [plugins.cors.config]\n{plugin_config}\n",
         upstream.toml("up"),
-        weir_tests::artifacts::CORS
     )
 }
 
@@ -69,10 +102,9 @@ async fn preflight(
     request.send().await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn allowed_preflight_is_answered_at_the_edge_with_204() {
+async fn allowed_preflight_is_answered_at_the_edge_with_204(file: &str) {
     let (upstream, hits) = counting_upstream().await;
-    let proxy = TestProxy::start(&cors_config(&upstream, APP)).await;
+    let proxy = TestProxy::start(&cors_config(file, &upstream, APP)).await;
 
     let response = preflight(
         &proxy,
@@ -105,10 +137,9 @@ async fn allowed_preflight_is_answered_at_the_edge_with_204() {
     assert_eq!(hits.load(Ordering::SeqCst), 0, "upstream saw the preflight");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn preflight_from_a_wrong_origin_or_for_a_wrong_method_or_header_is_403() {
+async fn preflight_from_a_wrong_origin_or_for_a_wrong_method_or_header_is_403(file: &str) {
     let (upstream, hits) = counting_upstream().await;
-    let proxy = TestProxy::start(&cors_config(&upstream, APP)).await;
+    let proxy = TestProxy::start(&cors_config(file, &upstream, APP)).await;
 
     let cases = [
         (
@@ -156,10 +187,9 @@ async fn preflight_from_a_wrong_origin_or_for_a_wrong_method_or_header_is_403() 
     assert_eq!(hits.load(Ordering::SeqCst), 0, "upstream saw a preflight");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn actual_requests_from_allowed_origins_get_cors_headers_on_the_way_out() {
+async fn actual_requests_from_allowed_origins_get_cors_headers_on_the_way_out(file: &str) {
     let upstream = Upstream::echo().await;
-    let proxy = TestProxy::start(&cors_config(&upstream, APP)).await;
+    let proxy = TestProxy::start(&cors_config(file, &upstream, APP)).await;
 
     // Many requests: the pooled instances answer the same every time.
     for _ in 0..20 {
@@ -225,10 +255,10 @@ async fn actual_requests_from_allowed_origins_get_cors_headers_on_the_way_out() 
     assert_eq!(echo["method"], "OPTIONS");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn wildcards_allow_any_origin_and_echo_the_requested_headers() {
+async fn wildcards_allow_any_origin_and_echo_the_requested_headers(file: &str) {
     let upstream = Upstream::echo().await;
     let proxy = TestProxy::start(&cors_config(
+        file,
         &upstream,
         "allowed_origins = [\"*\"]\nallowed_headers = [\"*\"]",
     ))
@@ -273,8 +303,7 @@ async fn wildcards_allow_any_origin_and_echo_the_requested_headers() {
     assert!(vary(headers).is_empty(), "{headers:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_config_is_refused_at_load_with_the_plugins_message() {
+async fn bad_config_is_refused_at_load_with_the_plugins_message(file: &str) {
     let upstream = Upstream::echo().await;
     let cases = [
         (
@@ -301,7 +330,7 @@ async fn bad_config_is_refused_at_load_with_the_plugins_message() {
         ("allow_credentials = false", "allowed_origins: missing"),
     ];
     for (plugin_config, message) in cases {
-        let err = match TestProxy::try_start(&cors_config(&upstream, plugin_config)).await {
+        let err = match TestProxy::try_start(&cors_config(file, &upstream, plugin_config)).await {
             Ok(_) => panic!("config must be refused: {plugin_config}"),
             Err(err) => err,
         };
