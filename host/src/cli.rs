@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::runner::{self, StartError, Weir};
-use crate::scaffold::{self, Lang};
+use crate::scaffold::{self, JsEngine, Lang};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,11 @@ enum PluginCommand {
         name: String,
         #[arg(long, value_enum, default_value_t = Lang::Rust)]
         lang: Lang,
+        /// The engine of a JavaScript plugin: QuickJS (componentize-qjs),
+        /// or SpiderMonkey (componentize-js) for more of the language at a
+        /// higher cost per call.
+        #[arg(long, value_enum, default_value_t = JsEngine::Quickjs)]
+        js_engine: JsEngine,
         /// Where the project directory is created.
         #[arg(long, default_value = "plugins")]
         dir: PathBuf,
@@ -268,8 +273,13 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
 
 fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PluginCommand::New { name, lang, dir } => {
-            let project = scaffold::new_project(&name, lang, &dir)?;
+        PluginCommand::New {
+            name,
+            lang,
+            js_engine,
+            dir,
+        } => {
+            let project = scaffold::new_project(&name, lang, js_engine, &dir)?;
             println!("created {} ({lang} plugin)", project.display());
             println!("  build it:  weir plugin build {}", project.display());
             println!(

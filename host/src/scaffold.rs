@@ -48,6 +48,51 @@ impl fmt::Display for Lang {
     }
 }
 
+/// The engine a JavaScript plugin runs on, chosen by the npm package its
+/// `package.json` pins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum JsEngine {
+    /// QuickJS (componentize-qjs): a pooled call about a fifth of
+    /// SpiderMonkey's and a component of 1.7 MB instead of 12 MB
+    /// (BENCHMARKS.md, "JavaScript on QuickJS").
+    #[default]
+    Quickjs,
+    /// SpiderMonkey (componentize-js): more of the language and its
+    /// library (`Intl`, the newest syntax), at a higher cost per call.
+    Spidermonkey,
+}
+
+impl JsEngine {
+    /// The npm package that builds components on this engine.
+    fn package(self) -> &'static str {
+        match self {
+            JsEngine::Quickjs => "componentize-qjs",
+            JsEngine::Spidermonkey => "@bytecodealliance/componentize-js",
+        }
+    }
+
+    /// The engine `package.json` (its text) pins.
+    fn pinned_by(package_json: &str) -> Option<JsEngine> {
+        let pins: serde_json::Value = serde_json::from_str(package_json).ok()?;
+        [JsEngine::Quickjs, JsEngine::Spidermonkey]
+            .into_iter()
+            .find(|engine| {
+                ["dependencies", "devDependencies"]
+                    .iter()
+                    .any(|deps| pins[deps].get(engine.package()).is_some())
+            })
+    }
+}
+
+impl fmt::Display for JsEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JsEngine::Quickjs => "quickjs",
+            JsEngine::Spidermonkey => "spidermonkey",
+        })
+    }
+}
+
 /// A template file: where it goes in the project, and its text.
 type Template = (&'static str, &'static str);
 
@@ -75,6 +120,18 @@ const JS: &[Template] = &[
     (".gitignore", include_str!("../templates/js/gitignore")),
     ("README.md", include_str!("../templates/js/README.md")),
 ];
+const JS_SPIDERMONKEY: &[Template] = &[
+    ("plugin.js", include_str!("../templates/js/plugin.js")),
+    (
+        "package.json",
+        include_str!("../templates/js/spidermonkey/package.json"),
+    ),
+    (".gitignore", include_str!("../templates/js/gitignore")),
+    (
+        "README.md",
+        include_str!("../templates/js/spidermonkey/README.md"),
+    ),
+];
 const PYTHON: &[Template] = &[
     ("plugin.py", include_str!("../templates/python/plugin.py")),
     (
@@ -90,8 +147,9 @@ const C: &[Template] = &[
     ("README.md", include_str!("../templates/c/README.md")),
 ];
 
-/// Creates `dir/name` for a plugin in `lang`; returns its path.
-pub fn new_project(name: &str, lang: Lang, dir: &Path) -> Result<PathBuf> {
+/// Creates `dir/name` for a plugin in `lang` (JavaScript on `engine`);
+/// returns its path.
+pub fn new_project(name: &str, lang: Lang, engine: JsEngine, dir: &Path) -> Result<PathBuf> {
     check_name(name)?;
     let project = dir.join(name);
     if project.exists() {
@@ -125,6 +183,7 @@ pub fn new_project(name: &str, lang: Lang, dir: &Path) -> Result<PathBuf> {
     let templates = match lang {
         Lang::Rust if sdk.is_some() => RUST_SDK,
         Lang::Rust => RUST,
+        Lang::Js if engine == JsEngine::Spidermonkey => JS_SPIDERMONKEY,
         Lang::Js => JS,
         Lang::Python => PYTHON,
         Lang::C => C,
@@ -370,10 +429,22 @@ fn ensure_wasm_target(project: &Path) -> Result<()> {
 }
 
 fn build_js(project: &Path, output: &Path) -> Result<()> {
-    let componentize = project
-        .join("node_modules")
-        .join(".bin")
-        .join("componentize-js");
+    let manifest = project.join("package.json");
+    let pins = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let Some(engine) = JsEngine::pinned_by(&pins) else {
+        bail!(
+            "{} pins no JavaScript engine: add \"{}\" (QuickJS) or \"{}\" (SpiderMonkey) to its devDependencies",
+            manifest.display(),
+            JsEngine::Quickjs.package(),
+            JsEngine::Spidermonkey.package()
+        );
+    };
+    let tool = match engine {
+        JsEngine::Quickjs => "componentize-qjs",
+        JsEngine::Spidermonkey => "componentize-js",
+    };
+    let componentize = project.join("node_modules").join(".bin").join(tool);
     if !componentize.exists() {
         run(
             Command::new("npm").current_dir(project).args([
@@ -386,9 +457,16 @@ fn build_js(project: &Path, output: &Path) -> Result<()> {
         )?;
     }
     let wit = wit_dir(project)?;
-    run(
-        Command::new(&componentize)
-            .current_dir(project)
+    let mut command = Command::new(&componentize);
+    command.current_dir(project);
+    match engine {
+        // `--sync`: plain exports and imports, as Weir calls them, not the
+        // component model's async ABI.
+        JsEngine::Quickjs => command
+            .args(["--sync", "--js", "plugin.js", "--world", "plugin", "--wit"])
+            .arg(&wit)
+            .arg("--output"),
+        JsEngine::Spidermonkey => command
             .arg("plugin.js")
             .arg("--wit")
             .arg(&wit)
@@ -403,10 +481,9 @@ fn build_js(project: &Path, output: &Path) -> Result<()> {
                 "http",
                 "fetch-event",
             ])
-            .arg("--out")
-            .arg(output),
-        "componentize-js",
-    )
+            .arg("--out"),
+    };
+    run(command.arg(output), tool)
 }
 
 fn build_python(project: &Path, output: &Path) -> Result<()> {
@@ -464,6 +541,32 @@ mod tests {
         }
         for bad in ["", "My", "2x", "a_b", "a-", "a b", "../x"] {
             assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_engine_is_the_one_package_json_pins() {
+        let pins = |deps: &str| format!(r#"{{"name": "p", "devDependencies": {{{deps}}}}}"#);
+        assert_eq!(
+            JsEngine::pinned_by(&pins(r#""componentize-qjs": "0.4.5""#)),
+            Some(JsEngine::Quickjs)
+        );
+        assert_eq!(
+            JsEngine::pinned_by(&pins(r#""@bytecodealliance/componentize-js": "0.23.0""#)),
+            Some(JsEngine::Spidermonkey)
+        );
+        assert_eq!(JsEngine::pinned_by(&pins(r#""left-pad": "1""#)), None);
+        assert_eq!(JsEngine::pinned_by("not json"), None);
+        // The templates pin what they say.
+        for (templates, engine) in [
+            (JS, JsEngine::Quickjs),
+            (JS_SPIDERMONKEY, JsEngine::Spidermonkey),
+        ] {
+            let (_, package) = templates
+                .iter()
+                .find(|(path, _)| *path == "package.json")
+                .expect("a package.json");
+            assert_eq!(JsEngine::pinned_by(package), Some(engine));
         }
     }
 

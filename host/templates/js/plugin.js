@@ -1,4 +1,5 @@
-// `{{name}}`: a Weir plugin in JavaScript, built by componentize-js.
+// `{{name}}`: a Weir plugin in JavaScript, built by componentize-qjs
+// (QuickJS) or componentize-js (SpiderMonkey), as package.json pins.
 //
 // Request phase: sets the request header `x-hello` to the configured message,
 // so the upstream sees it. Response phase: sets `x-plugin: {{name}}` on the

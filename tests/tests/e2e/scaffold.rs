@@ -35,13 +35,20 @@ fn succeed(command: &mut Command, what: &str) -> String {
 
 /// The whole round: new, build, check, serve, refuse a typo.
 async fn scaffold_round_trip(lang: &str, name: &str) {
+    scaffold_round_trip_with(lang, name, &[]).await;
+}
+
+/// [`scaffold_round_trip`], with `extra` arguments to `weir plugin new`.
+async fn scaffold_round_trip_with(lang: &str, name: &str, extra: &[&str]) {
     let base = scratch().join(lang);
     std::fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
 
     let created = succeed(
         weir()
-            .args(["plugin", "new", name, "--lang", lang, "--dir"])
+            .args(["plugin", "new", name, "--lang", lang])
+            .args(extra)
+            .arg("--dir")
             .arg(dir.path()),
         "weir plugin new",
     );
@@ -50,6 +57,16 @@ async fn scaffold_round_trip(lang: &str, name: &str) {
     assert!(project.join("README.md").is_file());
     let config = project.join(format!("{name}.toml"));
     assert!(config.is_file());
+    if lang == "js" {
+        // QuickJS unless SpiderMonkey was asked for.
+        let engine = if extra.contains(&"spidermonkey") {
+            "\"@bytecodealliance/componentize-js\""
+        } else {
+            "\"componentize-qjs\""
+        };
+        let pins = std::fs::read_to_string(project.join("package.json")).unwrap();
+        assert!(pins.contains(engine), "{pins}");
+    }
 
     let built = succeed(
         weir()
@@ -113,6 +130,13 @@ async fn rust_scaffold_builds_and_serves() {
 #[tokio::test(flavor = "multi_thread")]
 async fn js_scaffold_builds_and_serves() {
     scaffold_round_trip("js", "hello-js").await;
+}
+
+/// The engine kept selectable beside the QuickJS default; `weir plugin
+/// build` picks it from the project's package.json.
+#[tokio::test(flavor = "multi_thread")]
+async fn js_spidermonkey_scaffold_builds_and_serves() {
+    scaffold_round_trip_with("js", "hello-spidermonkey", &["--js-engine", "spidermonkey"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
