@@ -57,8 +57,8 @@ pub enum JsEngine {
     /// (BENCHMARKS.md, "JavaScript on QuickJS").
     #[default]
     Quickjs,
-    /// SpiderMonkey (componentize-js): more of the language and its
-    /// library (`Intl`, the newest syntax), at a higher cost per call.
+    /// SpiderMonkey (componentize-js): more of the language's library
+    /// (`Intl`, `TextEncoder`), at about five times the cost of a call.
     Spidermonkey,
 }
 
@@ -68,6 +68,14 @@ impl JsEngine {
         match self {
             JsEngine::Quickjs => "componentize-qjs",
             JsEngine::Spidermonkey => "@bytecodealliance/componentize-js",
+        }
+    }
+
+    /// The command that package installs in `node_modules/.bin`.
+    fn tool(self) -> &'static str {
+        match self {
+            JsEngine::Quickjs => "componentize-qjs",
+            JsEngine::Spidermonkey => "componentize-js",
         }
     }
 
@@ -440,10 +448,7 @@ fn build_js(project: &Path, output: &Path) -> Result<()> {
             JsEngine::Spidermonkey.package()
         );
     };
-    let tool = match engine {
-        JsEngine::Quickjs => "componentize-qjs",
-        JsEngine::Spidermonkey => "componentize-js",
-    };
+    let tool = engine.tool();
     let componentize = project.join("node_modules").join(".bin").join(tool);
     if !componentize.exists() {
         run(
