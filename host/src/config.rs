@@ -204,6 +204,9 @@ pub struct RuntimeSettings {
     pub reload_check: Option<Duration>,
     /// Calls past their first epoch tick executing at once.
     pub max_long_running_calls: usize,
+    /// Share of the request workers' time one plugin's calls may take
+    /// before they run off the workers (100: no limit).
+    pub max_plugin_cpu_percent: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -503,6 +506,7 @@ impl Validator<'_> {
                         .map_or(1, |n| n.get().saturating_sub(1))
                         .max(1)
                 }),
+                max_plugin_cpu_percent: raw.runtime.max_plugin_cpu_percent,
             },
             upstreams,
             default_upstream,

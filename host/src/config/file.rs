@@ -358,6 +358,10 @@ pub struct RuntimeFile {
     /// off the workers. Absent: one less than the CPUs (at least 1), so a
     /// worker is always left for requests.
     pub max_long_running_calls: Option<usize>,
+    /// Percent of the request workers' time one plugin's calls may take
+    /// (over 100 ms); past it, they run as long runners do, off the
+    /// workers, until they take under half of it. 100: no limit.
+    pub max_plugin_cpu_percent: u32,
 }
 
 impl Default for RuntimeFile {
@@ -368,6 +372,7 @@ impl Default for RuntimeFile {
             max_memory_mb: 256,
             reload_check_ms: 2_000,
             max_long_running_calls: None,
+            max_plugin_cpu_percent: 50,
         }
     }
 }

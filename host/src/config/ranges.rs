@@ -197,6 +197,11 @@ impl Validator<'_> {
         if let Some(calls) = raw.runtime.max_long_running_calls {
             self.range("runtime.max_long_running_calls", calls, 1..=4096);
         }
+        self.range(
+            "runtime.max_plugin_cpu_percent",
+            raw.runtime.max_plugin_cpu_percent,
+            1..=100,
+        );
         if let Some(cache) = &raw.cache {
             self.range("cache.capacity_bytes", cache.capacity_bytes, 1..=1 << 40);
             self.range("cache.max_entry_bytes", cache.max_entry_bytes, 1..=1 << 30);

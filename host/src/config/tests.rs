@@ -94,6 +94,7 @@ fn a_valid_minimal_config_gets_defaults() {
     assert_eq!(up.max_connections_per_endpoint, 1024);
     assert!(config.cache.is_none());
     assert!(config.chain.is_empty());
+    assert_eq!(config.runtime.max_plugin_cpu_percent, 50);
 }
 
 #[test]
@@ -101,7 +102,7 @@ fn numbers_out_of_range_name_their_key_and_range() {
     let errs = errors(&format!(
         "{LISTENER}[limits]\nheader_read_timeout_ms = 0\nmax_connections = 0\n\
          [upstreams.api]\nendpoints = [\"127.0.0.1:80\"]\nretries = 1000\n\
-         max_connections_per_endpoint = 0\n"
+         max_connections_per_endpoint = 0\n[runtime]\nmax_plugin_cpu_percent = 0\n"
     ));
     let all = errs.join("\n");
     assert!(
@@ -120,6 +121,10 @@ fn numbers_out_of_range_name_their_key_and_range() {
         all.contains(
             "upstreams.api.max_connections_per_endpoint: 0 is out of range: expected 1 to 1000000"
         ),
+        "{all}"
+    );
+    assert!(
+        all.contains("runtime.max_plugin_cpu_percent: 0 is out of range: expected 1 to 100"),
         "{all}"
     );
 }

@@ -34,6 +34,8 @@ struct RuntimeInner {
     long_runners: Arc<tokio::sync::Semaphore>,
     /// Where the calls of long-running plugins run (see [`LongRunners`]).
     offload: LongRunners,
+    /// `[runtime] max_plugin_cpu_percent`.
+    max_plugin_cpu_percent: u32,
 }
 
 impl Runtime {
@@ -86,6 +88,7 @@ impl Runtime {
                 ticker,
                 long_runners: Arc::new(tokio::sync::Semaphore::new(turns)),
                 offload,
+                max_plugin_cpu_percent: settings.max_plugin_cpu_percent,
             }),
         })
     }
@@ -115,6 +118,12 @@ impl Runtime {
     /// The turns of calls that run past one epoch tick.
     pub fn long_runners(&self) -> Arc<tokio::sync::Semaphore> {
         self.inner.long_runners.clone()
+    }
+
+    /// Percent of the request workers' time one plugin's calls may take
+    /// before they run as long runners do.
+    pub fn max_plugin_cpu_percent(&self) -> u32 {
+        self.inner.max_plugin_cpu_percent
     }
 
     /// Where long-running plugins' calls run.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::Component;
 
-use self::maker::{run, Ended, Maker, Settled, Warm};
+use self::maker::{run, Ended, Maker, Settled, Showed, Warm};
+use self::share::CpuShare;
 use super::bindings::types;
 use super::contract::Pre;
 use super::engine::{Calls, Runtime};
@@ -24,6 +25,7 @@ use crate::kv::KvStore;
 use crate::metrics::Metrics;
 
 mod maker;
+mod share;
 
 /// Extra wall time, beyond the epoch deadline, before an await inside a host
 /// import (KV, HTTP) is abandoned.
@@ -86,6 +88,8 @@ pub struct Plugin {
     /// Calls in a row that ran into an epoch tick (see
     /// [`LONG_RUNNING_STREAK`]).
     ticked_calls: AtomicU32,
+    /// The share of the request workers' time its calls take.
+    share: CpuShare,
     /// Where the calls of a long-running plugin run.
     offload: tokio::runtime::Handle,
     /// `weir_plugin_call_duration_seconds`, request and response phase.
@@ -108,9 +112,13 @@ pub struct PluginStatus {
     pub timeout_ms: u64,
     pub on_request: bool,
     pub on_response: bool,
-    /// Its recent calls all ran past an epoch tick, so each call waits for
-    /// a long-running turn before it starts.
+    /// Each call waits for a long-running turn before it starts: its
+    /// recent calls all ran past an epoch tick, or took more than
+    /// `max_plugin_cpu_percent` of the request workers' time.
     pub long_running: bool,
+    /// Its calls took more than `max_plugin_cpu_percent` of the request
+    /// workers' time (and have not yet fallen under half of it).
+    pub over_cpu_share: bool,
 }
 
 /// The calls a plugin answers.
@@ -208,6 +216,7 @@ impl Plugin {
             last_release: AtomicU64::new(0),
             max_concurrency: spec.max_concurrency,
             ticked_calls: AtomicU32::new(0),
+            share: CpuShare::new(runtime.max_plugin_cpu_percent(), request_workers()),
             offload: runtime.offload(),
             durations,
         };
@@ -261,12 +270,13 @@ impl Plugin {
             on_request: self.info.on_request,
             on_response: self.info.on_response,
             long_running: self.long_running(),
+            over_cpu_share: self.share.over(),
         }
     }
 
     /// Whether calls wait for a long-running turn before they start.
     pub fn long_running(&self) -> bool {
-        self.ticked_calls.load(Ordering::Relaxed) >= LONG_RUNNING_STREAK
+        self.ticked_calls.load(Ordering::Relaxed) >= LONG_RUNNING_STREAK || self.share.over()
     }
 
     /// Warm instances waiting in the pool.
@@ -316,15 +326,16 @@ impl Plugin {
         }
     }
 
-    /// Count the call that just ended towards [`LONG_RUNNING_STREAK`]: one
-    /// that ran a tick adds to the streak, one that ended by itself within
-    /// its tick breaks it. A call cut off at its deadline before it ran a
-    /// tick (it waited for a turn, or the long runners' threads got no
-    /// core) shows nothing either way, so it leaves the streak alone:
-    /// counted as short, a starved spinner would move back onto the
-    /// request workers.
-    fn note_ticks(&self, reached_tick: bool, ended: Ended) {
-        if reached_tick {
+    /// Count the call that just ended towards the plugin's share of the
+    /// workers' time, and towards [`LONG_RUNNING_STREAK`]: one that ran a
+    /// tick adds to the streak, one that ended by itself within its tick
+    /// breaks it. A call cut off at its deadline before it ran a tick (it
+    /// waited for a turn, or the long runners' threads got no core) shows
+    /// nothing either way, so it leaves the streak alone: counted as
+    /// short, a starved spinner would move back onto the request workers.
+    fn note(&self, showed: Showed, ended: Ended) {
+        self.share.add(showed.ran);
+        if showed.reached_tick {
             let _ = self
                 .ticked_calls
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -448,18 +459,18 @@ impl Plugin {
             Settled::Answered {
                 warm,
                 answer,
-                reached_tick,
+                showed,
             } => {
-                self.note_ticks(reached_tick, Ended::ByItself);
+                self.note(showed, Ended::ByItself);
                 self.release(warm);
                 Ok(answer)
             }
             Settled::Failed {
                 error,
-                reached_tick,
+                showed,
                 ended,
             } => {
-                self.note_ticks(reached_tick, ended);
+                self.note(showed, ended);
                 Err(self.failed(request_id, error))
             }
         }
@@ -535,4 +546,10 @@ impl Plugin {
         }
         error
     }
+}
+
+/// The threads of the runtime loading the plugin, which serve its
+/// requests.
+fn request_workers() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |rt| rt.metrics().num_workers())
 }

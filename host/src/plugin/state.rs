@@ -126,15 +126,27 @@ pub struct HostState {
     /// Whether the current call has run into an epoch tick: the plugin
     /// counts its calls that do (see `Plugin::long_running`).
     pub reached_tick: bool,
+    /// What the call's polls ran: read at its epoch ticks and by the
+    /// plugin's share of the workers' time.
+    pub polls: Arc<PollClock>,
+    /// Signalled when the call's deadline passed while it waited for a
+    /// long-running turn: the call is abandoned there, not resumed.
+    pub out_of_time: Arc<tokio::sync::Notify>,
+}
+
+/// What the polls of one call ran, kept where the epoch callback and the
+/// future that polls the call both reach it.
+#[derive(Default)]
+pub struct PollClock {
     /// The thread's CPU time, in ns, at the first epoch tick of the
     /// current poll of the call (0 until then; each poll resets it): at a
     /// later tick, what the guest has run since (the thread runs nothing
     /// else within one poll). Wall time would count the waits in host
     /// imports and the OS preempting the thread.
-    pub poll_cpu: Arc<std::sync::atomic::AtomicU64>,
-    /// Signalled when the call's deadline passed while it waited for a
-    /// long-running turn: the call is abandoned there, not resumed.
-    pub out_of_time: Arc<tokio::sync::Notify>,
+    pub cpu_at_tick: std::sync::atomic::AtomicU64,
+    /// Wall time, in ns, the call's polls took in all: the guest and its
+    /// host imports running, not their waits (a wait ends a poll).
+    pub ran_ns: std::sync::atomic::AtomicU64,
 }
 
 /// The `tracing` target of plugin log lines. Their fields are already
@@ -162,7 +174,7 @@ impl HostState {
             call_deadline: Instant::now(),
             long_turn: Arc::default(),
             reached_tick: false,
-            poll_cpu: Arc::default(),
+            polls: Arc::default(),
             out_of_time: Arc::default(),
         }
     }

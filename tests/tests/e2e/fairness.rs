@@ -242,6 +242,94 @@ instances = \"fresh\"",
     );
 }
 
+/// The `noisy` plugin's `over_cpu_share` and `long_running`, from the
+/// admin API.
+async fn share_flags(proxy: &TestProxy) -> (bool, bool) {
+    let status = proxy.plugin_status("noisy").await;
+    let flag = |name: &str| {
+        status[name]
+            .as_bool()
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (flag("over_cpu_share"), flag("long_running"))
+}
+
+/// A plugin whose calls each end well within a tick (so none of them ever
+/// yields or counts as long-running) can still keep every request worker
+/// busy when its clients keep calling it. Past `max_plugin_cpu_percent`
+/// of the workers' time its calls run as long runners do, off the
+/// workers, while everyone else is served; once it takes under half of
+/// that, it is an ordinary plugin again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::start(&format!(
+        "default_upstream = \"up\"\nchain = [\"noisy\"]\n{}\n{}count = 200\nsize = 4000\n{}\n[runtime]\nmax_plugin_cpu_percent = 10\n",
+        upstream.toml("up"),
+        hostile_plugin(
+            "noisy",
+            "log-flood",
+            "log_lines_per_second = 100000\nlog_burst = 100000\ntimeout_ms = 5000\n\
+             instances = \"pooled\"\nmax_concurrency = 64"
+        ),
+        admin_section()
+    ))
+    .await;
+    assert_eq!(share_flags(&proxy).await, (false, false));
+    // Four clients calling it back to back, until it is judged over its
+    // share (each call is short, so its streak never grows).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let floods: Vec<_> = (0..4)
+        .map(|_| {
+            let url = proxy.url("/boom");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = client();
+                let mut served = 0;
+                while !stop.load(Ordering::SeqCst) && served < 5_000 {
+                    let response = client.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    let mut polls = 0;
+    while share_flags(&proxy).await != (true, true) {
+        polls += 1;
+        assert!(polls < 300, "never judged over its share");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Everyone else is served beside it: its own quick calls (they wait
+    // for a long-running turn), and the admin listener.
+    let fine = client().get(proxy.url("/fine")).send().await.unwrap();
+    assert_eq!(fine.status(), 200);
+    let health = client()
+        .get(proxy.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    stop.store(true, Ordering::SeqCst);
+    for flood in floods {
+        assert!(flood.await.unwrap() > 0);
+    }
+    // Quiet: a call after a window without the flood is judged under half
+    // its share, and it is an ordinary plugin again.
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let fine = client().get(proxy.url("/fine")).send().await.unwrap();
+        assert_eq!(fine.status(), 200);
+        if share_flags(&proxy).await == (false, false) {
+            break;
+        }
+        quiet += 1;
+        assert!(quiet < 20, "never judged under half its share again");
+    }
+}
+
 /// A stderr nobody reads (a full pipe) must not stall requests that log:
 /// lines are dropped instead. With synchronous writes the first request to
 /// log into the full pipe would block for good.

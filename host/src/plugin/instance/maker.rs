@@ -5,7 +5,7 @@
 //! counters around it.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::{Answer, Call};
 use crate::plugin::contract::{Guest, Pre};
 use crate::plugin::engine::EPOCH_TICK;
-use crate::plugin::state::{HostState, PluginShared};
+use crate::plugin::state::{HostState, PluginShared, PollClock};
 use crate::plugin::PluginError;
 
 /// Epoch ticks (`engine::EPOCH_TICK`, 1 ms) a guest runs between yields.
@@ -53,13 +53,16 @@ impl Maker {
         result: Result<wasmtime::Result<Answer>, Elapsed>,
     ) -> Settled {
         drop(lock(&warm.store.data().long_turn).take());
-        let reached_tick = std::mem::take(&mut warm.store.data_mut().reached_tick);
+        let showed = Showed {
+            reached_tick: std::mem::take(&mut warm.store.data_mut().reached_tick),
+            ran: Duration::from_nanos(warm.store.data().polls.ran_ns.swap(0, Ordering::Relaxed)),
+        };
         let error = match result {
             Ok(Ok(answer)) => {
                 return Settled::Answered {
                     warm,
                     answer,
-                    reached_tick,
+                    showed,
                 }
             }
             Ok(Err(err)) => self.classify(err, &warm.store),
@@ -72,7 +75,7 @@ impl Maker {
         };
         Settled::Failed {
             error,
-            reached_tick,
+            showed,
             ended,
         }
     }
@@ -115,9 +118,9 @@ impl Maker {
             // as each poll begins: the read is a system call, and most
             // calls end before any tick.
             let cpu = thread_cpu_ns();
-            let since = data.poll_cpu.load(Ordering::Relaxed);
+            let since = data.polls.cpu_at_tick.load(Ordering::Relaxed);
             if since == 0 {
-                data.poll_cpu.store(cpu, Ordering::Relaxed);
+                data.polls.cpu_at_tick.store(cpu, Ordering::Relaxed);
                 return Ok(UpdateDeadline::Continue(YIELD_TICKS));
             }
             // Another tick passed, but the guest has not run half a tick
@@ -160,8 +163,8 @@ impl Maker {
         store.set_epoch_deadline(YIELD_TICKS);
         // A turn taken at a tick of the start-up stays with the call: it
         // is a long runner already.
-        let poll_cpu = store.data().poll_cpu.clone();
-        let instantiated = measured(&poll_cpu, self.pre.instantiate(&mut store)).await;
+        let polls = store.data().polls.clone();
+        let instantiated = measured(&polls, self.pre.instantiate(&mut store)).await;
         match instantiated {
             Ok(guest) => Ok(Warm {
                 store,
@@ -244,6 +247,15 @@ pub(super) enum Ended {
     Unseen,
 }
 
+/// What a call showed about its plugin.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Showed {
+    /// It ran into an epoch tick (see `Plugin::long_running`).
+    pub(super) reached_tick: bool,
+    /// What its polls took, instantiation included (see [`PollClock`]).
+    pub(super) ran: Duration,
+}
+
 /// A call's outcome, with what it showed about the plugin; a failed
 /// call's instance is dropped where the call ran.
 // Built and matched once per call, never stored (as `Call`).
@@ -252,11 +264,11 @@ pub(super) enum Settled {
     Answered {
         warm: Warm,
         answer: Answer,
-        reached_tick: bool,
+        showed: Showed,
     },
     Failed {
         error: PluginError,
-        reached_tick: bool,
+        showed: Showed,
         ended: Ended,
     },
 }
@@ -265,7 +277,7 @@ impl Settled {
     pub(super) fn unseen(error: PluginError) -> Settled {
         Settled::Failed {
             error,
-            reached_tick: false,
+            showed: Showed::default(),
             ended: Ended::Unseen,
         }
     }
@@ -288,7 +300,7 @@ pub(super) type Ran = (Warm, Result<wasmtime::Result<Answer>, Elapsed>);
 /// One call on `warm`, within `limit` of wall time.
 pub(super) async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran {
     let out_of_time = warm.store.data().out_of_time.clone();
-    let poll_cpu = warm.store.data().poll_cpu.clone();
+    let polls = warm.store.data().polls.clone();
     let guest = &warm.guest;
     let store = &mut warm.store;
     // Boxed: the guest call's future is kilobytes, and every future that
@@ -307,17 +319,21 @@ pub(super) async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran 
                 .map(Answer::Response),
         }
     });
-    let result = within(limit, &out_of_time, measured(&poll_cpu, call)).await;
+    let result = within(limit, &out_of_time, measured(&polls, call)).await;
     (warm, result)
 }
 
 /// `guest_code`, each of its polls starting the guest's CPU count afresh
-/// (see `HostState::poll_cpu`).
-async fn measured<F: Future>(poll_cpu: &AtomicU64, guest_code: F) -> F::Output {
+/// and adding what it took to `polls.ran_ns` (see [`PollClock`]).
+async fn measured<F: Future>(polls: &PollClock, guest_code: F) -> F::Output {
     let mut guest_code = std::pin::pin!(guest_code);
     std::future::poll_fn(|cx| {
-        poll_cpu.store(0, Ordering::Relaxed);
-        guest_code.as_mut().poll(cx)
+        polls.cpu_at_tick.store(0, Ordering::Relaxed);
+        let started = Instant::now();
+        let polled = guest_code.as_mut().poll(cx);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        polls.ran_ns.fetch_add(took, Ordering::Relaxed);
+        polled
     })
     .await
 }
