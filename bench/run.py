@@ -356,6 +356,9 @@ def main():
                        help="seconds to wait, before each storm, for the machine to be idle")
     storm.add_argument("--storm-reloads", type=int, default=2)
     storm.add_argument("--storm-slow-rounds", type=int, default=3)
+    storm.add_argument("--storm-plugin-cpu-percent", type=int, default=None,
+                       help="[runtime] max_plugin_cpu_percent of the storms' Weir "
+                            "(absent: Weir's default; 100 turns the share limit off)")
     storm.add_argument("--storm-only", action="append", default=[],
                        help="run only this storm: slow, busy, logs, reload, metrics (repeatable)")
     args = parser.parse_args()

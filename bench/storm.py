@@ -268,6 +268,10 @@ def origin_conf(work):
     """)
 
 
+# `[runtime]` lines every storm's Weir gets (`--storm-plugin-cpu-percent`).
+RUNTIME_EXTRA = ""
+
+
 def weir_conf(work, name, chain="", plugins="", extra="", routes=""):
     (work / "admin.token").write_text(TOKEN)
     cache_dir = work / f"{name}-compile-cache"   # fresh: no compile is a cache hit
@@ -288,6 +292,7 @@ def weir_conf(work, name, chain="", plugins="", extra="", routes=""):
         [runtime]
         cache_dir = "{cache_dir}"
         reload_check_ms = 0
+        {RUNTIME_EXTRA}
 
         [upstreams.origin]
         endpoints = ["127.0.0.1:{PORTS['origin']}"]
@@ -590,8 +595,12 @@ ROWS = [
 
 
 def run_storms(binary, work, args):
+    global RUNTIME_EXTRA
     if not Path(binary).exists():
         raise SystemExit(f"no weir binary at {binary}")
+    if args.storm_plugin_cpu_percent is not None:
+        RUNTIME_EXTRA = f"max_plugin_cpu_percent = {args.storm_plugin_cpu_percent}"
+    
     nginx = subprocess.Popen(["nginx", "-c", str(origin_conf(work)), "-g", "daemon off;"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(PORTS["origin"])
