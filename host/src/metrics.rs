@@ -179,6 +179,15 @@ impl Metrics {
             .clone()
     }
 
+    /// Requests served so far, every route together (it can go down: a
+    /// reload that removes a route drops its counts).
+    pub fn requests_served(&self) -> u64 {
+        let sum = |counters: &RouteRequests| -> u64 {
+            counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        };
+        sum(&self.requests) + read(&self.routes).values().map(sum).sum::<u64>()
+    }
+
     /// Forget the series of routes not in `names` (after a reload), so
     /// the `route` label stays bounded by the routes configured.
     pub fn keep_routes(&self, names: &HashSet<&str>) {

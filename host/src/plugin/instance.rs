@@ -333,8 +333,11 @@ impl Plugin {
     /// waited for a turn, or the long runners' threads got no core) shows
     /// nothing either way, so it leaves the streak alone: counted as
     /// short, a starved spinner would move back onto the request workers.
-    fn note(&self, showed: Showed, ended: Ended) {
-        self.share.add(showed.ran);
+    fn note(&self, showed: Showed, request_phase: bool, ended: Ended) {
+        let shared = &self.maker.shared;
+        self.share.add(showed.ran, request_phase, || {
+            shared.metrics.requests_served()
+        });
         if showed.reached_tick {
             let _ = self
                 .ticked_calls
@@ -433,6 +436,7 @@ impl Plugin {
             Err(error) => return Err(self.failed(request_id, error)),
         };
         let offloaded = turn.is_some();
+        let request_phase = matches!(call, Call::Request(_));
         let limit = self.maker.timeout + HOST_CALL_SLACK;
         // A long-running plugin's call runs on the long runners' threads;
         // the calls that borrow (load time, a 0.1.0 response phase) stay.
@@ -461,7 +465,7 @@ impl Plugin {
                 answer,
                 showed,
             } => {
-                self.note(showed, Ended::ByItself);
+                self.note(showed, request_phase, Ended::ByItself);
                 self.release(warm);
                 Ok(answer)
             }
@@ -470,7 +474,7 @@ impl Plugin {
                 showed,
                 ended,
             } => {
-                self.note(showed, ended);
+                self.note(showed, request_phase, ended);
                 Err(self.failed(request_id, error))
             }
         }

@@ -256,15 +256,21 @@ async fn share_flags(proxy: &TestProxy) -> (bool, bool) {
 
 /// A plugin whose calls each end well within a tick (so none of them ever
 /// yields or counts as long-running) can still keep every request worker
-/// busy when its clients keep calling it. Past `max_plugin_cpu_percent`
-/// of the workers' time its calls run as long runners do, off the
-/// workers, while everyone else is served; once it takes under half of
-/// that, it is an ordinary plugin again.
+/// busy when its clients keep calling it. While the proxy serves nothing
+/// else, it keeps the workers: there is no one to be fair to. Once other
+/// requests come in, past `max_plugin_cpu_percent` of the workers' time
+/// its calls run as long runners do, off the workers, while everyone else
+/// is served; once it takes under half of that, it is an ordinary plugin
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
     let upstream = Upstream::echo().await;
     let proxy = TestProxy::start(&format!(
-        "default_upstream = \"up\"\nchain = [\"noisy\"]\n{}\n{}count = 200\nsize = 4000\n{}\n[runtime]\nmax_plugin_cpu_percent = 10\n",
+        "default_upstream = \"up\"\n{}\n\
+         [[routes]]\nname = \"storm\"\nprefix = \"/boom\"\nchain = [\"noisy\"]\n\
+         [[routes]]\nname = \"fast\"\nprefix = \"/\"\nchain = []\n\
+         {}count = 200\nsize = 4000\ntrigger_prefix = \"/boom/flood\"\n{}\n\
+         [runtime]\nmax_plugin_cpu_percent = 10\n",
         upstream.toml("up"),
         hostile_plugin(
             "noisy",
@@ -276,25 +282,35 @@ async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
     ))
     .await;
     assert_eq!(share_flags(&proxy).await, (false, false));
-    // Four clients calling it back to back, until it is judged over its
-    // share (each call is short, so its streak never grows).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let floods: Vec<_> = (0..4)
-        .map(|_| {
-            let url = proxy.url("/boom");
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let client = client();
-                let mut served = 0;
-                while !stop.load(Ordering::SeqCst) && served < 5_000 {
-                    let response = client.get(&url).send().await.unwrap();
-                    assert_eq!(response.status(), 200);
-                    served += 1;
-                }
-                served
+    // Clients calling `path` back to back until `stop`.
+    let callers = |path: &str, count: usize| -> Vec<tokio::task::JoinHandle<usize>> {
+        (0..count)
+            .map(|_| {
+                let url = proxy.url(path);
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut served = 0;
+                    while !stop.load(Ordering::SeqCst) && served < 20_000 {
+                        let response = client.get(&url).send().await.unwrap();
+                        assert_eq!(response.status(), 200);
+                        served += 1;
+                    }
+                    served
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
+    // Four clients flooding it, nothing else: for five windows, it keeps
+    // the workers (each call is short, so its streak never grows either).
+    let mut clients = callers("/boom/flood", 4);
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(share_flags(&proxy).await, (false, false));
+    }
+    // A client of the plugin-free route beside them: now it is over.
+    clients.extend(callers("/fast", 1));
     let mut polls = 0;
     while share_flags(&proxy).await != (true, true) {
         polls += 1;
@@ -303,7 +319,7 @@ async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
     }
     // Everyone else is served beside it: its own quick calls (they wait
     // for a long-running turn), and the admin listener.
-    let fine = client().get(proxy.url("/fine")).send().await.unwrap();
+    let fine = client().get(proxy.url("/boom/fine")).send().await.unwrap();
     assert_eq!(fine.status(), 200);
     let health = client()
         .get(proxy.admin_url("/healthz"))
@@ -312,15 +328,15 @@ async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
         .unwrap();
     assert_eq!(health.status(), 200);
     stop.store(true, Ordering::SeqCst);
-    for flood in floods {
-        assert!(flood.await.unwrap() > 0);
+    for client in clients {
+        assert!(client.await.unwrap() > 0);
     }
     // Quiet: a call after a window without the flood is judged under half
     // its share, and it is an ordinary plugin again.
     let mut quiet = 0;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        let fine = client().get(proxy.url("/fine")).send().await.unwrap();
+        let fine = client().get(proxy.url("/boom/fine")).send().await.unwrap();
         assert_eq!(fine.status(), 200);
         if share_flags(&proxy).await == (false, false) {
             break;

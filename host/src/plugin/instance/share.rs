@@ -3,9 +3,12 @@
 //! never yield) can still keep every worker busy when its clients keep
 //! calling it, and then a plugin-free route waits in the workers' queues
 //! behind it. Over `[runtime] max_plugin_cpu_percent` of the workers' time
-//! in a window, its calls run as long runners do: off the request workers,
-//! on threads that take only the CPU nothing else wants, until its share
-//! falls below half of that.
+//! in a window in which the proxy also served requests that did not call
+//! it, its calls run as long runners do: off the request workers, on
+//! threads that take only the CPU nothing else wants, until its share
+//! falls below half of that. A plugin that every request calls (the
+//! proxy's one route, a benchmark) has no one to be fair to, and keeps
+//! the workers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +25,10 @@ pub(super) struct CpuShare {
     window_start: AtomicU64,
     /// What the plugin's calls ran in the current window.
     busy_ns: AtomicU64,
+    /// Its request-phase calls in the current window.
+    requests: AtomicU64,
+    /// The proxy's requests served when the window began.
+    served_before: AtomicU64,
     over: AtomicBool,
 }
 
@@ -40,6 +47,8 @@ impl CpuShare {
             origin: Instant::now(),
             window_start: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            served_before: AtomicU64::new(0),
             over: AtomicBool::new(false),
         }
     }
@@ -50,18 +59,22 @@ impl CpuShare {
     }
 
     /// A call of the plugin ran `ran` on its threads (its polls, not its
-    /// waits). The first call after a window ends judges it.
-    pub(super) fn add(&self, ran: Duration) {
+    /// waits); `request` if it was a request-phase call. The first call
+    /// after a window ends judges it, reading the proxy's count of
+    /// requests served from `served`.
+    pub(super) fn add(&self, ran: Duration, request: bool, served: impl FnOnce() -> u64) {
         if self.limit_ns == 0 {
             return;
         }
-        self.add_at(ran, self.origin.elapsed());
+        self.add_at(ran, request, self.origin.elapsed(), served);
     }
 
     /// [`CpuShare::add`] at `now` (since `origin`).
-    fn add_at(&self, ran: Duration, now: Duration) {
+    fn add_at(&self, ran: Duration, request: bool, now: Duration, served: impl FnOnce() -> u64) {
         let ran = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
         self.busy_ns.fetch_add(ran, Ordering::Relaxed);
+        self.requests
+            .fetch_add(u64::from(request), Ordering::Relaxed);
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let start = self.window_start.load(Ordering::Relaxed);
         let elapsed = now.saturating_sub(start);
@@ -75,6 +88,12 @@ impl CpuShare {
             return;
         }
         let busy = self.busy_ns.swap(0, Ordering::Relaxed);
+        let own = self.requests.swap(0, Ordering::Relaxed);
+        let served = served();
+        let served_before = self.served_before.swap(served, Ordering::Relaxed);
+        // Requests that did not call this plugin (a removed route's count
+        // going away reads as none).
+        let others = served.saturating_sub(served_before).saturating_sub(own);
         // A window that ran long (the plugin had no calls for a while)
         // allows for its whole length.
         let limit = u128::from(self.limit_ns) * u128::from(elapsed) / u128::from(window);
@@ -85,12 +104,13 @@ impl CpuShare {
         let over = if self.over() {
             u128::from(busy) * 2 > limit
         } else {
-            u128::from(busy) > limit
+            others > 0 && u128::from(busy) > limit
         };
         if over != self.over() {
             tracing::info!(
                 busy_ms = busy / 1_000_000,
                 window_ms = elapsed / 1_000_000,
+                others,
                 over,
                 "plugin calls' share of the request workers' time judged"
             );
@@ -109,23 +129,43 @@ mod tests {
 
     #[test]
     fn a_plugin_over_its_share_is_judged_so_until_it_takes_under_half_of_it() {
-        // 50 % of 2 workers: 100 ms of calls per 100 ms window.
+        // 50 % of 2 workers: 100 ms of calls per 100 ms window. The proxy
+        // serves 10 requests a window besides the plugin's own call.
         let share = CpuShare::new(50, 2);
-        share.add_at(ms(150), ms(10));
+        let served = |window: u64| move || window * 11;
+        share.add_at(ms(150), true, ms(10), served(0));
         assert!(!share.over(), "judged before its window ended");
-        share.add_at(ms(0), ms(100));
+        share.add_at(ms(0), false, ms(100), served(1));
         assert!(
             share.over(),
             "150 ms of calls in a 100 ms window of two workers at 50 %"
         );
         // Under the limit, but not under half of it: still over.
-        share.add_at(ms(60), ms(200));
+        share.add_at(ms(60), true, ms(200), served(2));
         assert!(share.over(), "came back at 60 % of its limit");
         // A window of 300 ms allows 300 ms: 100 ms is under half.
-        share.add_at(ms(100), ms(500));
+        share.add_at(ms(100), true, ms(500), served(3));
         assert!(!share.over(), "still over at a third of its limit");
-        share.add_at(ms(101), ms(600));
+        share.add_at(ms(101), true, ms(600), served(4));
         assert!(share.over(), "101 ms of calls in 100 ms");
+    }
+
+    #[test]
+    fn a_plugin_every_request_calls_is_never_judged_over() {
+        let share = CpuShare::new(50, 1);
+        let mut served = 0;
+        for window in 1..=5 {
+            // Ten requests a window, each calling the plugin, nothing else.
+            for call in 0..10 {
+                served += 1;
+                share.add_at(ms(10), true, ms(window * 100 + call), || served);
+            }
+            assert!(!share.over(), "window {window}: no one else was served");
+        }
+        // One request that did not call it: now it is over.
+        served += 1;
+        share.add_at(ms(10), true, ms(600), || served + 1);
+        assert!(share.over());
     }
 
     #[test]
