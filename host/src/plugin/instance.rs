@@ -335,7 +335,7 @@ impl Plugin {
     /// short, a starved spinner would move back onto the request workers.
     fn note(&self, showed: Showed, request_phase: bool, ended: Ended) {
         let shared = &self.maker.shared;
-        self.share.add(showed.ran, request_phase, || {
+        self.share.add(showed.busy, request_phase, || {
             shared.metrics.requests_served()
         });
         if showed.reached_tick {

@@ -146,7 +146,7 @@ pub struct PollClock {
     pub cpu_at_tick: std::sync::atomic::AtomicU64,
     /// Wall time, in ns, the call's polls took in all: the guest and its
     /// host imports running, not their waits (a wait ends a poll).
-    pub ran_ns: std::sync::atomic::AtomicU64,
+    pub busy_ns: std::sync::atomic::AtomicU64,
 }
 
 /// The `tracing` target of plugin log lines. Their fields are already

@@ -55,7 +55,7 @@ impl Maker {
         drop(lock(&warm.store.data().long_turn).take());
         let showed = Showed {
             reached_tick: std::mem::take(&mut warm.store.data_mut().reached_tick),
-            ran: Duration::from_nanos(warm.store.data().polls.ran_ns.swap(0, Ordering::Relaxed)),
+            busy: Duration::from_nanos(warm.store.data().polls.busy_ns.swap(0, Ordering::Relaxed)),
         };
         let error = match result {
             Ok(Ok(answer)) => {
@@ -253,7 +253,7 @@ pub(super) struct Showed {
     /// It ran into an epoch tick (see `Plugin::long_running`).
     pub(super) reached_tick: bool,
     /// What its polls took, instantiation included (see [`PollClock`]).
-    pub(super) ran: Duration,
+    pub(super) busy: Duration,
 }
 
 /// A call's outcome, with what it showed about the plugin; a failed
@@ -324,7 +324,7 @@ pub(super) async fn run(mut warm: Warm, call: Call<'_>, limit: Duration) -> Ran 
 }
 
 /// `guest_code`, each of its polls starting the guest's CPU count afresh
-/// and adding what it took to `polls.ran_ns` (see [`PollClock`]).
+/// and adding what it took to `polls.busy_ns` (see [`PollClock`]).
 async fn measured<F: Future>(polls: &PollClock, guest_code: F) -> F::Output {
     let mut guest_code = std::pin::pin!(guest_code);
     std::future::poll_fn(|cx| {
@@ -332,7 +332,7 @@ async fn measured<F: Future>(polls: &PollClock, guest_code: F) -> F::Output {
         let started = Instant::now();
         let polled = guest_code.as_mut().poll(cx);
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        polls.ran_ns.fetch_add(took, Ordering::Relaxed);
+        polls.busy_ns.fetch_add(took, Ordering::Relaxed);
         polled
     })
     .await

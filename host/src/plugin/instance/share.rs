@@ -8,7 +8,7 @@
 //! threads that take only the CPU nothing else wants, until its share
 //! falls below half of that. A plugin that every request calls (the
 //! proxy's one route, a benchmark) has no one to be fair to, and keeps
-//! the workers.
+//! (or gets back) the workers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -58,21 +58,21 @@ impl CpuShare {
         self.over.load(Ordering::Relaxed)
     }
 
-    /// A call of the plugin ran `ran` on its threads (its polls, not its
+    /// A call of the plugin kept a thread `busy` (its polls, not its
     /// waits); `request` if it was a request-phase call. The first call
     /// after a window ends judges it, reading the proxy's count of
     /// requests served from `served`.
-    pub(super) fn add(&self, ran: Duration, request: bool, served: impl FnOnce() -> u64) {
+    pub(super) fn add(&self, busy: Duration, request: bool, served: impl FnOnce() -> u64) {
         if self.limit_ns == 0 {
             return;
         }
-        self.add_at(ran, request, self.origin.elapsed(), served);
+        self.add_at(busy, request, self.origin.elapsed(), served);
     }
 
     /// [`CpuShare::add`] at `now` (since `origin`).
-    fn add_at(&self, ran: Duration, request: bool, now: Duration, served: impl FnOnce() -> u64) {
-        let ran = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
-        self.busy_ns.fetch_add(ran, Ordering::Relaxed);
+    fn add_at(&self, busy: Duration, request: bool, now: Duration, served: impl FnOnce() -> u64) {
+        let busy = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(busy, Ordering::Relaxed);
         self.requests
             .fetch_add(u64::from(request), Ordering::Relaxed);
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
@@ -101,11 +101,13 @@ impl CpuShare {
         // can take at most the long runners' threads, which may be just
         // under the limit; judged on the same line, it would move back
         // and forth every window.
-        let over = if self.over() {
-            u128::from(busy) * 2 > limit
-        } else {
-            others > 0 && u128::from(busy) > limit
-        };
+        // With no one else served, there is no one to be fair to.
+        let over = others > 0
+            && if self.over() {
+                u128::from(busy) * 2 > limit
+            } else {
+                u128::from(busy) > limit
+            };
         if over != self.over() {
             tracing::info!(
                 busy_ms = busy / 1_000_000,
@@ -166,6 +168,9 @@ mod tests {
         served += 1;
         share.add_at(ms(10), true, ms(600), || served + 1);
         assert!(share.over());
+        // Over, but the others are gone: it is back on the workers.
+        share.add_at(ms(100), true, ms(700), || served + 2);
+        assert!(!share.over(), "over while no one else was served");
     }
 
     #[test]
