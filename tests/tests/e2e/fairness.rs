@@ -19,6 +19,18 @@ fn looping(upstream: &Upstream, extra: &str, sections: &str) -> String {
     )
 }
 
+/// `path` and the admin listener's `/healthz` both answer 200.
+async fn served_beside(proxy: &TestProxy, path: &str) {
+    let response = client().get(proxy.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    let health = client()
+        .get(proxy.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "/healthz");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_plugin_yields_to_other_requests_and_the_admin_listener() {
     let upstream = Upstream::echo().await;
@@ -44,14 +56,7 @@ async fn a_spinning_plugin_yields_to_other_requests_and_the_admin_listener() {
     }
     // Let them start.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let fast = client().get(proxy.url("/fast")).send().await.unwrap();
-    assert_eq!(fast.status(), 200);
-    let health = client()
-        .get(proxy.admin_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    served_beside(&proxy, "/fast").await;
     assert_eq!(
         finished.load(Ordering::SeqCst),
         0,
@@ -319,14 +324,7 @@ async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
     }
     // Everyone else is served beside it: its own quick calls (they wait
     // for a long-running turn), and the admin listener.
-    let fine = client().get(proxy.url("/boom/fine")).send().await.unwrap();
-    assert_eq!(fine.status(), 200);
-    let health = client()
-        .get(proxy.admin_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    served_beside(&proxy, "/boom/fine").await;
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         assert!(client.await.unwrap() > 0);
