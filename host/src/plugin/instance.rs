@@ -216,7 +216,11 @@ impl Plugin {
             last_release: AtomicU64::new(0),
             max_concurrency: spec.max_concurrency,
             ticked_calls: AtomicU32::new(0),
-            share: CpuShare::new(runtime.max_plugin_cpu_percent(), request_workers()),
+            share: CpuShare::new(
+                &spec.name,
+                runtime.max_plugin_cpu_percent(),
+                request_workers(),
+            ),
             offload: runtime.offload(),
             durations,
         };

@@ -16,8 +16,14 @@ use std::time::{Duration, Instant};
 /// How often a plugin's share is judged.
 const WINDOW: Duration = Duration::from_millis(100);
 
+/// `served_before` until the first window is judged: the proxy's count
+/// then includes everything served before the plugin was loaded.
+const NOT_YET: u64 = u64::MAX;
+
 /// Time a plugin's calls ran on threads, judged once per [`WINDOW`].
 pub(super) struct CpuShare {
+    /// The plugin's name, for the log line when its judgement changes.
+    plugin: String,
     /// Busy ns allowed per [`WINDOW`] (0: never judged over).
     limit_ns: u64,
     origin: Instant,
@@ -35,7 +41,7 @@ pub(super) struct CpuShare {
 impl CpuShare {
     /// At most `percent` of `workers` threads' time; 100 % or more is no
     /// limit (a plugin can take no more than all of them).
-    pub(super) fn new(percent: u32, workers: usize) -> CpuShare {
+    pub(super) fn new(plugin: &str, percent: u32, workers: usize) -> CpuShare {
         let limit_ns = if percent >= 100 {
             0
         } else {
@@ -43,12 +49,13 @@ impl CpuShare {
             window.saturating_mul(workers.max(1) as u64) * u64::from(percent) / 100
         };
         CpuShare {
+            plugin: plugin.to_owned(),
             limit_ns,
             origin: Instant::now(),
             window_start: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            served_before: AtomicU64::new(0),
+            served_before: AtomicU64::new(NOT_YET),
             over: AtomicBool::new(false),
         }
     }
@@ -93,15 +100,18 @@ impl CpuShare {
         let served_before = self.served_before.swap(served, Ordering::Relaxed);
         // Requests that did not call this plugin (a removed route's count
         // going away reads as none).
-        let others = served.saturating_sub(served_before).saturating_sub(own);
+        let others = match served_before {
+            NOT_YET => 0,
+            before => served.saturating_sub(before).saturating_sub(own),
+        };
         // A window that ran long (the plugin had no calls for a while)
         // allows for its whole length.
         let limit = u128::from(self.limit_ns) * u128::from(elapsed) / u128::from(window);
-        // Half the limit to come back: moved off the workers, a plugin
-        // can take at most the long runners' threads, which may be just
-        // under the limit; judged on the same line, it would move back
-        // and forth every window.
-        // With no one else served, there is no one to be fair to.
+        // With no one else served, there is no one to be fair to. Half
+        // the limit to come back: moved off the workers, a plugin can take
+        // at most the long runners' threads, which may be just under the
+        // limit; judged on the same line, it would move back and forth
+        // every window.
         let over = others > 0
             && if self.over() {
                 u128::from(busy) * 2 > limit
@@ -110,11 +120,13 @@ impl CpuShare {
             };
         if over != self.over() {
             tracing::info!(
+                plugin = %self.plugin,
                 busy_ms = busy / 1_000_000,
                 window_ms = elapsed / 1_000_000,
                 others,
                 over,
-                "plugin calls' share of the request workers' time judged"
+                "plugin calls' share of the request workers' time judged: \
+                 over moves them off the workers"
             );
         }
         self.over.store(over, Ordering::Relaxed);
@@ -132,29 +144,35 @@ mod tests {
     #[test]
     fn a_plugin_over_its_share_is_judged_so_until_it_takes_under_half_of_it() {
         // 50 % of 2 workers: 100 ms of calls per 100 ms window. The proxy
-        // serves 10 requests a window besides the plugin's own call.
-        let share = CpuShare::new(50, 2);
-        let served = |window: u64| move || window * 11;
-        share.add_at(ms(150), true, ms(10), served(0));
+        // had served 1,000 requests when the plugin was loaded, and serves
+        // 10 a window besides the plugin's own call.
+        let share = CpuShare::new("p", 50, 2);
+        let served = |window: u64| move || 1_000 + window * 11;
+        share.add_at(ms(150), true, ms(100), served(1));
+        assert!(
+            !share.over(),
+            "the first window only reads the proxy's count"
+        );
+        share.add_at(ms(150), true, ms(110), served(1));
         assert!(!share.over(), "judged before its window ended");
-        share.add_at(ms(0), false, ms(100), served(1));
+        share.add_at(ms(0), false, ms(200), served(2));
         assert!(
             share.over(),
             "150 ms of calls in a 100 ms window of two workers at 50 %"
         );
         // Under the limit, but not under half of it: still over.
-        share.add_at(ms(60), true, ms(200), served(2));
+        share.add_at(ms(60), true, ms(300), served(3));
         assert!(share.over(), "came back at 60 % of its limit");
         // A window of 300 ms allows 300 ms: 100 ms is under half.
-        share.add_at(ms(100), true, ms(500), served(3));
+        share.add_at(ms(100), true, ms(600), served(4));
         assert!(!share.over(), "still over at a third of its limit");
-        share.add_at(ms(101), true, ms(600), served(4));
+        share.add_at(ms(101), true, ms(700), served(5));
         assert!(share.over(), "101 ms of calls in 100 ms");
     }
 
     #[test]
     fn a_plugin_every_request_calls_is_never_judged_over() {
-        let share = CpuShare::new(50, 1);
+        let share = CpuShare::new("p", 50, 1);
         let mut served = 0;
         for window in 1..=5 {
             // Ten requests a window, each calling the plugin, nothing else.
@@ -175,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_hundred_percent_is_no_limit() {
-        assert_eq!(CpuShare::new(100, 2).limit_ns, 0, "never judged");
-        assert_eq!(CpuShare::new(50, 2).limit_ns, 100_000_000);
+        assert_eq!(CpuShare::new("p", 100, 2).limit_ns, 0, "never judged");
+        assert_eq!(CpuShare::new("p", 50, 2).limit_ns, 100_000_000);
     }
 }
