@@ -127,8 +127,10 @@ impl Runtime {
     }
 
     /// Where long-running plugins' calls run.
-    pub fn offload(&self) -> tokio::runtime::Handle {
-        self.inner.offload.handle()
+    pub fn offload(&self) -> Offload {
+        Offload {
+            handle: self.inner.offload.handle(),
+        }
     }
 
     /// Marks plugin calls in flight for the epoch ticker.
@@ -233,7 +235,10 @@ impl LongRunners {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("weir-long-runner")
-            .on_thread_start(lower_own_priority)
+            .on_thread_start(|| {
+                lower_own_priority();
+                offers_core();
+            })
             .enable_all()
             .build()?;
         Ok(LongRunners {
@@ -245,6 +250,72 @@ impl LongRunners {
     fn handle(&self) -> tokio::runtime::Handle {
         self.handle.clone()
     }
+}
+
+/// How long a long runner's thread keeps a core before it offers it back
+/// to the OS (`sched_yield`). `SCHED_IDLE` makes a waking request worker
+/// preempt it, but a thread that was preempted by a third one (a softirq,
+/// say) then waits in the queue behind it until the scheduler next looks:
+/// at the next tick (4 ms at `HZ=250`), or when the guest's two-tick poll
+/// ends. `perf sched` beside the storms saw the admin thread queued 2 ms
+/// behind a long runner while the other core was idle; offering the core
+/// at every epoch tick cut the waits over 1 ms behind a long runner by
+/// four to seven times (BENCHMARKS.md, storms).
+const OFFER_CORE_EVERY: Duration = Duration::from_micros(250);
+
+thread_local! {
+    /// When this long runner's thread last offered its core.
+    static CORE_OFFERED: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// A handle on the long runners' runtime.
+#[derive(Clone)]
+pub struct Offload {
+    handle: tokio::runtime::Handle,
+}
+
+impl Offload {
+    /// Runs `task` on the long runners. After any poll that leaves the
+    /// thread having run [`OFFER_CORE_EVERY`] since it last did, the
+    /// thread yields to the OS, so that an ordinary thread queued on its
+    /// core runs now rather than at the next scheduler tick.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(async move {
+            let mut task = std::pin::pin!(task);
+            std::future::poll_fn(|cx| {
+                let polled = task.as_mut().poll(cx);
+                offer_core();
+                polled
+            })
+            .await
+        })
+    }
+}
+
+/// Marks the calling thread as a long runner's, for [`offer_core`].
+fn offers_core() {
+    CORE_OFFERED.with(|offered| offered.set(Some(std::time::Instant::now())));
+}
+
+/// On a long runner's thread, yields to the OS if the thread has run
+/// [`OFFER_CORE_EVERY`] since it last did; elsewhere, nothing. Called
+/// after every poll of a long runner's task and at every epoch tick of a
+/// guest (a spinning guest's poll lasts two ticks).
+pub(super) fn offer_core() {
+    CORE_OFFERED.with(|offered| {
+        let Some(at) = offered.get() else {
+            return;
+        };
+        if at.elapsed() >= OFFER_CORE_EVERY {
+            std::thread::yield_now();
+            offered.set(Some(std::time::Instant::now()));
+        }
+    });
 }
 
 impl Drop for LongRunners {
@@ -396,5 +467,41 @@ fn compilation_cache(dir: &Path) -> Option<Cache> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn offered() -> Option<Instant> {
+        CORE_OFFERED.with(std::cell::Cell::get)
+    }
+
+    #[test]
+    fn only_a_long_runner_thread_offers_its_core_and_not_more_often_than_it_should() {
+        // Any other thread (a request worker): nothing, not even a mark.
+        offer_core();
+        assert_eq!(offered(), None);
+
+        offers_core();
+        assert!(offered().is_some(), "marked as a long runner's thread");
+        // Too soon since the last offer (a mark that elapsed() reads as
+        // zero, however slowly this test runs): the mark stays.
+        let just_now = Instant::now() + Duration::from_secs(60);
+        CORE_OFFERED.with(|cell| cell.set(Some(just_now)));
+        offer_core();
+        assert_eq!(offered(), Some(just_now));
+
+        // Held the core long enough: it yields and marks the time afresh.
+        let long_ago = Instant::now() - OFFER_CORE_EVERY * 4;
+        CORE_OFFERED.with(|cell| cell.set(Some(long_ago)));
+        offer_core();
+        let again = offered().expect("still a long runner's thread");
+        assert!(
+            again > long_ago + OFFER_CORE_EVERY,
+            "{again:?} after {long_ago:?}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use self::maker::{run, Ended, Maker, Settled, Showed, Warm};
 use self::share::CpuShare;
 use super::bindings::types;
 use super::contract::Pre;
-use super::engine::{Calls, Runtime};
+use super::engine::{Calls, Offload, Runtime};
 use super::outbound;
 use super::state::{PluginShared, PLUGIN_LOGS};
 use super::throttle::Throttle;
@@ -91,7 +91,7 @@ pub struct Plugin {
     /// The share of the request workers' time its calls take.
     share: CpuShare,
     /// Where the calls of a long-running plugin run.
-    offload: tokio::runtime::Handle,
+    offload: Offload,
     /// `weir_plugin_call_duration_seconds`, request and response phase.
     pub(super) durations: [crate::metrics::Histogram; 2],
 }

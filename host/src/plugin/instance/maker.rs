@@ -15,7 +15,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::{Answer, Call};
 use crate::plugin::contract::{Guest, Pre};
-use crate::plugin::engine::EPOCH_TICK;
+use crate::plugin::engine::{offer_core, EPOCH_TICK};
 use crate::plugin::state::{HostState, PluginShared, PollClock};
 use crate::plugin::PluginError;
 
@@ -113,6 +113,7 @@ impl Maker {
             if Instant::now() >= data.call_deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
+            offer_core();
             // The first tick of this poll: from here on, what the guest
             // runs is measured on the thread's CPU clock. Read here, not
             // as each poll begins: the read is a system call, and most
