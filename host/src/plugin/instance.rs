@@ -76,6 +76,10 @@ pub struct Plugin {
     /// Capacity exhaustion fails every request at once: warn about it
     /// once a second, not once per request.
     overload_warnings: Throttle,
+    /// A plugin that traps or times out on every call would otherwise
+    /// write a warning per request: the log gets one a second, saying
+    /// how many were left out (every one is in `weir_plugin_errors_total`).
+    failure_warnings: Throttle,
     /// Calls of this plugin running at once (`max_concurrency`): one busy
     /// plugin cannot take every instance slot and worker turn.
     slots: tokio::sync::Semaphore,
@@ -211,6 +215,7 @@ impl Plugin {
             pool: Mutex::new(Vec::new()),
             calls: runtime.calls(),
             overload_warnings: Throttle::default(),
+            failure_warnings: Throttle::default(),
             slots: tokio::sync::Semaphore::new(spec.max_concurrency),
             queue_timeout: spec.queue_timeout,
             last_release: AtomicU64::new(0),
@@ -542,7 +547,21 @@ impl Plugin {
             1,
         );
         if !error.is_overload() {
-            tracing::warn!(plugin = %self.name, request = request_id, error = %error, "plugin call failed");
+            match self.failure_warnings.allow() {
+                Some(left_out) => tracing::warn!(
+                    plugin = %self.name,
+                    request = request_id,
+                    left_out,
+                    error = %error,
+                    "plugin call failed"
+                ),
+                None => tracing::debug!(
+                    plugin = %self.name,
+                    request = request_id,
+                    error = %error,
+                    "plugin call failed"
+                ),
+            }
         } else if let Some(left_out) = self.overload_warnings.allow() {
             tracing::warn!(
                 plugin = %self.name,

@@ -487,6 +487,28 @@ async fn huge_header_list_is_a_bad_answer() {
 
 // ----- What a trap looks like in the log ------------------------------------
 
+/// What the process logs until `marker` has been seen and half a second
+/// has passed without another line (logs reach stderr from a thread of
+/// their own, so a line can trail its request).
+async fn read_log_after(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    marker: &str,
+) -> String {
+    let mut log = String::new();
+    let mut seen = false;
+    loop {
+        let wait = Duration::from_millis(if seen { 500 } else { 10_000 });
+        match tokio::time::timeout(wait, lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                seen |= line.contains(marker);
+                log.push_str(&line);
+                log.push('\n');
+            }
+            _ => return log,
+        }
+    }
+}
+
 /// Run the real `weir` binary, trap the plugin, and read the warning: it
 /// names the plugin and carries wasmtime's backtrace with the plugin's own
 /// function names (release builds keep the name section).
@@ -511,21 +533,7 @@ async fn trap_is_logged_with_the_plugin_name_and_a_backtrace() {
         .await
         .unwrap();
     assert_eq!(response.status(), 500);
-    // Logs reach stderr from a thread of their own: read until the warning
-    // (and whatever follows it at once) has arrived, then stop the process.
-    let mut log = String::new();
-    let mut seen = false;
-    loop {
-        let wait = std::time::Duration::from_millis(if seen { 500 } else { 10_000 });
-        match tokio::time::timeout(wait, lines.next_line()).await {
-            Ok(Ok(Some(line))) => {
-                seen |= line.contains("plugin call failed");
-                log.push_str(&line);
-                log.push('\n');
-            }
-            _ => break,
-        }
-    }
+    let log = read_log_after(&mut lines, "plugin call failed").await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
 
@@ -545,4 +553,68 @@ async fn trap_is_logged_with_the_plugin_name_and_a_backtrace() {
         warning.contains("wasm `unreachable` instruction executed"),
         "{warning}"
     );
+}
+
+/// A plugin that fails every call cannot flood the log: its warnings come
+/// at most once a second, each saying how many were left out since the
+/// one before, so that every failure is accounted for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_failing_every_call_gets_a_warning_a_second_not_one_a_request() {
+    const BURST: usize = 40;
+    let upstream = Upstream::echo().await;
+    let (_dir, path) = config_file(&format!(
+        "default_upstream = \"up\"\nchain = [\"hostile\"]\n{}\n{}",
+        upstream.toml("up"),
+        hostile_plugin("hostile", "trap", "")
+    ));
+    let weir_tests::WeirProcess {
+        mut child,
+        address,
+        log: mut lines,
+        ..
+    } = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
+
+    let boom = |id: String| {
+        let request = client()
+            .get(format!("http://{address}/boom"))
+            .header("x-request-id", id);
+        async move { request.send().await.unwrap().status() }
+    };
+    let started = std::time::Instant::now();
+    for n in 0..BURST {
+        assert_eq!(boom(format!("burst-{n}")).await, 500);
+    }
+    let burst_took = started.elapsed();
+    // A second later the next failure is logged again, with the count.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(boom("after-a-second".into()).await, 500);
+    let log = read_log_after(&mut lines, "request=\"after-a-second\"").await;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("plugin call failed"))
+        .collect();
+    let most = burst_took.as_secs() as usize + 2;
+    assert!(
+        (2..=most).contains(&warnings.len()),
+        "{} warnings for {} failures in {burst_took:?}:\n{log}",
+        warnings.len(),
+        BURST + 1
+    );
+    let left_out: usize = warnings
+        .iter()
+        .map(|line| {
+            let (_, rest) = line
+                .split_once("left_out=")
+                .expect("a count on every warning");
+            rest.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(warnings.len() + left_out, BURST + 1, "{log}");
 }
