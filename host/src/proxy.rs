@@ -182,6 +182,11 @@ impl Proxy {
                 response.headers_mut().insert(X_REQUEST_ID, value);
             }
             let status = response.status();
+            // Its plugins first: each judges its share of the workers on
+            // the proxy's count less the requests through it.
+            for plugin in served.route.chain.plugins() {
+                plugin.served_through();
+            }
             Metrics::request_served(&served.route.requests, status.as_u16());
             served
                 .route

@@ -89,9 +89,6 @@ pub struct Plugin {
     /// When a call last gave its slot back, in ns since `shared.started`.
     last_release: AtomicU64,
     max_concurrency: usize,
-    /// Calls in a row that ran into an epoch tick (see
-    /// [`LONG_RUNNING_STREAK`]).
-    ticked_calls: AtomicU32,
     /// The share of the request workers' time its calls take.
     share: CpuShare,
     /// Where the calls of a long-running plugin run.
@@ -191,6 +188,7 @@ impl Plugin {
             log_bucket: std::sync::Mutex::new(super::state::TokenBucket::full(&spec.logs)),
             log_dropped: std::sync::OnceLock::new(),
             long_runners: runtime.long_runners(),
+            ticked_calls: AtomicU32::new(0),
         });
         let mut plugin = Plugin {
             name: spec.name.clone(),
@@ -220,7 +218,6 @@ impl Plugin {
             queue_timeout: spec.queue_timeout,
             last_release: AtomicU64::new(0),
             max_concurrency: spec.max_concurrency,
-            ticked_calls: AtomicU32::new(0),
             share: CpuShare::new(
                 &spec.name,
                 runtime.max_plugin_cpu_percent(),
@@ -283,9 +280,17 @@ impl Plugin {
         }
     }
 
+    /// A request on a route whose chain has this plugin was served: see
+    /// `CpuShare::served_through` (the proxy calls it just before it
+    /// counts the request).
+    pub fn served_through(&self) {
+        self.share.served_through();
+    }
+
     /// Whether calls wait for a long-running turn before they start.
     pub fn long_running(&self) -> bool {
-        self.ticked_calls.load(Ordering::Relaxed) >= LONG_RUNNING_STREAK || self.share.over()
+        self.maker.shared.ticked_calls.load(Ordering::Relaxed) >= LONG_RUNNING_STREAK
+            || self.share.over()
     }
 
     /// Warm instances waiting in the pool.
@@ -336,25 +341,21 @@ impl Plugin {
     }
 
     /// Count the call that just ended towards the plugin's share of the
-    /// workers' time, and towards [`LONG_RUNNING_STREAK`]: one that ran a
-    /// tick adds to the streak, one that ended by itself within its tick
-    /// breaks it. A call cut off at its deadline before it ran a tick (it
-    /// waited for a turn, or the long runners' threads got no core) shows
-    /// nothing either way, so it leaves the streak alone: counted as
-    /// short, a starved spinner would move back onto the request workers.
-    fn note(&self, showed: Showed, request_phase: bool, ended: Ended) {
+    /// workers' time, and towards [`LONG_RUNNING_STREAK`]: a call that ran
+    /// a tick added to the streak at that tick (`Maker::instantiate`'s
+    /// epoch callback), so that in a burst the calls not yet started learn
+    /// of it before the first ones end; one that ended by itself within
+    /// its tick breaks it. A call cut off at its deadline before it ran a
+    /// tick (it waited for a turn, or the long runners' threads got no
+    /// core) shows nothing either way, so it leaves the streak alone:
+    /// counted as short, a starved spinner would move back onto the
+    /// request workers.
+    fn note(&self, showed: Showed, ended: Ended) {
         let shared = &self.maker.shared;
-        self.share.add(showed.busy, request_phase, || {
-            shared.metrics.requests_served()
-        });
-        if showed.reached_tick {
-            let _ = self
-                .ticked_calls
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_add(1))
-                });
-        } else if ended == Ended::ByItself {
-            self.ticked_calls.store(0, Ordering::Relaxed);
+        self.share
+            .add(showed.busy, || shared.metrics.requests_served());
+        if !showed.reached_tick && ended == Ended::ByItself {
+            shared.ticked_calls.store(0, Ordering::Relaxed);
         }
     }
 
@@ -445,7 +446,6 @@ impl Plugin {
             Err(error) => return Err(self.failed(request_id, error)),
         };
         let offloaded = turn.is_some();
-        let request_phase = matches!(call, Call::Request(_));
         let limit = self.maker.timeout + HOST_CALL_SLACK;
         // A long-running plugin's call runs on the long runners' threads;
         // the calls that borrow (load time, a 0.1.0 response phase) stay.
@@ -474,7 +474,7 @@ impl Plugin {
                 answer,
                 showed,
             } => {
-                self.note(showed, request_phase, Ended::ByItself);
+                self.note(showed, Ended::ByItself);
                 self.release(warm);
                 Ok(answer)
             }
@@ -483,7 +483,7 @@ impl Plugin {
                 showed,
                 ended,
             } => {
-                self.note(showed, request_phase, ended);
+                self.note(showed, ended);
                 Err(self.failed(request_id, error))
             }
         }

@@ -35,6 +35,10 @@ pub struct PluginShared {
     pub log_dropped: OnceLock<Arc<AtomicU64>>,
     /// The process's turns for long-running calls (see `instance.rs`).
     pub long_runners: Arc<tokio::sync::Semaphore>,
+    /// Calls in a row that ran into an epoch tick (see
+    /// `instance::LONG_RUNNING_STREAK`): counted at the call's first long
+    /// tick, cleared by a call that ends before one.
+    pub ticked_calls: std::sync::atomic::AtomicU32,
 }
 
 /// Lines a plugin may still log: refilled at `per_second`, up to `burst`.

@@ -274,7 +274,7 @@ async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
         "default_upstream = \"up\"\n{}\n\
          [[routes]]\nname = \"storm\"\nprefix = \"/boom\"\nchain = [\"noisy\"]\n\
          [[routes]]\nname = \"fast\"\nprefix = \"/\"\nchain = []\n\
-         {}count = 200\nsize = 4000\ntrigger_prefix = \"/boom/flood\"\n{}\n\
+         {}count = 20\nsize = 4000\ntrigger_prefix = \"/boom/flood\"\n{}\n\
          [runtime]\nmax_plugin_cpu_percent = 10\n",
         upstream.toml("up"),
         hostile_plugin(

@@ -131,7 +131,13 @@ impl Maker {
             if cpu.saturating_sub(since) < LONG_RUN_CPU_NS {
                 return Ok(UpdateDeadline::Continue(YIELD_TICKS));
             }
-            data.reached_tick = true;
+            if !std::mem::replace(&mut data.reached_tick, true) {
+                let _ = data.shared.ticked_calls.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |n| Some(n.saturating_add(1)),
+                );
+            }
             let data = store.data();
             let turn = data.long_turn.clone();
             let turns = data.shared.long_runners.clone();

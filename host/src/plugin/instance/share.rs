@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// How often a plugin's share is judged.
 const WINDOW: Duration = Duration::from_millis(100);
 
-/// `served_before` until the first window is judged: the proxy's count
+/// `others_before` until the first window is judged: the proxy's count
 /// then includes everything served before the plugin was loaded.
 const NOT_YET: u64 = u64::MAX;
 
@@ -31,10 +31,16 @@ pub(super) struct CpuShare {
     window_start: AtomicU64,
     /// What the plugin's calls ran in the current window.
     busy_ns: AtomicU64,
-    /// Its request-phase calls in the current window.
-    requests: AtomicU64,
-    /// The proxy's requests served when the window began.
-    served_before: AtomicU64,
+    /// Requests served on routes whose chain has the plugin, counted
+    /// where the proxy counts every request served, just before it: the
+    /// proxy's count less this one is the requests served that did not
+    /// come through the plugin, give or take those between the two
+    /// counts at that instant (at most one per request worker).
+    through: AtomicU64,
+    /// That difference when the window began.
+    others_before: AtomicU64,
+    /// The request workers (the most requests between the two counts).
+    workers: u64,
     over: AtomicBool,
 }
 
@@ -54,8 +60,9 @@ impl CpuShare {
             origin: Instant::now(),
             window_start: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            served_before: AtomicU64::new(NOT_YET),
+            through: AtomicU64::new(0),
+            others_before: AtomicU64::new(NOT_YET),
+            workers: workers.max(1) as u64,
             over: AtomicBool::new(false),
         }
     }
@@ -65,23 +72,26 @@ impl CpuShare {
         self.over.load(Ordering::Relaxed)
     }
 
+    /// A request on a route whose chain has the plugin was served (called
+    /// just before the proxy counts it).
+    pub(super) fn served_through(&self) {
+        self.through.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A call of the plugin kept a thread `busy` (its polls, not its
-    /// waits); `request` if it was a request-phase call. The first call
-    /// after a window ends judges it, reading the proxy's count of
-    /// requests served from `served`.
-    pub(super) fn add(&self, busy: Duration, request: bool, served: impl FnOnce() -> u64) {
+    /// waits). The first call after a window ends judges it, reading the
+    /// proxy's count of requests served from `served`.
+    pub(super) fn add(&self, busy: Duration, served: impl FnOnce() -> u64) {
         if self.limit_ns == 0 {
             return;
         }
-        self.add_at(busy, request, self.origin.elapsed(), served);
+        self.add_at(busy, self.origin.elapsed(), served);
     }
 
     /// [`CpuShare::add`] at `now` (since `origin`).
-    fn add_at(&self, busy: Duration, request: bool, now: Duration, served: impl FnOnce() -> u64) {
+    fn add_at(&self, busy: Duration, now: Duration, served: impl FnOnce() -> u64) {
         let busy = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
         self.busy_ns.fetch_add(busy, Ordering::Relaxed);
-        self.requests
-            .fetch_add(u64::from(request), Ordering::Relaxed);
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let start = self.window_start.load(Ordering::Relaxed);
         let elapsed = now.saturating_sub(start);
@@ -95,24 +105,25 @@ impl CpuShare {
             return;
         }
         let busy = self.busy_ns.swap(0, Ordering::Relaxed);
-        let own = self.requests.swap(0, Ordering::Relaxed);
-        let served = served();
-        let served_before = self.served_before.swap(served, Ordering::Relaxed);
-        // Requests that did not call this plugin (a removed route's count
-        // going away reads as none).
-        let others = match served_before {
+        // Both totals, not counts per window: a request counted through
+        // the plugin in one window and by the proxy in the next would
+        // otherwise read as someone else's. A removed route's count going
+        // away reads as none.
+        let others_total = served().saturating_sub(self.through.load(Ordering::Relaxed));
+        let others = match self.others_before.swap(others_total, Ordering::Relaxed) {
             NOT_YET => 0,
-            before => served.saturating_sub(before).saturating_sub(own),
+            before => others_total.saturating_sub(before),
         };
         // A window that ran long (the plugin had no calls for a while)
         // allows for its whole length.
         let limit = u128::from(self.limit_ns) * u128::from(elapsed) / u128::from(window);
-        // With no one else served, there is no one to be fair to. Half
+        // With no one else served (beyond what the two counts can differ
+        // by), there is no one to be fair to. Half
         // the limit to come back: moved off the workers, a plugin can take
         // at most the long runners' threads, which may be just under the
         // limit; judged on the same line, it would move back and forth
         // every window.
-        let over = others > 0
+        let over = others > self.workers
             && if self.over() {
                 u128::from(busy) * 2 > limit
             } else {
@@ -141,32 +152,44 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Tell `share` of requests served through it until it has `total`.
+    fn through(share: &CpuShare, total: u64) {
+        while share.through.load(Ordering::Relaxed) < total {
+            share.served_through();
+        }
+    }
+
     #[test]
     fn a_plugin_over_its_share_is_judged_so_until_it_takes_under_half_of_it() {
         // 50 % of 2 workers: 100 ms of calls per 100 ms window. The proxy
         // had served 1,000 requests when the plugin was loaded, and serves
-        // 10 a window besides the plugin's own call.
+        // 11 a window, one of them through the plugin.
         let share = CpuShare::new("p", 50, 2);
         let served = |window: u64| move || 1_000 + window * 11;
-        share.add_at(ms(150), true, ms(100), served(1));
+        through(&share, 1);
+        share.add_at(ms(150), ms(100), served(1));
         assert!(
             !share.over(),
             "the first window only reads the proxy's count"
         );
-        share.add_at(ms(150), true, ms(110), served(1));
+        share.add_at(ms(150), ms(110), served(1));
         assert!(!share.over(), "judged before its window ended");
-        share.add_at(ms(0), false, ms(200), served(2));
+        through(&share, 2);
+        share.add_at(ms(0), ms(200), served(2));
         assert!(
             share.over(),
             "150 ms of calls in a 100 ms window of two workers at 50 %"
         );
         // Under the limit, but not under half of it: still over.
-        share.add_at(ms(60), true, ms(300), served(3));
+        through(&share, 3);
+        share.add_at(ms(60), ms(300), served(3));
         assert!(share.over(), "came back at 60 % of its limit");
         // A window of 300 ms allows 300 ms: 100 ms is under half.
-        share.add_at(ms(100), true, ms(600), served(4));
+        through(&share, 4);
+        share.add_at(ms(100), ms(600), served(4));
         assert!(!share.over(), "still over at a third of its limit");
-        share.add_at(ms(101), true, ms(700), served(5));
+        through(&share, 5);
+        share.add_at(ms(101), ms(700), served(5));
         assert!(share.over(), "101 ms of calls in 100 ms");
     }
 
@@ -177,18 +200,38 @@ mod tests {
         for window in 1..=5 {
             // Ten requests a window, each calling the plugin, nothing else.
             for call in 0..10 {
+                share.add_at(ms(10), ms(window * 100 + call), || served);
+                share.served_through();
                 served += 1;
-                share.add_at(ms(10), true, ms(window * 100 + call), || served);
             }
             assert!(!share.over(), "window {window}: no one else was served");
         }
-        // One request that did not call it: now it is over.
-        served += 1;
-        share.add_at(ms(10), true, ms(600), || served + 1);
+        // Two requests that did not call it (more than the one request
+        // worker can hold between the two counts): now it is over.
+        served += 2;
+        share.add_at(ms(10), ms(600), || served);
         assert!(share.over());
         // Over, but the others are gone: it is back on the workers.
-        share.add_at(ms(100), true, ms(700), || served + 2);
+        share.add_at(ms(100), ms(700), || served);
         assert!(!share.over(), "over while no one else was served");
+    }
+
+    #[test]
+    fn a_request_counted_in_one_window_through_the_plugin_and_in_the_next_by_the_proxy_is_its_own()
+    {
+        let share = CpuShare::new("p", 50, 2);
+        let mut served = 0;
+        share.add_at(ms(0), ms(100), || served);
+        // Four requests through the plugin, two of them not yet counted by
+        // the proxy when the window is judged...
+        through(&share, 4);
+        served += 2;
+        share.add_at(ms(150), ms(200), || served);
+        assert!(!share.over(), "no one else was served");
+        // ... and counted in the next: still no one else's.
+        served += 2;
+        share.add_at(ms(150), ms(300), || served);
+        assert!(!share.over(), "its own requests read as someone else's");
     }
 
     #[test]
