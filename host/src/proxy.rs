@@ -415,23 +415,28 @@ impl Generation {
         }
         let version = ex.head.version;
         let body = self.request_body(route, &mut ex, incoming, counter).await?;
-        if let RequestOutcome::Respond { ran, response } =
-            route.chain.request_phase(&mut ex).await?
+        if let RequestOutcome::Respond {
+            plugins_ran,
+            response,
+        } = route.chain.request_phase(&mut ex).await?
         {
             let (head, bytes) = response.into_parts();
             let state = ResponseState {
                 head,
                 body: Some(bytes),
             };
-            return self.respond(route, &ex, ran, state, version).await;
+            return self.respond(route, &ex, plugins_ran, state, version).await;
         }
         // The response phase sees the request as the chain left it.
-        let ran = route.chain.len();
-        let view = route.chain.has_response_phase(ran).then(|| ex.snapshot());
+        let plugins_ran = route.chain.len();
+        let view = route
+            .chain
+            .has_response_phase(plugins_ran)
+            .then(|| ex.snapshot());
         let (head, streamed) = self.forward(route, ex, body, conn).await?;
         match view {
             Some(view) => {
-                self.response_phase(route, &view, ran, head, streamed, version)
+                self.response_phase(route, &view, plugins_ran, head, streamed, version)
                     .await
             }
             None => {
@@ -609,12 +614,12 @@ impl Generation {
         &self,
         route: &Route,
         view: &Exchange,
-        ran: usize,
+        plugins_ran: usize,
         head: response::Parts,
         streamed: Body,
         version: Version,
     ) -> Result<Response<Body>, ProxyError> {
-        if route.chain.wants_response_body(ran) {
+        if route.chain.wants_response_body(plugins_ran) {
             let bytes = buffer(streamed, self.config.limits.max_buffered_body_bytes)
                 .await
                 .map_err(|_| ProxyError::ResponseTooLargeForPlugin)?;
@@ -622,10 +627,13 @@ impl Generation {
                 head,
                 body: Some(bytes),
             };
-            return self.respond(route, view, ran, state, version).await;
+            return self.respond(route, view, plugins_ran, state, version).await;
         }
         let mut state = ResponseState { head, body: None };
-        route.chain.response_phase(view, ran, &mut state).await?;
+        route
+            .chain
+            .response_phase(view, plugins_ran, &mut state)
+            .await?;
         headers::append_via(
             &mut state.head.headers,
             version,
@@ -735,11 +743,14 @@ impl Generation {
         &self,
         route: &Route,
         ex: &Exchange,
-        ran: usize,
+        plugins_ran: usize,
         mut state: ResponseState,
         version: Version,
     ) -> Result<Response<Body>, ProxyError> {
-        route.chain.response_phase(ex, ran, &mut state).await?;
+        route
+            .chain
+            .response_phase(ex, plugins_ran, &mut state)
+            .await?;
         headers::append_via(
             &mut state.head.headers,
             version,

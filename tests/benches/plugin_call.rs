@@ -170,11 +170,11 @@ async fn both_phases(generation: &Generation, mut ex: Exchange) -> Exchange {
         matches!(outcome, Ok(RequestOutcome::Continue)),
         "the sample chain must let the request through"
     );
-    let ran = chain.len();
-    if let Some(view) = chain.has_response_phase(ran).then(|| ex.snapshot()) {
+    let plugins_ran = chain.len();
+    if let Some(view) = chain.has_response_phase(plugins_ran).then(|| ex.snapshot()) {
         let mut state = upstream_response();
         chain
-            .response_phase(&view, ran, &mut state)
+            .response_phase(&view, plugins_ran, &mut state)
             .await
             .expect("response phase");
     }

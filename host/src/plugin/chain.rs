@@ -107,10 +107,10 @@ impl Exchange {
 pub enum RequestOutcome {
     /// Every plugin said continue: forward the request.
     Continue,
-    /// A plugin answered locally. `ran` plugins (those before it) still get
+    /// A plugin answered locally. The `plugins_ran` plugins before it still get
     /// their response phase.
     Respond {
-        ran: usize,
+        plugins_ran: usize,
         response: http::Response<Bytes>,
     },
 }
@@ -163,16 +163,16 @@ impl Chain {
         self.plugins.iter().any(|p| p.info.request_body)
     }
 
-    /// Whether any of the first `ran` plugins has a response phase.
-    pub fn has_response_phase(&self, ran: usize) -> bool {
-        self.plugins[..ran.min(self.plugins.len())]
+    /// Whether any of the first `plugins_ran` plugins has a response phase.
+    pub fn has_response_phase(&self, plugins_ran: usize) -> bool {
+        self.plugins[..plugins_ran.min(self.plugins.len())]
             .iter()
             .any(|p| p.info.on_response)
     }
 
-    /// Whether any of the first `ran` plugins asked to read the response body.
-    pub fn wants_response_body(&self, ran: usize) -> bool {
-        self.plugins[..ran.min(self.plugins.len())]
+    /// Whether any of the first `plugins_ran` plugins asked to read the response body.
+    pub fn wants_response_body(&self, plugins_ran: usize) -> bool {
+        self.plugins[..plugins_ran.min(self.plugins.len())]
             .iter()
             .any(|p| p.info.response_body)
     }
@@ -212,7 +212,7 @@ impl Chain {
                         let decision = Decision::Respond(response.status().as_u16());
                         record(ex, plugin, "request", &started, decision);
                         return Ok(RequestOutcome::Respond {
-                            ran: index,
+                            plugins_ran: index,
                             response,
                         });
                     }
@@ -226,17 +226,17 @@ impl Chain {
         Ok(RequestOutcome::Continue)
     }
 
-    /// Run the response phase of the first `ran` plugins, last first.
+    /// Run the response phase of the first `plugins_ran` plugins, last first.
     pub async fn response_phase(
         &self,
         ex: &Exchange,
-        ran: usize,
+        plugins_ran: usize,
         resp: &mut ResponseState,
     ) -> Result<(), PluginError> {
-        let ran = ran.min(self.plugins.len());
+        let plugins_ran = plugins_ran.min(self.plugins.len());
         // Only a 0.1.0 guest is sent the request again, as it always was.
         let mut req = None;
-        for plugin in self.plugins[..ran].iter().rev() {
+        for plugin in self.plugins[..plugins_ran].iter().rev() {
             if !plugin.info.on_response {
                 continue;
             }
