@@ -75,7 +75,9 @@ impl CpuShare {
     /// A request on a route whose chain has the plugin was served (called
     /// just before the proxy counts it).
     pub(super) fn served_through(&self) {
-        self.through.fetch_add(1, Ordering::Relaxed);
+        if self.limit_ns != 0 {
+            self.through.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A call of the plugin kept a thread `busy` (its polls, not its
