@@ -120,11 +120,10 @@ impl CpuShare {
         // allows for its whole length.
         let limit = u128::from(self.limit_ns) * u128::from(elapsed) / u128::from(window);
         // With no one else served (beyond what the two counts can differ
-        // by), there is no one to be fair to. Half
-        // the limit to come back: moved off the workers, a plugin can take
-        // at most the long runners' threads, which may be just under the
-        // limit; judged on the same line, it would move back and forth
-        // every window.
+        // by), there is no one to be fair to. Half the limit to come back:
+        // moved off the workers, a plugin can take at most the long
+        // runners' threads, which may be just under the limit; judged on
+        // the same line, it would move back and forth every window.
         let over = others > self.workers
             && if self.over() {
                 u128::from(busy) * 2 > limit
