@@ -509,23 +509,31 @@ async fn read_log_after(
     }
 }
 
+/// The real `weir` binary in front of an echo upstream, its one plugin
+/// trapping on every call (the upstream and config directory must outlive it).
+async fn trapping_weir() -> (Upstream, tempfile::TempDir, weir_tests::WeirProcess) {
+    let upstream = Upstream::echo().await;
+    let (dir, path) = config_file(&format!(
+        "default_upstream = \"up\"\nchain = [\"hostile\"]\n{}\n{}",
+        upstream.toml("up"),
+        hostile_plugin("hostile", "trap", "")
+    ));
+    let weir = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
+    (upstream, dir, weir)
+}
+
 /// Run the real `weir` binary, trap the plugin, and read the warning: it
 /// names the plugin and carries wasmtime's backtrace with the plugin's own
 /// function names (release builds keep the name section).
 #[tokio::test(flavor = "multi_thread")]
 async fn trap_is_logged_with_the_plugin_name_and_a_backtrace() {
-    let upstream = Upstream::echo().await;
-    let (_dir, path) = config_file(&format!(
-        "default_upstream = \"up\"\nchain = [\"hostile\"]\n{}\n{}",
-        upstream.toml("up"),
-        hostile_plugin("hostile", "trap", "")
-    ));
+    let (_upstream, _dir, weir) = trapping_weir().await;
     let weir_tests::WeirProcess {
         mut child,
         address,
         log: mut lines,
         ..
-    } = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
+    } = weir;
 
     let response = client()
         .get(format!("http://{address}/boom"))
@@ -561,18 +569,13 @@ async fn trap_is_logged_with_the_plugin_name_and_a_backtrace() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_failing_every_call_gets_a_warning_a_second_not_one_a_request() {
     const BURST: usize = 40;
-    let upstream = Upstream::echo().await;
-    let (_dir, path) = config_file(&format!(
-        "default_upstream = \"up\"\nchain = [\"hostile\"]\n{}\n{}",
-        upstream.toml("up"),
-        hostile_plugin("hostile", "trap", "")
-    ));
+    let (_upstream, _dir, weir) = trapping_weir().await;
     let weir_tests::WeirProcess {
         mut child,
         address,
         log: mut lines,
         ..
-    } = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
+    } = weir;
 
     let boom = |id: String| {
         let request = client()
