@@ -399,7 +399,9 @@ impl Generation {
     ) -> Result<Response<Body>, ProxyError> {
         let (head, incoming) = req.into_parts();
         let mut ex = match self.admit(head, conn, id)? {
-            Admitted::Serve(ex) => *ex,
+            // Kept boxed: every future down to the upstream's holds the
+            // exchange, a pointer instead of its 600 bytes.
+            Admitted::Serve(ex) => ex,
             Admitted::Redirect(response) => return Ok(response),
         };
         let route = self.route(&mut ex)?;
@@ -432,7 +434,7 @@ impl Generation {
         let view = route
             .chain
             .has_response_phase(plugins_ran)
-            .then(|| ex.snapshot());
+            .then(|| Box::new(ex.snapshot()));
         let (head, streamed) = self.forward(route, ex, body, conn).await?;
         match view {
             Some(view) => {
@@ -505,7 +507,7 @@ impl Generation {
     async fn forward(
         &self,
         route: &Route,
-        ex: Exchange,
+        ex: Box<Exchange>,
         body: Option<Body>,
         conn: &ConnMeta,
     ) -> Result<(response::Parts, Body), ProxyError> {
@@ -575,14 +577,18 @@ impl Generation {
                 })
             })
         };
-        cache
-            .forward(&facts, head, background, |head, outgoing| match outgoing {
+        // Boxed: the cache's future holds an upstream send of its own, and
+        // inline it would make every request's future (cached route or
+        // not) larger by its size.
+        Box::pin(
+            cache.forward(&facts, head, background, |head, outgoing| match outgoing {
                 Outgoing::Client => self.send(route, &upstream, head, body, replay),
                 Outgoing::Conditional => {
                     self.send(route, &upstream, head, body::empty(), Replay::Empty)
                 }
-            })
-            .await
+            }),
+        )
+        .await
     }
 
     /// To the upstream; hop-by-hop headers stripped from the answer.

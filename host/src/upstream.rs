@@ -341,10 +341,11 @@ impl Pool {
                 },
             };
             let mut request = request_for(&head, body);
-            let traced = head
-                .extensions
-                .get::<Arc<RequestTrace>>()
-                .map(|trace| trace.attempt(&self.spec.name, endpoint.authority.as_str(), attempt));
+            // Boxed: held across the exchange, and most requests are not
+            // traced.
+            let traced = head.extensions.get::<Arc<RequestTrace>>().map(|trace| {
+                Box::new(trace.attempt(&self.spec.name, endpoint.authority.as_str(), attempt))
+            });
             if let Some(span) = &traced {
                 span.propagate(request.headers_mut());
             }

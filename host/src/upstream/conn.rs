@@ -42,7 +42,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 type Driver = http1::Connection<TokioIo<Box<dyn Io>>, Body>;
 
 /// One open connection: the handle requests are sent on, and the future
-/// that does the I/O.
+/// that does the I/O. Always boxed (about 700 bytes, most of it hyper's
+/// connection state): a request's future, its response body and the idle
+/// list then move a pointer, not the connection.
 pub struct Conn {
     sender: http1::SendRequest<Body>,
     /// `None` once the connection has ended: a finished driver must not be
@@ -110,7 +112,7 @@ impl Connector {
         &self,
         authority: &Authority,
         open: OwnedSemaphorePermit,
-    ) -> Result<Conn, ExchangeError> {
+    ) -> Result<Box<Conn>, ExchangeError> {
         let tcp =
             tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority.as_str()))
                 .await
@@ -148,19 +150,19 @@ impl Connector {
             .handshake(TokioIo::new(io))
             .await
             .map_err(ExchangeError::Http)?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             sender,
             driver: Some(driver),
             failed: None,
             _open: open,
-        })
+        }))
     }
 }
 
 /// One endpoint's connections: the idle ones, most recently used last, and
 /// the places for open ones.
 pub struct IdleConns {
-    conns: Mutex<Vec<(Conn, Instant)>>,
+    conns: Mutex<Vec<(Box<Conn>, Instant)>>,
     /// One permit per connection that may be open (idle or busy).
     open: Arc<Semaphore>,
     /// Signalled when a connection goes back to the idle list.
@@ -209,7 +211,7 @@ impl IdleConns {
     }
 
     /// An idle connection still open and ready for a request, if any.
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Box<Conn>> {
         loop {
             let (mut conn, since) = self
                 .conns
@@ -222,7 +224,7 @@ impl IdleConns {
         }
     }
 
-    fn put_back(&self, conn: Conn, max_idle: usize) {
+    fn put_back(&self, conn: Box<Conn>, max_idle: usize) {
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         // The oldest are first: drop the expired ones while here.
@@ -295,7 +297,10 @@ pub async fn exchange(
             Room::Full => return Err(ExchangeError::Saturated),
         }
     };
-    let mut conn = connector.connect(authority, open).await?;
+    // Boxed: connecting (TCP, TLS, hyper's handshake) is the largest
+    // state of an exchange and the rarest; inline it would enlarge every
+    // request's future.
+    let mut conn = Box::pin(connector.connect(authority, open)).await?;
     match drive(&mut conn, request).await {
         Ok(response) => Ok(with_home(response, conn, home)),
         Err(TryError::Unsent(_)) => Err(ExchangeError::Connect(
@@ -352,7 +357,7 @@ async fn drive(conn: &mut Conn, request: Request<Body>) -> Result<Response<Incom
 #[error("upstream closed the connection before the response was complete")]
 pub struct Closed;
 
-fn with_home(response: Response<Incoming>, conn: Conn, home: Home) -> Response<Body> {
+fn with_home(response: Response<Incoming>, conn: Box<Conn>, home: Home) -> Response<Body> {
     response.map(|body| {
         use http_body_util::BodyExt;
         PooledBody {
@@ -370,7 +375,7 @@ fn with_home(response: Response<Incoming>, conn: Conn, home: Home) -> Response<B
 struct PooledBody {
     body: Incoming,
     /// `None` once the connection has ended or gone home.
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     home: Home,
     /// The body has yielded its end.
     ended: bool,
