@@ -149,7 +149,6 @@ impl Upstreams {
                     name.clone(),
                     pool.endpoints.clone(),
                     pool.connector.clone(),
-                    pool.spec.max_idle_per_endpoint,
                     check,
                 )))
             })
@@ -263,7 +262,11 @@ impl Pool {
                 .iter()
                 .filter_map(|e| e.parse().ok())
                 .map(|authority| {
-                    Arc::new(Endpoint::new(authority, spec.max_connections_per_endpoint))
+                    Arc::new(Endpoint::new(
+                        authority,
+                        spec.max_connections_per_endpoint,
+                        spec.max_idle_per_endpoint,
+                    ))
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -356,7 +359,7 @@ impl Pool {
                 let exchange = conn::exchange(
                     &self.connector,
                     &endpoint.authority,
-                    endpoint.home(self.spec.max_idle_per_endpoint),
+                    endpoint.home(),
                     request,
                 );
                 tokio::time::timeout(response_timeout, exchange).await

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,20 @@ use crate::body::Body;
 
 /// How long an idle connection is kept before it is closed.
 const IDLE_FOR: Duration = Duration::from_secs(60);
+
+/// How long connections beyond `max_idle_per_endpoint` are kept idle
+/// before they are closed. Closing each as it comes back would close a
+/// burst's connections only to open as many again for the next burst (at
+/// 1,000 busy clients, 2,000 connections closed in 15 s: BENCHMARKS.md,
+/// "Soak"); HAProxy likewise purges its surplus idle connections over
+/// `pool-purge-delay`. The surplus stays bounded by
+/// `max_connections_per_endpoint`: every connection, idle or busy, holds
+/// one of its places.
+const SURPLUS_IDLE_FOR: Duration = Duration::from_secs(2);
+
+/// How often an endpoint with idle connections closes the stale ones when
+/// no request comes to do it.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A byte stream to an upstream: plain TCP or TLS over it.
 trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
@@ -162,11 +176,42 @@ impl Connector {
 /// One endpoint's connections: the idle ones, most recently used last, and
 /// the places for open ones.
 pub struct IdleConns {
-    conns: Mutex<Vec<(Box<Conn>, Instant)>>,
+    idle: Mutex<Idle>,
+    /// `max_idle_per_endpoint`: idle connections kept past
+    /// `SURPLUS_IDLE_FOR`.
+    max_idle: usize,
     /// One permit per connection that may be open (idle or busy).
     open: Arc<Semaphore>,
     /// Signalled when a connection goes back to the idle list.
     returned: Notify,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Each with the moment it went idle, the oldest first.
+    conns: Vec<(Box<Conn>, Instant)>,
+    /// A sweeper task is running for this list (it runs while the list is
+    /// not empty).
+    swept: bool,
+}
+
+impl Idle {
+    /// Close those idle past `IDLE_FOR`, and those beyond `max_idle` idle
+    /// past `SURPLUS_IDLE_FOR`. The oldest are first (checkout takes the
+    /// newest), so the stale ones are a prefix.
+    fn close_stale(&mut self, max_idle: usize, now: Instant) {
+        let surplus = self.conns.len().saturating_sub(max_idle);
+        let stale = self
+            .conns
+            .iter()
+            .enumerate()
+            .take_while(|(place, (_, since))| {
+                let idle = now.duration_since(*since);
+                idle >= IDLE_FOR || (*place < surplus && idle >= SURPLUS_IDLE_FOR)
+            })
+            .count();
+        self.conns.drain(..stale);
+    }
 }
 
 /// What a request that found no idle connection may do.
@@ -180,9 +225,10 @@ enum Room {
 }
 
 impl IdleConns {
-    pub fn new(max_open: usize) -> IdleConns {
+    pub fn new(max_open: usize, max_idle: usize) -> IdleConns {
         IdleConns {
-            conns: Mutex::default(),
+            idle: Mutex::default(),
+            max_idle,
             open: Arc::new(Semaphore::new(max_open.clamp(1, Semaphore::MAX_PERMITS))),
             returned: Notify::new(),
         }
@@ -213,30 +259,57 @@ impl IdleConns {
     /// An idle connection still open and ready for a request, if any.
     fn checkout(&self) -> Option<Box<Conn>> {
         loop {
-            let (mut conn, since) = self
-                .conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop()?;
+            let (mut conn, since) = self.lock().conns.pop()?;
             if since.elapsed() < IDLE_FOR && conn.is_open() {
                 return Some(conn);
             }
         }
     }
 
-    fn put_back(&self, conn: Box<Conn>, max_idle: usize) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keep a connection that finished its exchange, unless keeping idle
+    /// connections is off (`max_idle_per_endpoint = 0`).
+    fn put_back(self: &Arc<Self>, conn: Box<Conn>) {
+        if self.max_idle == 0 {
+            return;
+        }
         let now = Instant::now();
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        // The oldest are first: drop the expired ones while here.
-        let expired = conns
-            .iter()
-            .take_while(|(_, since)| now.duration_since(*since) >= IDLE_FOR)
-            .count();
-        conns.drain(..expired);
-        if conns.len() < max_idle {
-            conns.push((conn, now));
-            drop(conns);
-            self.returned.notify_one();
+        let mut idle = self.lock();
+        idle.close_stale(self.max_idle, now);
+        idle.conns.push((conn, now));
+        let sweep = !std::mem::replace(&mut idle.swept, true);
+        drop(idle);
+        self.returned.notify_one();
+        if sweep {
+            // Outside a runtime (never, in the proxy) the next request
+            // sweeps instead.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(sweep_while_idle(Arc::downgrade(self)));
+            } else {
+                self.lock().swept = false;
+            }
+        }
+    }
+}
+
+/// Close an endpoint's stale idle connections every `SWEEP_EVERY` while it
+/// has any, so a burst's surplus is closed even if no request follows it.
+/// Ends when the list is empty (the next connection put back starts
+/// another) or the endpoint is gone (a reload replaced it).
+async fn sweep_while_idle(conns: Weak<IdleConns>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(conns) = conns.upgrade() else {
+            return;
+        };
+        let mut idle = conns.lock();
+        idle.close_stale(conns.max_idle, Instant::now());
+        if idle.conns.is_empty() {
+            idle.swept = false;
+            return;
         }
     }
 }
@@ -263,18 +336,13 @@ impl Conn {
 }
 
 /// Where a response body returns its connection.
-pub struct Home {
-    pub idle: Arc<IdleConns>,
-    pub max_idle: usize,
-}
-
 /// Send `request` (origin-form URI, `Host` set) to an endpoint over an idle
 /// connection, or a new one; answer with the response whose body carries
 /// the connection home when it ends.
 pub async fn exchange(
     connector: &Connector,
     authority: &Authority,
-    home: Home,
+    home: Arc<IdleConns>,
     request: Request<Body>,
 ) -> Result<Response<Body>, ExchangeError> {
     let mut request = request;
@@ -283,7 +351,7 @@ pub async fn exchange(
         // An idle connection the upstream closed meanwhile refuses the
         // request before sending any of it; try the next one, then a new
         // one.
-        while let Some(mut conn) = home.idle.checkout() {
+        while let Some(mut conn) = home.checkout() {
             match drive(&mut conn, request).await {
                 Ok(response) => return Ok(with_home(response, conn, home)),
                 Err(TryError::Unsent(returned)) => request = *returned,
@@ -291,7 +359,7 @@ pub async fn exchange(
             }
         }
         // At the cap, wait for a connection to close or to come back.
-        match home.idle.room(deadline).await {
+        match home.room(deadline).await {
             Room::Open(open) => break open,
             Room::Returned => continue,
             Room::Full => return Err(ExchangeError::Saturated),
@@ -357,7 +425,11 @@ async fn drive(conn: &mut Conn, request: Request<Body>) -> Result<Response<Incom
 #[error("upstream closed the connection before the response was complete")]
 pub struct Closed;
 
-fn with_home(response: Response<Incoming>, conn: Box<Conn>, home: Home) -> Response<Body> {
+fn with_home(
+    response: Response<Incoming>,
+    conn: Box<Conn>,
+    home: Arc<IdleConns>,
+) -> Response<Body> {
     response.map(|body| {
         use http_body_util::BodyExt;
         PooledBody {
@@ -376,7 +448,7 @@ struct PooledBody {
     body: Incoming,
     /// `None` once the connection has ended or gone home.
     conn: Option<Box<Conn>>,
-    home: Home,
+    home: Arc<IdleConns>,
     /// The body has yielded its end.
     ended: bool,
 }
@@ -389,7 +461,7 @@ impl PooledBody {
     fn go_home(&mut self) {
         if let Some(conn) = self.conn.take() {
             if conn.driver.is_some() && (self.ended || self.body.is_end_stream()) {
-                self.home.idle.put_back(conn, self.home.max_idle);
+                self.home.put_back(conn);
             }
         }
     }

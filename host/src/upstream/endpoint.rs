@@ -8,7 +8,7 @@ use std::time::Instant;
 use http::uri::Authority;
 use http::Request;
 
-use super::conn::{self, Connector, Home, IdleConns};
+use super::conn::{self, Connector, IdleConns};
 use crate::body;
 use crate::config::{HealthCheck, UpstreamSpec};
 use crate::metrics::Metrics;
@@ -37,7 +37,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(authority: Authority, max_connections: usize) -> Endpoint {
+    pub fn new(authority: Authority, max_connections: usize, max_idle: usize) -> Endpoint {
         Endpoint {
             authority,
             outstanding: AtomicUsize::new(0),
@@ -46,17 +46,14 @@ impl Endpoint {
             ejected_until_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            idle: Arc::new(IdleConns::new(max_connections)),
+            idle: Arc::new(IdleConns::new(max_connections, max_idle)),
             max_connections,
         }
     }
 
     /// Where a response's connection goes when its body ends.
-    pub fn home(&self, max_idle: usize) -> Home {
-        Home {
-            idle: self.idle.clone(),
-            max_idle,
-        }
+    pub fn home(&self) -> Arc<IdleConns> {
+        self.idle.clone()
     }
 
     pub fn outstanding(&self) -> usize {
@@ -172,7 +169,6 @@ pub async fn check_health(
     upstream: String,
     endpoints: Vec<Arc<Endpoint>>,
     connector: Arc<Connector>,
-    max_idle: usize,
     check: HealthCheck,
 ) {
     let mut ticker = tokio::time::interval(check.interval);
@@ -180,7 +176,7 @@ pub async fn check_health(
     loop {
         ticker.tick().await;
         for endpoint in &endpoints {
-            let healthy = probe(&connector, max_idle, endpoint, &check).await;
+            let healthy = probe(&connector, endpoint, &check).await;
             let was_down = endpoint.down.swap(!healthy, Ordering::Relaxed);
             if was_down == healthy {
                 tracing::warn!(
@@ -194,12 +190,7 @@ pub async fn check_health(
     }
 }
 
-async fn probe(
-    connector: &Connector,
-    max_idle: usize,
-    endpoint: &Endpoint,
-    check: &HealthCheck,
-) -> bool {
+async fn probe(connector: &Connector, endpoint: &Endpoint, check: &HealthCheck) -> bool {
     let Ok(target) = http::Uri::try_from(check.path.as_str()) else {
         return false;
     };
@@ -208,12 +199,7 @@ async fn probe(
     if let Ok(host) = http::HeaderValue::from_str(endpoint.authority.as_str()) {
         request.headers_mut().insert(http::header::HOST, host);
     }
-    let exchange = conn::exchange(
-        connector,
-        &endpoint.authority,
-        endpoint.home(max_idle),
-        request,
-    );
+    let exchange = conn::exchange(connector, &endpoint.authority, endpoint.home(), request);
     let answer = tokio::time::timeout(check.timeout, exchange).await;
     matches!(answer, Ok(Ok(response)) if response.status().is_success())
 }

@@ -298,6 +298,98 @@ async fn idle_connection_closed_by_the_upstream_is_not_reused() {
     );
 }
 
+/// A raw upstream that answers each request once `gate` lets one through,
+/// counting the connections it accepted and those still open (the proxy
+/// has not closed them).
+async fn gated_counting_upstream(
+    gate: Arc<tokio::sync::Semaphore>,
+) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (count, still_open) = (accepted.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            still_open.fetch_add(1, Ordering::SeqCst);
+            let (gate, still_open) = (gate.clone(), still_open.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                // Every test request is a small GET: one read is one request.
+                while let Ok(1..) = stream.read(&mut buf).await {
+                    gate.acquire().await.expect("gate").forget();
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        break;
+                    }
+                }
+                still_open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, open)
+}
+
+/// `count` requests at once, all held by the upstream until each has its
+/// own connection, then let through.
+async fn burst(proxy: &TestProxy, gate: &tokio::sync::Semaphore, count: usize) {
+    let requests: Vec<_> = (0..count)
+        .map(|_| {
+            let url = proxy.url("/");
+            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.add_permits(count);
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+}
+
+/// Connections beyond `max_idle_per_endpoint` are not closed as a burst
+/// hands them back, only once they have stayed idle a while: the next
+/// burst reuses them instead of opening as many again, and the surplus
+/// closes even when no request follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_s_connections_serve_the_next_burst_and_the_surplus_closes_once_idle() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (addr, accepted, open) = gated_counting_upstream(gate.clone()).await;
+    let proxy = TestProxy::start(&format!(
+        "{}max_idle_per_endpoint = 1\n",
+        single_endpoint(&addr)
+    ))
+    .await;
+    burst(&proxy, &gate, 4).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 4, "one connection each");
+    burst(&proxy, &gate, 4).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "the second burst reuses the first one's connections"
+    );
+    assert_eq!(
+        open.load(Ordering::SeqCst),
+        4,
+        "the surplus is kept a while"
+    );
+    // No request comes: the three beyond max_idle close once idle long
+    // enough, the one within it stays.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while open.load(Ordering::SeqCst) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open.load(Ordering::SeqCst), 1, "max_idle_per_endpoint kept");
+    burst(&proxy, &gate, 1).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "the kept connection serves the next request"
+    );
+}
+
 /// An upstream whose requests wait for `gate` (one permit per request let
 /// through), recording the most it held at once.
 async fn gated(gate: Arc<tokio::sync::Semaphore>) -> (Upstream, Arc<AtomicUsize>) {
