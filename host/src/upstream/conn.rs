@@ -32,7 +32,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::Body;
 
-/// How long an idle connection is kept before it is closed.
+/// How long an idle connection is kept before it is closed (the
+/// upstream's own keep-alive timeout is usually longer: nginx's 75 s).
 const IDLE_FOR: Duration = Duration::from_secs(60);
 
 /// How long connections beyond `max_idle_per_endpoint` are kept idle
@@ -335,7 +336,6 @@ impl Conn {
     }
 }
 
-/// Where a response body returns its connection.
 /// Send `request` (origin-form URI, `Host` set) to an endpoint over an idle
 /// connection, or a new one; answer with the response whose body carries
 /// the connection home when it ends.
