@@ -297,9 +297,11 @@ impl IdleConns {
 }
 
 /// Close an endpoint's stale idle connections every `SWEEP_EVERY` while it
-/// has any, so a burst's surplus is closed even if no request follows it.
-/// Ends when the list is empty (the next connection put back starts
-/// another) or the endpoint is gone (a reload replaced it).
+/// has any, so a burst's surplus is closed even if no request follows it,
+/// and those the upstream closed (its keep-alive timeout) do not hold a
+/// socket and a place under the cap until a request finds them. Ends when
+/// the list is empty (the next connection put back starts another) or the
+/// endpoint is gone (a reload replaced it).
 async fn sweep_while_idle(conns: Weak<IdleConns>) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
@@ -308,6 +310,7 @@ async fn sweep_while_idle(conns: Weak<IdleConns>) {
         };
         let mut idle = conns.lock();
         idle.close_stale(conns.max_idle, Instant::now());
+        idle.conns.retain_mut(|(conn, _)| conn.is_open());
         if idle.conns.is_empty() {
             idle.swept = false;
             return;

@@ -298,6 +298,46 @@ async fn idle_connection_closed_by_the_upstream_is_not_reused() {
     );
 }
 
+/// An idle connection the upstream closes (its keep-alive timeout) is
+/// closed on the proxy's side too, without waiting for a request to find
+/// it: it no longer counts as open (nor holds a place under
+/// `max_connections_per_endpoint`).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connection_closed_by_the_upstream_is_let_go_without_a_request() {
+    let (addr, accepted) = counting_upstream(Some(Duration::from_millis(50))).await;
+    let proxy = TestProxy::start(&format!(
+        "{}{}",
+        single_endpoint(&addr),
+        weir_tests::admin_section()
+    ))
+    .await;
+    let response = client().get(proxy.url("/")).send().await.expect("request");
+    assert_eq!(response.text().await.expect("body"), "ok");
+    let connections = || async {
+        let body = client()
+            .get(proxy.admin_url("/api/v1/upstreams"))
+            .bearer_auth(weir_tests::ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin API answers")
+            .text()
+            .await
+            .expect("admin API body");
+        let status: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        status["upstreams"][0]["endpoints"][0]["connections"]
+            .as_u64()
+            .expect("connections")
+    };
+    assert_eq!(connections().await, 1, "kept idle");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connections().await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(connections().await, 0, "closed once the upstream closed it");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
 /// A raw upstream that answers each request once `gate` lets one through,
 /// counting the connections it accepted and those still open (the proxy
 /// has not closed them).
