@@ -196,22 +196,34 @@ struct Idle {
     swept: bool,
 }
 
+/// Idle connections taken off the list, to be closed once its lock is
+/// released (closing hundreds of a burst's sockets under it would stall
+/// every request to the endpoint).
+type Closing = Vec<(Box<Conn>, Instant)>;
+
 impl Idle {
-    /// Close those idle past `IDLE_FOR`, and those beyond `max_idle` idle
-    /// past `SURPLUS_IDLE_FOR`. The oldest are first (checkout takes the
-    /// newest), so the stale ones are a prefix.
-    fn close_stale(&mut self, max_idle: usize, now: Instant) {
+    /// Take off those idle past `IDLE_FOR`, and those beyond `max_idle`
+    /// idle past `SURPLUS_IDLE_FOR`. The oldest are first (checkout takes
+    /// the newest), so the stale ones are a prefix.
+    fn take_stale(&mut self, max_idle: usize, now: Instant) -> Closing {
         let surplus = self.conns.len().saturating_sub(max_idle);
         let stale = self
             .conns
             .iter()
             .enumerate()
             .take_while(|(place, (_, since))| {
-                let idle = now.duration_since(*since);
+                let idle = now.saturating_duration_since(*since);
                 idle >= IDLE_FOR || (*place < surplus && idle >= SURPLUS_IDLE_FOR)
             })
             .count();
-        self.conns.drain(..stale);
+        self.conns.drain(..stale).collect()
+    }
+
+    /// Take off those the upstream closed.
+    fn take_ended(&mut self) -> Closing {
+        self.conns
+            .extract_if(.., |(conn, _)| !conn.is_open())
+            .collect()
     }
 }
 
@@ -277,21 +289,19 @@ impl IdleConns {
         if self.max_idle == 0 {
             return;
         }
-        let now = Instant::now();
+        // Outside a runtime (never, in the proxy) nothing sweeps; the
+        // stale ones are closed as connections come back.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut idle = self.lock();
-        idle.close_stale(self.max_idle, now);
+        let now = Instant::now();
+        let closing = idle.take_stale(self.max_idle, now);
         idle.conns.push((conn, now));
-        let sweep = !std::mem::replace(&mut idle.swept, true);
+        let sweeper = runtime.filter(|_| !std::mem::replace(&mut idle.swept, true));
         drop(idle);
         self.returned.notify_one();
-        if sweep {
-            // Outside a runtime (never, in the proxy) the next request
-            // sweeps instead.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(sweep_while_idle(Arc::downgrade(self)));
-            } else {
-                self.lock().swept = false;
-            }
+        drop(closing);
+        if let Some(runtime) = sweeper {
+            runtime.spawn(sweep_while_idle(Arc::downgrade(self)));
         }
     }
 }
@@ -303,17 +313,40 @@ impl IdleConns {
 /// the list is empty (the next connection put back starts another) or the
 /// endpoint is gone (a reload replaced it).
 async fn sweep_while_idle(conns: Weak<IdleConns>) {
+    let mut running = Sweeping(conns.clone());
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(conns) = conns.upgrade() else {
             return;
         };
         let mut idle = conns.lock();
-        idle.close_stale(conns.max_idle, Instant::now());
-        idle.conns.retain_mut(|(conn, _)| conn.is_open());
-        if idle.conns.is_empty() {
+        // The ended ones first: they must not count among those kept.
+        let mut closing = idle.take_ended();
+        closing.extend(idle.take_stale(conns.max_idle, Instant::now()));
+        let empty = idle.conns.is_empty();
+        if empty {
+            // Under the lock: a connection put back from now on starts
+            // the next sweeper.
             idle.swept = false;
+            running.0 = Weak::new();
+        }
+        drop(idle);
+        drop(closing);
+        if empty {
             return;
+        }
+    }
+}
+
+/// A running sweeper's mark. Should its task end before it finds the list
+/// empty (its runtime shut down), the next connection put back starts
+/// another.
+struct Sweeping(Weak<IdleConns>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        if let Some(conns) = self.0.upgrade() {
+            conns.lock().swept = false;
         }
     }
 }

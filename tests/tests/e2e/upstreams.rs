@@ -304,7 +304,9 @@ async fn idle_connection_closed_by_the_upstream_is_not_reused() {
 /// `max_connections_per_endpoint`).
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connection_closed_by_the_upstream_is_let_go_without_a_request() {
-    let (addr, accepted) = counting_upstream(Some(Duration::from_millis(50))).await;
+    // Closed after the sweeper's first look (a second after the answer),
+    // so the one before it sees the connection kept.
+    let (addr, accepted) = counting_upstream(Some(Duration::from_millis(1500))).await;
     let proxy = TestProxy::start(&format!(
         "{}{}",
         single_endpoint(&addr),
@@ -338,54 +340,89 @@ async fn idle_connection_closed_by_the_upstream_is_let_go_without_a_request() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
-/// A raw upstream that answers each request once `gate` lets one through,
-/// counting the connections it accepted and those still open (the proxy
-/// has not closed them).
-async fn gated_counting_upstream(
+/// A raw upstream that answers each request once its gate lets one
+/// through, counting the connections it accepted, those still open (the
+/// proxy has not closed them) and the requests it received.
+struct GatedUpstream {
+    addr: String,
     gate: Arc<tokio::sync::Semaphore>,
-) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (count, still_open) = (accepted.clone(), open.clone());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            still_open.fetch_add(1, Ordering::SeqCst);
-            let (gate, still_open) = (gate.clone(), still_open.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                // Every test request is a small GET: one read is one request.
-                while let Ok(1..) = stream.read(&mut buf).await {
-                    gate.acquire().await.expect("gate").forget();
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
-                        break;
-                    }
-                }
-                still_open.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, accepted, open)
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
 }
 
-/// `count` requests at once, all held by the upstream until each has its
-/// own connection, then let through.
-async fn burst(proxy: &TestProxy, gate: &tokio::sync::Semaphore, count: usize) {
-    let requests: Vec<_> = (0..count)
-        .map(|_| {
-            let url = proxy.url("/");
-            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    gate.add_permits(count);
-    for request in requests {
-        assert_eq!(request.await.unwrap(), 200);
+impl GatedUpstream {
+    async fn start() -> GatedUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let upstream = GatedUpstream {
+            addr: listener.local_addr().expect("addr").to_string(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            accepted: Arc::default(),
+            open: Arc::default(),
+            received: Arc::default(),
+        };
+        let (gate, accepted, open, received) = (
+            upstream.gate.clone(),
+            upstream.accepted.clone(),
+            upstream.open.clone(),
+            upstream.received.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let (gate, open, received) = (gate.clone(), open.clone(), received.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    // Every test request is a small GET: one read is one request.
+                    while let Ok(1..) = stream.read(&mut buf).await {
+                        received.fetch_add(1, Ordering::SeqCst);
+                        gate.acquire().await.expect("gate").forget();
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        upstream
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// `count` requests through `proxy` at once, all held here until every
+    /// one has arrived (each on a connection of its own), then answered.
+    async fn burst(&self, proxy: &TestProxy, count: usize) {
+        let expected = self.received.load(Ordering::SeqCst) + count;
+        let requests: Vec<_> = (0..count)
+            .map(|_| {
+                let url = proxy.url("/");
+                tokio::spawn(async move {
+                    let response = client().get(url).send().await.expect("request");
+                    (response.status(), response.text().await.expect("body"))
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.received.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.gate.add_permits(count);
+        for request in requests {
+            let (status, body) = request.await.expect("request task");
+            assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+        }
     }
 }
 
@@ -395,36 +432,31 @@ async fn burst(proxy: &TestProxy, gate: &tokio::sync::Semaphore, count: usize) {
 /// closes even when no request follows.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_s_connections_serve_the_next_burst_and_the_surplus_closes_once_idle() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (addr, accepted, open) = gated_counting_upstream(gate.clone()).await;
+    let upstream = GatedUpstream::start().await;
     let proxy = TestProxy::start(&format!(
         "{}max_idle_per_endpoint = 1\n",
-        single_endpoint(&addr)
+        single_endpoint(&upstream.addr)
     ))
     .await;
-    burst(&proxy, &gate, 4).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 4, "one connection each");
-    burst(&proxy, &gate, 4).await;
+    upstream.burst(&proxy, 4).await;
+    assert_eq!(upstream.accepted(), 4, "one connection each");
+    upstream.burst(&proxy, 4).await;
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        upstream.accepted(),
         4,
         "the second burst reuses the first one's connections"
     );
-    assert_eq!(
-        open.load(Ordering::SeqCst),
-        4,
-        "the surplus is kept a while"
-    );
+    assert_eq!(upstream.open(), 4, "the surplus is kept a while");
     // No request comes: the three beyond max_idle close once idle long
     // enough, the one within it stays.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while open.load(Ordering::SeqCst) > 1 && Instant::now() < deadline {
+    while upstream.open() > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(open.load(Ordering::SeqCst), 1, "max_idle_per_endpoint kept");
-    burst(&proxy, &gate, 1).await;
+    assert_eq!(upstream.open(), 1, "max_idle_per_endpoint kept");
+    upstream.burst(&proxy, 1).await;
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        upstream.accepted(),
         4,
         "the kept connection serves the next request"
     );
