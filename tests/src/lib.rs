@@ -153,11 +153,11 @@ impl TestProxy {
         format!("http://{admin}{path_and_query}")
     }
 
-    /// The admin API's status of plugin `name` (`GET /api/v1/plugins`;
-    /// the config needs [`admin_section`]).
-    pub async fn plugin_status(&self, name: &str) -> serde_json::Value {
+    /// `GET /api/v1/{what}` of the admin API, with the token (the config
+    /// needs [`admin_section`]).
+    pub async fn admin_api(&self, what: &str) -> serde_json::Value {
         let body = client()
-            .get(self.admin_url("/api/v1/plugins"))
+            .get(self.admin_url(&format!("/api/v1/{what}")))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
@@ -165,8 +165,13 @@ impl TestProxy {
             .text()
             .await
             .expect("admin API body");
-        let plugins: serde_json::Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    /// The admin API's status of plugin `name` (`GET /api/v1/plugins`;
+    /// the config needs [`admin_section`]).
+    pub async fn plugin_status(&self, name: &str) -> serde_json::Value {
+        let plugins = self.admin_api("plugins").await;
         plugins["plugins"]
             .as_array()
             .into_iter()

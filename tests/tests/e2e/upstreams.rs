@@ -316,18 +316,7 @@ async fn idle_connection_closed_by_the_upstream_is_let_go_without_a_request() {
     let response = client().get(proxy.url("/")).send().await.expect("request");
     assert_eq!(response.text().await.expect("body"), "ok");
     let connections = || async {
-        let body = client()
-            .get(proxy.admin_url("/api/v1/upstreams"))
-            .bearer_auth(weir_tests::ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("admin API answers")
-            .text()
-            .await
-            .expect("admin API body");
-        let status: serde_json::Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        status["upstreams"][0]["endpoints"][0]["connections"]
+        proxy.admin_api("upstreams").await["upstreams"][0]["endpoints"][0]["connections"]
             .as_u64()
             .expect("connections")
     };
