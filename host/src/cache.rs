@@ -111,9 +111,7 @@ impl Stored {
                 let mut ttl = None;
                 if judged_at == now {
                     let age = self.policy.age(now).as_secs();
-                    if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
-                        head.headers.insert(header::AGE, age);
-                    }
+                    head.headers.insert(header::AGE, HeaderValue::from(age));
                     let capped = self.fresh_until.duration_since(now).unwrap_or_default();
                     ttl = Some(self.policy.time_to_live(now).min(capped));
                 }
@@ -147,9 +145,7 @@ impl Stored {
         head.status = self.status;
         head.headers = self.headers.clone();
         let age = self.policy.age(now).as_secs();
-        if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
-            head.headers.insert(header::AGE, age);
-        }
+        head.headers.insert(header::AGE, HeaderValue::from(age));
         Some(Judged::Fresh {
             head,
             ttl: Some(left),
@@ -162,9 +158,9 @@ impl Stored {
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
         let age = self.policy.age(now).as_secs();
-        if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
-            response.headers_mut().insert(header::AGE, age);
-        }
+        response
+            .headers_mut()
+            .insert(header::AGE, HeaderValue::from(age));
         response
     }
 
@@ -297,7 +293,8 @@ impl Status {
             }
             Status::Bypass(why) => format!("{CACHE_NAME}; fwd={why}"),
         };
-        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("weir"))
+        HeaderValue::from_maybe_shared(Bytes::from(text))
+            .unwrap_or(HeaderValue::from_static("weir"))
     }
 }
 

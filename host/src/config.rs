@@ -145,7 +145,8 @@ pub struct ProxySettings {
     pub client_ip_header: ClientIpHeader,
     pub paths: crate::canonical::PathOptions,
     pub underscores: Underscores,
-    pub via_name: String,
+    /// This hop's `Via` entry, from `proxy.via_name`.
+    pub via: crate::headers::Via,
 }
 
 impl ProxySettings {
@@ -787,6 +788,10 @@ impl Validator<'_> {
                 ),
             }
         }
+        let via = crate::headers::Via::new(&raw.via_name).unwrap_or_else(|err| {
+            self.fail(None, "proxy.via_name", err.to_string());
+            crate::headers::Via::new("weir").expect("a token")
+        });
         ProxySettings {
             trusted_proxies,
             client_ip_header: match raw.client_ip_header {
@@ -806,7 +811,7 @@ impl Validator<'_> {
                 file::UnderscoresFile::Reject => Underscores::Reject,
                 file::UnderscoresFile::Allow => Underscores::Allow,
             },
-            via_name: raw.via_name.clone(),
+            via,
         }
     }
 

@@ -117,6 +117,15 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, settings: &ProxySettings) ->
 /// Remove hop-by-hop headers, including those listed in `Connection`.
 /// `TE: trailers` survives (gRPC needs it); any other `TE` does not.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names present
+    // instead of a lookup per hop-by-hop name. Headers `Connection` names
+    // matter only when it is there, and it is one of them.
+    if !headers
+        .keys()
+        .any(|name| name == header::TE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -143,10 +152,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The facts the forwarding headers are made of.
 pub struct Forwarded<'a> {
     pub client_ip: IpAddr,
-    pub scheme: &'a str,
-    pub host: &'a str,
+    pub scheme: &'static str,
+    /// The canonical authority, as the upstream's `Host` gets it.
+    pub host: Option<&'a HeaderValue>,
     pub version: Version,
-    pub via_name: &'a str,
+    pub via: &'a Via,
     /// Keep client-sent `X-Forwarded-*` (append to them) instead of replacing.
     pub trust_incoming: bool,
 }
@@ -161,35 +171,68 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
         }
         _ => client,
     };
-    insert_text(headers, X_FORWARDED_FOR, &xff);
+    // Taken as it is, not copied: an address (and what a trusted proxy
+    // sent) is visible ASCII.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
     let keep = fwd.trust_incoming;
     if !(keep && headers.contains_key(X_FORWARDED_PROTO)) {
-        insert_text(headers, X_FORWARDED_PROTO, fwd.scheme);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.scheme));
     }
     if !(keep && headers.contains_key(X_FORWARDED_HOST)) {
-        insert_text(headers, X_FORWARDED_HOST, fwd.host);
+        if let Some(host) = fwd.host {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
     }
-    append_via(headers, fwd.version, fwd.via_name);
+    fwd.via.append(headers, fwd.version);
 }
 
-/// Append this hop to `Via` (RFC 9110 §7.6.3).
-pub fn append_via(headers: &mut HeaderMap, version: Version, via_name: &str) {
-    let protocol = match version {
-        Version::HTTP_09 => "0.9",
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
-    let hop = format!("{protocol} {via_name}");
-    if let Ok(value) = HeaderValue::from_str(&hop) {
-        headers.append(header::VIA, value);
-    }
+/// This hop's entry in `Via` (RFC 9110 §7.6.3), `1.1 weir` and the like:
+/// made once per protocol version from `proxy.via_name`, not per message.
+#[derive(Debug, Clone)]
+pub struct Via {
+    name: String,
+    /// Received over HTTP/0.9, 1.0, 1.1, 2 and 3.
+    hops: [HeaderValue; 5],
 }
 
-fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
+/// `proxy.via_name` cannot name this hop in `Via`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a pseudonym or host[:port] `Via` can carry: use letters, digits and any of !#$%&'*+-.^_`|~:[] (e.g. \"weir\")")]
+pub struct InvalidViaName(pub String);
+
+impl Via {
+    /// `name` is a token (RFC 9110 §5.6.2) or a `host[:port]`.
+    pub fn new(name: &str) -> Result<Via, InvalidViaName> {
+        let invalid = || InvalidViaName(name.to_owned());
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:[]".contains(&b);
+        if name.is_empty() || !name.bytes().all(allowed) {
+            return Err(invalid());
+        }
+        let hop = |protocol: &str| {
+            HeaderValue::from_str(&format!("{protocol} {name}")).map_err(|_| invalid())
+        };
+        Ok(Via {
+            name: name.to_owned(),
+            hops: [hop("0.9")?, hop("1.0")?, hop("1.1")?, hop("2")?, hop("3")?],
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Append this hop to `Via`, for a message received over `version`.
+    pub fn append(&self, headers: &mut HeaderMap, version: Version) {
+        let hop = match version {
+            Version::HTTP_09 => 0,
+            Version::HTTP_10 => 1,
+            Version::HTTP_2 => 3,
+            Version::HTTP_3 => 4,
+            _ => 2,
+        };
+        headers.append(header::VIA, self.hops[hop].clone());
     }
 }
 
@@ -220,12 +263,14 @@ mod tests {
     fn untrusted_forwarded_for_is_replaced() {
         let mut headers = HeaderMap::new();
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        let via = Via::new("weir").unwrap();
+        let host = HeaderValue::from_static("example.com");
         let fwd = Forwarded {
             client_ip: "10.0.0.1".parse().unwrap(),
             scheme: "http",
-            host: "example.com",
+            host: Some(&host),
             version: Version::HTTP_11,
-            via_name: "weir",
+            via: &via,
             trust_incoming: false,
         };
         set_forwarded(&mut headers, &fwd);
@@ -239,5 +284,56 @@ mod tests {
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
         set_forwarded(&mut headers, &trusted);
         assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "6.6.6.6, 10.0.0.1");
+        assert_eq!(headers.get(X_FORWARDED_HOST).unwrap(), "example.com");
+        assert_eq!(headers.get(X_FORWARDED_PROTO).unwrap(), "http");
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        headers.append("x-many", HeaderValue::from_static("1"));
+        headers.append("x-many", HeaderValue::from_static("2"));
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+        // Any one of them takes the whole path: TE that is not `trailers`.
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+    }
+
+    #[test]
+    fn via_names_this_hop_by_the_protocol_it_was_received_over() {
+        let via = Via::new("edge-1.example:8443").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VIA, HeaderValue::from_static("1.0 client-proxy"));
+        via.append(&mut headers, Version::HTTP_2);
+        via.append(&mut headers, Version::HTTP_10);
+        via.append(&mut headers, Version::HTTP_11);
+        let all: Vec<_> = headers.get_all(header::VIA).iter().collect();
+        assert_eq!(
+            all,
+            [
+                "1.0 client-proxy",
+                "2 edge-1.example:8443",
+                "1.0 edge-1.example:8443",
+                "1.1 edge-1.example:8443"
+            ]
+        );
+        for bad in [
+            "",
+            "my proxy",
+            "weir\r\nx-injected: 1",
+            "wéir",
+            "a,b",
+            "(weir)",
+        ] {
+            assert_eq!(
+                Via::new(bad).unwrap_err(),
+                InvalidViaName(bad.to_owned()),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -443,7 +443,7 @@ impl Generation {
             }
             None => {
                 let mut head = head;
-                headers::append_via(&mut head.headers, version, &self.config.proxy.via_name);
+                self.config.proxy.via.append(&mut head.headers, version);
                 Ok(Response::from_parts(head, streamed))
             }
         }
@@ -522,18 +522,19 @@ impl Generation {
             None => return Err(ProxyError::NoUpstream),
         };
         let mut head = ex.head;
+        let host = HeaderValue::from_str(&ex.authority).ok();
         headers::set_forwarded(
             &mut head.headers,
             &Forwarded {
                 client_ip: conn.client.ip(),
                 scheme: ex.scheme,
-                host: &ex.authority,
+                host: host.as_ref(),
                 version: head.version,
-                via_name: &self.config.proxy.via_name,
+                via: &self.config.proxy.via,
                 trust_incoming: self.config.proxy.is_trusted(conn.client.ip()),
             },
         );
-        if let Ok(host) = HeaderValue::from_str(&ex.authority) {
+        if let Some(host) = host {
             head.headers.insert(header::HOST, host);
         }
         if !head.headers.contains_key(X_REQUEST_ID) {
@@ -640,11 +641,10 @@ impl Generation {
             .chain
             .response_phase(view, plugins_ran, &mut state)
             .await?;
-        headers::append_via(
-            &mut state.head.headers,
-            version,
-            &self.config.proxy.via_name,
-        );
+        self.config
+            .proxy
+            .via
+            .append(&mut state.head.headers, version);
         if forbids_content(state.head.status) {
             // A plugin made it a 204 or 304: it has no content (RFC 9110 §6.4.1).
             drop_content(&mut state.head.headers);
@@ -757,11 +757,10 @@ impl Generation {
             .chain
             .response_phase(ex, plugins_ran, &mut state)
             .await?;
-        headers::append_via(
-            &mut state.head.headers,
-            version,
-            &self.config.proxy.via_name,
-        );
+        self.config
+            .proxy
+            .via
+            .append(&mut state.head.headers, version);
         // The body may have been replaced: let the server frame it anew.
         drop_content(&mut state.head.headers);
         if forbids_content(state.head.status) {

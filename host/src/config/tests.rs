@@ -278,3 +278,17 @@ fn traces_are_off_by_default_and_bad_settings_are_named() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_via_name_that_via_cannot_carry_is_refused() {
+    let errs = errors(&format!("{LISTENER}[proxy]\nvia_name = \"edge proxy\"\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("proxy.via_name: \"edge proxy\" is not a pseudonym"),
+        "{}",
+        errs[0]
+    );
+    let ok = format!("{LISTENER}[proxy]\nvia_name = \"edge-1.example:8443\"\n");
+    let config = Config::parse(Path::new("/etc/weir/proxy.toml"), &ok).expect("accepted");
+    assert_eq!(config.proxy.via.name(), "edge-1.example:8443");
+}
