@@ -289,14 +289,21 @@ impl IdleConns {
         if self.max_idle == 0 {
             return;
         }
-        // Outside a runtime (never, in the proxy) nothing sweeps; the
-        // stale ones are closed as connections come back.
-        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut idle = self.lock();
         let now = Instant::now();
         let closing = idle.take_stale(self.max_idle, now);
         idle.conns.push((conn, now));
-        let sweeper = runtime.filter(|_| !std::mem::replace(&mut idle.swept, true));
+        // The first connection back since the list was last empty starts
+        // a sweeper; the rest find one running. Outside a runtime (never,
+        // in the proxy) nothing sweeps: the stale ones are closed as
+        // connections come back.
+        let sweeper = if idle.swept {
+            None
+        } else {
+            let runtime = tokio::runtime::Handle::try_current().ok();
+            idle.swept = runtime.is_some();
+            runtime
+        };
         drop(idle);
         self.returned.notify_one();
         drop(closing);
