@@ -345,8 +345,12 @@ def main():
                        help="measure /fast and admin /healthz beside each storm instead")
     storm.add_argument("--storm-duration", type=int, default=15,
                        help="seconds of wrk load / scraping per storm")
-    storm.add_argument("--storm-quiet", type=int, default=5,
-                       help="seconds each storm's process is sampled quiet first")
+    storm.add_argument("--storm-quiet", type=int, default=10,
+                       help="seconds each storm's process is sampled quiet first (before "
+                            "each round, for the plugin storms)")
+    storm.add_argument("--storm-rounds", type=int, default=3,
+                       help="quiet and storm phases in turn for the two plugin storms, whose "
+                            "target is a p99 ratio; the ratio pools every round's samples")
     storm.add_argument("--storm-busy-connections", type=int, default=64,
                        help="wrk connections to the spinning plugin")
     storm.add_argument("--storm-busy-max-concurrency", type=int, default=128,
