@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::log_queue::{LogGuard, LogQueue, DEFAULT_MAX_BYTES};
 use crate::runner::{self, StartError, Weir};
 use crate::scaffold::{self, JsEngine, Lang};
 
@@ -88,7 +89,13 @@ enum PluginCommand {
 /// Entry point of the `weir` binary.
 pub fn main() -> ExitCode {
     // Held until the process ends: dropping it flushes what is queued.
-    let _log_writer = init_tracing();
+    let _log_writer = match init_tracing() {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("weir: cannot start the log writer thread: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Run { threads, .. } => *threads,
@@ -131,21 +138,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Log lines queued for stderr before new ones are dropped.
-const LOG_QUEUE_LINES: usize = 64 * 1024;
-
-/// Logs go to stderr from a thread of their own, through a bounded queue
-/// that drops lines when full: a slow or stuck stderr (a full pipe, a
-/// terminal scrolled back) must never stall the request that logs. With
-/// synchronous writes, a heavily logging plugin behind an 8 MB/s reader
-/// pushed every request's latency past 250 ms.
+/// Logs go to stderr from a thread of their own, through a queue bounded
+/// in bytes (`WEIR_LOG_QUEUE_BYTES`, default 4 MiB) that drops lines when
+/// full and counts them in `weir_log_dropped_total`: a slow or stuck
+/// stderr (a full pipe, a terminal scrolled back) must never stall the
+/// request that logs. With synchronous writes, a heavily logging plugin
+/// behind an 8 MB/s reader pushed every request's latency past 250 ms.
 ///
 /// Plugin log lines (target [`crate::plugin::state::LOG_TARGET`]) have a
 /// formatter of their own that does not escape ANSI sequences again: the
 /// host made them printable already, and the formatter's escaping writes
 /// a char at a time (half the CPU of a plugin logging 4 KB lines).
 /// Everything else keeps the formatter's escaping.
-fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing() -> std::io::Result<LogGuard> {
     use crate::plugin::state::LOG_TARGET;
     use std::io::IsTerminal;
     use tracing_subscriber::filter::{filter_fn, FilterExt};
@@ -153,11 +158,11 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, EnvFilter, Layer};
     let filter = || EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("weir-log")
-        .finish(std::io::stderr());
+    let max_bytes = std::env::var("WEIR_LOG_QUEUE_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(DEFAULT_MAX_BYTES);
+    let (writer, guard) = LogQueue::start(std::io::stderr(), max_bytes)?;
     // Colour only for a person at a terminal: not into files, pipes or
     // journald, and never with NO_COLOR set.
     let ansi = std::io::stderr().is_terminal()
@@ -175,7 +180,7 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .with(host)
         .with(plugins)
         .try_init();
-    guard
+    Ok(guard)
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {

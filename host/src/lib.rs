@@ -19,6 +19,7 @@ pub mod echo;
 pub mod error;
 pub mod headers;
 pub mod kv;
+pub mod log_queue;
 pub mod metrics;
 pub mod otel;
 pub mod plugin;

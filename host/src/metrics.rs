@@ -99,7 +99,11 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const REQUESTS: &str = "weir_requests_total";
 
 /// Help text for the host's families (Prometheus tools warn without one).
-const HOST_HELP: [(&str, &str); 11] = [
+const HOST_HELP: [(&str, &str); 12] = [
+    (
+        "weir_log_dropped_total",
+        "Log lines dropped because stderr could not keep up (the queue held WEIR_LOG_QUEUE_BYTES).",
+    ),
     (
         "weir_cache_requests_total",
         "Requests the response cache answered or forwarded, by result.",
@@ -157,10 +161,17 @@ struct HostSeries {
 
 impl Metrics {
     pub fn new(limits: MetricsLimits) -> Metrics {
-        Metrics {
+        let metrics = Metrics {
             plugins: Arc::new(PluginRegistry::new(limits)),
             ..Metrics::default()
-        }
+        };
+        // The log queue counts for the whole process, from before any
+        // registry exists; every registry shows that count.
+        write(&metrics.host.counters).insert(
+            Arc::new((crate::log_queue::DROPPED.to_owned(), Labels::default())),
+            crate::log_queue::dropped_lines(),
+        );
+        metrics
     }
 
     /// The counters of the route named `route` (`None`: requests no

@@ -345,22 +345,33 @@ async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
 }
 
 /// A stderr nobody reads (a full pipe) must not stall requests that log:
-/// lines are dropped instead. With synchronous writes the first request to
-/// log into the full pipe would block for good.
+/// lines are dropped instead, once the queue holds `WEIR_LOG_QUEUE_BYTES`,
+/// and counted. With synchronous writes the first request to log into the
+/// full pipe would block for good; with a queue bounded in lines only, the
+/// 32 MB below would all have been held.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stuck_stderr_does_not_stall_requests() {
+async fn a_stuck_stderr_does_not_stall_requests_and_its_queue_is_bounded_in_bytes() {
     let upstream = Upstream::echo().await;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_address = admin.local_addr().unwrap();
+    drop(admin);
     let (_dir, path) = weir_tests::config_file(&format!(
-        "default_upstream = \"up\"\nchain = [\"noisy\"]\n{}\n{}count = 200\nsize = 4000\ntrigger_prefix = \"/\"\n",
+        "default_upstream = \"up\"\nchain = [\"noisy\"]\n{}\n{}count = 200\nsize = 4000\ntrigger_prefix = \"/\"\n{}",
         upstream.toml("up"),
         hostile_plugin(
             "noisy",
             "log-flood",
             "log_lines_per_second = 100000\nlog_burst = 100000\ntimeout_ms = 5000"
-        )
+        ),
+        admin_section().replace("127.0.0.1:0", &admin_address.to_string()),
     ));
     // The log is read until Weir listens, then never again.
-    let weir = weir_tests::run_weir_binary(env!("CARGO_BIN_EXE_weir-e2e"), &path).await;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir-e2e"));
+    command
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WEIR_LOG_QUEUE_BYTES", (1 << 20).to_string());
+    let weir = weir_tests::spawn_weir(command).await;
     let client = client();
     // 40 requests x 200 lines x 4 KB: 32 MB into a 64 KB pipe.
     for i in 0..40 {
@@ -372,6 +383,27 @@ async fn a_stuck_stderr_does_not_stall_requests() {
             .unwrap_or_else(|e| panic!("request {i} stalled: {e}"));
         assert_eq!(response.status(), 200);
     }
+    // Of the plugin's 8,000 lines (and the host's "served" line per
+    // request), the pipe and the 1 MiB queue hold a few hundred.
+    let metrics = client
+        .get(format!("http://{admin_address}/metrics"))
+        .bearer_auth(weir_tests::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("weir_log_dropped_total "))
+        .unwrap_or_else(|| panic!("no weir_log_dropped_total in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(
+        (7_000.0..=8_040.0).contains(&dropped),
+        "dropped {dropped} of 8,040 lines"
+    );
     drop(weir);
 }
 
