@@ -29,6 +29,12 @@ const LINE_OVERHEAD: usize = 64;
 /// Lines the writer gathers into one write.
 const BATCH_BYTES: usize = 64 << 10;
 
+/// How long the writer lets lines gather after a write: parked in `recv`,
+/// it would be woken by every line (at `WEIR_LOG=info`, every request
+/// logs one), a context switch per request on a busy core. The access
+/// log's writer does the same.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// How long a stopping process waits for the queue to drain.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(1);
 
@@ -111,8 +117,9 @@ impl LogQueue {
 }
 
 /// The writer thread: lines in the order queued, gathered up to
-/// [`BATCH_BYTES`] per write, until [`Message::Stop`] or every sender is
-/// gone. A failing `out` loses the lines, not the thread.
+/// [`BATCH_BYTES`] per write and for [`GATHER`] between writes, until
+/// [`Message::Stop`] or every sender is gone. A failing `out` loses the
+/// lines, not the thread.
 fn write_lines<W: Write>(mut out: W, lines: &mpsc::Receiver<Message>, queued: &AtomicUsize) {
     let mut batch = Vec::with_capacity(BATCH_BYTES);
     while let Ok(first) = lines.recv() {
@@ -140,6 +147,7 @@ fn write_lines<W: Write>(mut out: W, lines: &mpsc::Receiver<Message>, queued: &A
         if stop {
             return;
         }
+        std::thread::sleep(GATHER);
     }
 }
 
