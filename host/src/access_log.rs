@@ -119,8 +119,11 @@ pub struct Settings {
     pub buffer_lines: usize,
 }
 
-/// Canonical paths longer than this are cut (and marked) in the log.
-const MAX_PATH_BYTES: usize = 1024;
+/// What the client sent (path, method, authority, `User-Agent`,
+/// `Referer`) is cut (and marked) past this many bytes in the log: so a
+/// line is a few KiB at most, and `buffer_lines` bounds the queue's bytes
+/// too (a `User-Agent` may otherwise be as long as the head allows).
+pub const MAX_FIELD_BYTES: usize = 1024;
 
 /// What one plugin call did, for the `plugins` field.
 #[derive(Debug, Clone)]
@@ -364,15 +367,17 @@ fn millis(duration: Duration) -> String {
     format!("{:.3}", duration.as_secs_f64() * 1000.0)
 }
 
-fn truncated(path: &str) -> std::borrow::Cow<'_, str> {
-    if path.len() <= MAX_PATH_BYTES {
-        return path.into();
+/// `value`, cut at [`MAX_FIELD_BYTES`] (on a char boundary) and marked
+/// with `…`.
+pub fn clipped(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_FIELD_BYTES {
+        return value.into();
     }
-    let mut end = MAX_PATH_BYTES;
-    while !path.is_char_boundary(end) {
+    let mut end = MAX_FIELD_BYTES;
+    while !value.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &path[..end]).into()
+    format!("{}…", &value[..end]).into()
 }
 
 fn timestamp(at: SystemTime) -> String {
@@ -405,7 +410,7 @@ pub fn json_line(entry: &Entry, fields: &[Field]) -> String {
             ),
             Field::Method => json_str(&mut out, &entry.method),
             Field::Authority => json_str(&mut out, &entry.authority),
-            Field::Path => json_str(&mut out, &truncated(&entry.path)),
+            Field::Path => json_str(&mut out, &clipped(&entry.path)),
             Field::Protocol => json_str(&mut out, entry.protocol),
             Field::Status => {
                 let _ = write!(out, "{}", entry.status);
@@ -469,7 +474,7 @@ pub fn combined_line(entry: &Entry) -> String {
         "{} - - [{when}] \"{} {} {}\" {} {} \"{}\" \"{}\"\n",
         entry.client_ip.map_or("-".to_owned(), |ip| ip.to_string()),
         entry.method,
-        quoted(Some(&truncated(&entry.path))),
+        quoted(Some(&clipped(&entry.path))),
         entry.protocol,
         entry.status,
         entry.bytes_out,
@@ -507,7 +512,7 @@ mod tests {
             assert!(value.get(field.name()).is_some(), "{}", field.name());
         }
         assert_eq!(value["plugins"][0]["decision"], "respond:401");
-        assert!(value["path"].as_str().unwrap().len() <= MAX_PATH_BYTES + 3);
+        assert!(value["path"].as_str().unwrap().len() <= MAX_FIELD_BYTES + 3);
     }
 
     #[test]

@@ -259,11 +259,14 @@ impl Logged {
     /// What the client sent, before admission (a refused request is
     /// logged as it came).
     fn new(req: &Request<Incoming>, id: &str, conn: &ConnMeta) -> Logged {
+        // Cut here, not only when the line is written: the entry is held
+        // for the whole request.
+        let clipped = |value: &str| access_log::clipped(value).into_owned();
         let header = |name: header::HeaderName| {
             req.headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+                .map(clipped)
         };
         let trace_id = req
             .headers()
@@ -278,11 +281,11 @@ impl Logged {
                 request_id: id.to_owned(),
                 trace_id,
                 client_ip: Some(conn.client.ip()),
-                method: req.method().as_str().to_owned(),
+                method: clipped(req.method().as_str()),
                 authority: req
                     .uri()
                     .authority()
-                    .map(|a| a.as_str().to_owned())
+                    .map(|a| clipped(a.as_str()))
                     .or_else(|| header(header::HOST))
                     .unwrap_or_default(),
                 path: req.uri().path().to_owned(),

@@ -165,17 +165,34 @@ async fn combined_format_and_sampling_keep_every_error() {
         .send()
         .await
         .unwrap();
-    let lines = lines(&log, 1).await;
+    // A client's fields are cut at 1 KiB: a line stays a few KiB, so
+    // `buffer_lines` bounds the queue's bytes too.
+    let long = "a".repeat(10_000);
+    client()
+        .get(proxy.url("/missing"))
+        .header("user-agent", &long)
+        .header("referer", &long)
+        .send()
+        .await
+        .unwrap();
+    let lines = lines(&log, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lines_again = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert_eq!(lines_again.lines().count(), 1, "{lines_again}");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines_again.lines().count(), 2, "{lines_again}");
     assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
     assert!(
         lines[0].ends_with("\"GET /missing HTTP/1.1\" 404 13 \"-\" \"probe/1.0\""),
         "{}",
         lines[0]
     );
+    let cut = format!("\"{}…\"", &long[..1024]);
+    assert!(
+        lines[1].ends_with(&format!("404 13 {cut} {cut}")),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].len() < 2 * 1024 + 200, "{}", lines[1].len());
 }
 
 #[test]
