@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::log_queue::{LogGuard, LogQueue, DEFAULT_MAX_BYTES};
+use crate::log_queue::{LogGuard, LogQueue, DEFAULT_MAX_BYTES, MIN_MAX_BYTES};
 use crate::runner::{self, StartError, Weir};
 use crate::scaffold::{self, JsEngine, Lang};
 
@@ -92,7 +92,7 @@ pub fn main() -> ExitCode {
     let _log_writer = match init_tracing() {
         Ok(guard) => guard,
         Err(err) => {
-            eprintln!("weir: cannot start the log writer thread: {err}");
+            eprintln!("weir: cannot start logging: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -158,10 +158,21 @@ fn init_tracing() -> std::io::Result<LogGuard> {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, EnvFilter, Layer};
     let filter = || EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let max_bytes = std::env::var("WEIR_LOG_QUEUE_BYTES")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(DEFAULT_MAX_BYTES);
+    let max_bytes = match std::env::var("WEIR_LOG_QUEUE_BYTES") {
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(bytes) if bytes >= MIN_MAX_BYTES => bytes,
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "WEIR_LOG_QUEUE_BYTES={value:?}: expected a number of bytes, \
+                         at least {MIN_MAX_BYTES} (default {DEFAULT_MAX_BYTES})"
+                    ),
+                ))
+            }
+        },
+        Err(_) => DEFAULT_MAX_BYTES,
+    };
     let (writer, guard) = LogQueue::start(std::io::stderr(), max_bytes)?;
     // Colour only for a person at a terminal: not into files, pipes or
     // journald, and never with NO_COLOR set.

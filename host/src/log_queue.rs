@@ -22,6 +22,10 @@ pub const DROPPED: &str = "weir_log_dropped_total";
 /// a log writing 8 MB/s, some 20,000 of the host's usual lines.
 pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 
+/// The smallest budget `WEIR_LOG_QUEUE_BYTES` may set: a few of the
+/// longest plugin lines at the default `max_log_bytes`.
+pub const MIN_MAX_BYTES: usize = 64 << 10;
+
 /// What a queued line costs beyond its bytes (the message and its
 /// allocation), so that a flood of tiny lines is bounded too.
 const LINE_OVERHEAD: usize = 64;

@@ -117,3 +117,23 @@ fn check_refuses_a_file_that_is_not_a_component() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_log_queue_size_that_is_not_a_size_is_refused_before_anything_starts() {
+    for value in ["lots", "1024", "-1"] {
+        let output = weir()
+            .args(["check", "--config"])
+            .arg(examples().join("proxy.toml"))
+            .env("WEIR_LOG_QUEUE_BYTES", value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{value}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "weir: cannot start logging: WEIR_LOG_QUEUE_BYTES=\"{value}\": expected a number of bytes, at least 65536"
+            )),
+            "{stderr}"
+        );
+    }
+}
