@@ -333,6 +333,19 @@ pub fn client() -> reqwest::Client {
 }
 
 /// An HTTP/2 cleartext (prior knowledge) client.
+/// A `/metrics` scrape of the admin listener at `url`, with [`ADMIN_TOKEN`].
+pub async fn scrape(url: &str) -> String {
+    client()
+        .get(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("scrape {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("scrape {url}: {e}"))
+}
+
 pub fn h2c_client() -> reqwest::Client {
     ensure_crypto();
     reqwest::Client::builder()

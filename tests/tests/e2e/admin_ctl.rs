@@ -208,15 +208,7 @@ async fn a_drained_endpoint_takes_no_new_requests_until_resumed() {
         state.contains(&(endpoint.clone(), "draining".into())),
         "{state:?}"
     );
-    let scrape = client()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = weir_tests::scrape(&proxy.admin_url("/metrics")).await;
     assert!(
         scrape.contains(&format!(
             "weir_upstream_endpoint_healthy{{upstream=\"pool\",endpoint=\"{endpoint}\"}} 0"

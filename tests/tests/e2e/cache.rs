@@ -270,15 +270,7 @@ async fn admin_purges_by_key_and_by_prefix() {
     assert!(get(&proxy, "/b/1").await.0.starts_with("weir; hit"));
     assert_eq!(count.load(Ordering::SeqCst), 5);
 
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(weir_tests::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = weir_tests::scrape(&proxy.admin_url("/metrics")).await;
     assert!(
         metrics.contains("weir_requests_total{status=\"2xx\"}"),
         "{metrics}"

@@ -385,15 +385,7 @@ async fn a_stuck_stderr_does_not_stall_requests_and_its_queue_is_bounded_in_byte
     }
     // Of the plugin's 8,000 lines (and the host's "served" line per
     // request), the pipe and the 1 MiB queue hold a few hundred.
-    let metrics = client
-        .get(format!("http://{admin_address}/metrics"))
-        .bearer_auth(weir_tests::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = weir_tests::scrape(&format!("http://{admin_address}/metrics")).await;
     let dropped: f64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("weir_log_dropped_total "))

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use weir_tests::{
     admin_section, artifacts, client, config_file, echo_json, echoed_header, hostile_plugin,
-    TestProxy, Upstream, ADMIN_TOKEN,
+    TestProxy, Upstream,
 };
 
 fn chain_of(upstream: &Upstream, plugins: &[&str], sections: &str) -> String {
@@ -56,15 +56,7 @@ async fn log_lines_are_capped_escaped_and_rate_limited() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let metrics = client()
-        .get(format!("http://{admin}/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = weir_tests::scrape(&format!("http://{admin}/metrics")).await;
     let dropped: u64 = metrics
         .lines()
         .find(|l| l.starts_with("weir_plugin_log_dropped_total{plugin=\"noisy\"}"))
