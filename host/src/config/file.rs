@@ -359,9 +359,10 @@ pub struct RuntimeFile {
     /// worker is always left for requests.
     pub max_long_running_calls: Option<usize>,
     /// Percent of the request workers' time one plugin's calls may take
-    /// (over 100 ms, while the proxy serves requests that do not call
-    /// it); past it, they run as long runners do, off the workers, until
-    /// they take under half of it. 100: no limit.
+    /// (over 100 ms, or over the time so far from 20 ms into those 100 ms,
+    /// while the proxy serves requests that do not call it); past it, they
+    /// run as long runners do, off the workers, until they have taken under
+    /// half of it for a second. 100: no limit.
     pub max_plugin_cpu_percent: u32,
 }
 

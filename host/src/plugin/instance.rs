@@ -359,7 +359,9 @@ impl Plugin {
         }
     }
 
-    fn release(&self, mut warm: Warm) {
+    /// Back into the pool if the plugin keeps it; otherwise the instance
+    /// is given back, to be dropped where the caller chooses.
+    fn release(&self, mut warm: Warm) -> Option<Warm> {
         if let Strategy::Pooled {
             pool_size,
             max_uses,
@@ -370,9 +372,11 @@ impl Plugin {
                 let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
                 if pool.len() < pool_size {
                     pool.push(warm);
+                    return None;
                 }
             }
         }
+        Some(warm)
     }
 
     /// One of the plugin's `max_concurrency` slots, or `None` when the
@@ -475,7 +479,15 @@ impl Plugin {
                 showed,
             } => {
                 self.note(showed, Ended::ByItself);
-                self.release(warm);
+                if let Some(spent) = self.release(warm) {
+                    if offloaded {
+                        // Dropping a store resets the instance's memory
+                        // (a scan of its pages and a reset of those
+                        // written, in the kernel): for a long-running
+                        // plugin, on the long runners, as its making was.
+                        drop(self.offload.spawn(async move { drop(spent) }));
+                    }
+                }
                 Ok(answer)
             }
             Settled::Failed {

@@ -329,8 +329,8 @@ async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
     for client in clients {
         assert!(client.await.unwrap() > 0);
     }
-    // Quiet: a call after a window without the flood is judged under half
-    // its share, and it is an ordinary plugin again.
+    // Quiet: with no one else served (and its calls under half its share
+    // for a second, were anyone), it is an ordinary plugin again.
     let mut quiet = 0;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;

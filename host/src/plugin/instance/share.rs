@@ -6,7 +6,7 @@
 //! in a window in which the proxy also served requests that did not call
 //! it, its calls run as long runners do: off the request workers, on
 //! threads that take only the CPU nothing else wants, until its share
-//! falls below half of that. A plugin that every request calls (the
+//! has stayed below half of that for [`COME_BACK_AFTER`]. A plugin that every request calls (the
 //! proxy's one route, a benchmark) has no one to be fair to, and keeps
 //! (or gets back) the workers.
 
@@ -15,6 +15,25 @@ use std::time::{Duration, Instant};
 
 /// How often a plugin's share is judged.
 const WINDOW: Duration = Duration::from_millis(100);
+
+/// How soon into a window a plugin over its share of the time so far is
+/// judged over, without waiting for the window's end: a storm of calls
+/// that starts would otherwise keep the request workers for up to a whole
+/// window (beside the log flood, most of `/fast`'s slow samples came in the
+/// storm's first 100 ms).
+const EARLY: Duration = Duration::from_millis(20);
+
+/// How long a plugin judged over must stay under half its limit before its
+/// calls come back onto the workers. Off them, it runs on the long
+/// runners' threads (one by default, on a core nothing else wants), so a
+/// window in which they got little CPU reads as a plugin that wants
+/// little; judged on one window, the log flood came back every second or
+/// so and held the workers until judged over again (a cluster of slow
+/// `/fast` samples each time).
+const COME_BACK_AFTER: Duration = Duration::from_secs(1);
+
+/// `under_since` while the plugin is not under half its limit.
+const NOT_UNDER: u64 = u64::MAX;
 
 /// `others_before` until the first window is judged: the proxy's count
 /// then includes everything served before the plugin was loaded.
@@ -42,6 +61,9 @@ pub(super) struct CpuShare {
     /// The request workers (the most requests between the two counts).
     workers: u64,
     over: AtomicBool,
+    /// While over: since when (ns since `origin`) every window has been
+    /// under half the limit, or [`NOT_UNDER`].
+    under_since: AtomicU64,
 }
 
 impl CpuShare {
@@ -64,6 +86,7 @@ impl CpuShare {
             others_before: AtomicU64::new(NOT_YET),
             workers: workers.max(1) as u64,
             over: AtomicBool::new(false),
+            under_since: AtomicU64::new(NOT_UNDER),
         }
     }
 
@@ -93,12 +116,19 @@ impl CpuShare {
     /// [`CpuShare::add`] at `now` (since `origin`).
     fn add_at(&self, busy: Duration, now: Duration, served: impl FnOnce() -> u64) {
         let busy = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
-        self.busy_ns.fetch_add(busy, Ordering::Relaxed);
+        let so_far = self
+            .busy_ns
+            .fetch_add(busy, Ordering::Relaxed)
+            .saturating_add(busy);
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let start = self.window_start.load(Ordering::Relaxed);
         let elapsed = now.saturating_sub(start);
         let window = WINDOW.as_nanos() as u64;
-        if elapsed < window
+        let early = !self.over()
+            && elapsed >= EARLY.as_nanos() as u64
+            && u128::from(so_far) * u128::from(window)
+                > u128::from(self.limit_ns) * u128::from(elapsed);
+        if (elapsed < window && !early)
             || self
                 .window_start
                 .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -120,16 +150,20 @@ impl CpuShare {
         // allows for its whole length.
         let limit = u128::from(self.limit_ns) * u128::from(elapsed) / u128::from(window);
         // With no one else served (beyond what the two counts can differ
-        // by), there is no one to be fair to. Half the limit to come back:
-        // moved off the workers, a plugin can take at most the long
-        // runners' threads, which may be just under the limit; judged on
-        // the same line, it would move back and forth every window.
+        // by), there is no one to be fair to. Half the limit, for a while,
+        // to come back: moved off the workers, a plugin can take at most
+        // the long runners' threads, which may be just under the limit;
+        // judged on the same line, it would move back and forth every
+        // window.
         let over = others > self.workers
             && if self.over() {
-                u128::from(busy) * 2 > limit
+                !self.under_half_long_enough(u128::from(busy) * 2 <= limit, start, now)
             } else {
                 u128::from(busy) > limit
             };
+        if !over || !self.over() {
+            self.under_since.store(NOT_UNDER, Ordering::Relaxed);
+        }
         if over != self.over() {
             tracing::info!(
                 plugin = %self.plugin,
@@ -142,6 +176,24 @@ impl CpuShare {
             );
         }
         self.over.store(over, Ordering::Relaxed);
+    }
+
+    /// For a plugin judged over: whether the window from `start` to `now`
+    /// was `under` half its limit, and every window since
+    /// [`COME_BACK_AFTER`] ago was too.
+    fn under_half_long_enough(&self, under: bool, start: u64, now: u64) -> bool {
+        if !under {
+            self.under_since.store(NOT_UNDER, Ordering::Relaxed);
+            return false;
+        }
+        let since = match self.under_since.load(Ordering::Relaxed) {
+            NOT_UNDER => {
+                self.under_since.store(start, Ordering::Relaxed);
+                start
+            }
+            since => since,
+        };
+        now.saturating_sub(since) >= COME_BACK_AFTER.as_nanos() as u64
     }
 }
 
@@ -161,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plugin_over_its_share_is_judged_so_until_it_takes_under_half_of_it() {
+    fn a_plugin_over_its_share_is_judged_so_until_it_takes_under_half_of_it_for_a_second() {
         // 50 % of 2 workers: 100 ms of calls per 100 ms window. The proxy
         // had served 1,000 requests when the plugin was loaded, and serves
         // 11 a window, one of them through the plugin.
@@ -185,13 +237,59 @@ mod tests {
         through(&share, 3);
         share.add_at(ms(60), ms(300), served(3));
         assert!(share.over(), "came back at 60 % of its limit");
-        // A window of 300 ms allows 300 ms: 100 ms is under half.
+        // A window of 300 ms allows 300 ms: 100 ms is under half, but not
+        // for a second yet.
         through(&share, 4);
         share.add_at(ms(100), ms(600), served(4));
-        assert!(!share.over(), "still over at a third of its limit");
+        assert!(share.over(), "came back after 300 ms under half");
+        // Over half again in one window: the second starts again.
         through(&share, 5);
-        share.add_at(ms(101), ms(700), served(5));
+        share.add_at(ms(51), ms(700), served(5));
+        through(&share, 6);
+        share.add_at(ms(0), ms(1_600), served(6));
+        assert!(share.over(), "came back after 900 ms under half");
+        through(&share, 7);
+        share.add_at(ms(0), ms(1_700), served(7));
+        assert!(!share.over(), "still over after 1 s under half");
+        through(&share, 8);
+        share.add_at(ms(101), ms(1_800), served(8));
         assert!(share.over(), "101 ms of calls in 100 ms");
+    }
+
+    #[test]
+    fn a_plugin_past_its_share_early_in_a_window_is_judged_over_then_and_comes_back_only_after_a_second_under_half(
+    ) {
+        // 50 % of 2 workers: 1 ms of calls per ms. Ten other requests
+        // served every 10 ms.
+        let share = CpuShare::new("p", 50, 2);
+        let served = |at_ms: u64| move || at_ms;
+        share.add_at(ms(0), ms(100), served(100));
+        assert!(
+            !share.over(),
+            "the first window only reads the proxy's count"
+        );
+        share.add_at(ms(12), ms(110), served(110));
+        assert!(
+            !share.over(),
+            "12 ms of calls 10 ms into the window: too soon to judge"
+        );
+        share.add_at(ms(10), ms(125), served(125));
+        assert!(
+            !share.over(),
+            "22 ms of calls 25 ms into the window: under its share so far"
+        );
+        share.add_at(ms(25), ms(145), served(145));
+        assert!(
+            share.over(),
+            "47 ms of calls 45 ms into the window: over, not waiting for its end"
+        );
+        // No calls since: back on the workers only after a second.
+        share.add_at(ms(0), ms(200), served(200));
+        assert!(share.over(), "55 ms into the window, over until its end");
+        share.add_at(ms(0), ms(245), served(245));
+        assert!(share.over(), "100 ms under half its share");
+        share.add_at(ms(0), ms(1_145), served(1_145));
+        assert!(!share.over(), "a second under half its share");
     }
 
     #[test]
