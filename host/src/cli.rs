@@ -145,6 +145,9 @@ pub fn main() -> ExitCode {
 /// request that logs. With synchronous writes, a heavily logging plugin
 /// behind an 8 MB/s reader pushed every request's latency past 250 ms.
 ///
+/// Plugin log lines stop queueing at three quarters of that budget, so a
+/// plugin's log flood cannot crowd out Weir's own lines.
+///
 /// Plugin log lines (target [`crate::plugin::state::LOG_TARGET`]) have a
 /// formatter of their own that does not escape ANSI sequences again: the
 /// host made them printable already, and the formatter's escaping writes
@@ -182,9 +185,11 @@ fn init_tracing() -> std::io::Result<LogGuard> {
         .with_ansi(ansi)
         .with_writer(writer.clone())
         .with_filter(filter().and(filter_fn(|meta| meta.target() != LOG_TARGET)));
+    // Plugin lines stop at three quarters of the queue: a plugin's log
+    // flood leaves room for Weir's own warnings.
     let plugins = fmt::layer()
         .with_ansi(ansi)
-        .with_writer(writer)
+        .with_writer(writer.capped(max_bytes / 4 * 3))
         .with_ansi_sanitization(false)
         .with_filter(filter().and(filter_fn(|meta| meta.target() == LOG_TARGET)));
     let _ = tracing_subscriber::registry()

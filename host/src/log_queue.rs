@@ -61,7 +61,10 @@ enum Message {
 pub struct LogQueue {
     sender: mpsc::Sender<Message>,
     queued: Arc<AtomicUsize>,
+    /// Where this sender stops queueing: the queue's budget, or less for
+    /// a sender that must leave room for others (see [`LogQueue::capped`]).
     max_bytes: usize,
+    dropped: Arc<AtomicU64>,
 }
 
 /// Stops the writer thread when dropped, after it has written what is
@@ -86,6 +89,15 @@ impl LogQueue {
         out: W,
         max_bytes: usize,
     ) -> std::io::Result<(LogQueue, LogGuard)> {
+        Self::start_counting(out, max_bytes, DROPPED_LINES.clone())
+    }
+
+    /// [`LogQueue::start`], counting dropped lines in `dropped`.
+    fn start_counting<W: Write + Send + 'static>(
+        out: W,
+        max_bytes: usize,
+        dropped: Arc<AtomicU64>,
+    ) -> std::io::Result<(LogQueue, LogGuard)> {
         let (sender, lines) = mpsc::channel();
         let (finished, done) = mpsc::sync_channel(1);
         let queued = Arc::new(AtomicUsize::new(0));
@@ -100,12 +112,24 @@ impl LogQueue {
             sender: sender.clone(),
             queued,
             max_bytes: max_bytes.max(LINE_OVERHEAD + 1),
+            dropped,
         };
         Ok((queue, LogGuard { sender, done }))
     }
 
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
+    }
+
+    /// A sender into the same queue that drops its lines once the queue
+    /// holds `max_bytes` (at most this sender's own bound), leaving the
+    /// rest for the others: plugin lines stop at three quarters, so that
+    /// Weir's own warnings still get through a plugin's log flood.
+    pub fn capped(&self, max_bytes: usize) -> LogQueue {
+        LogQueue {
+            max_bytes: max_bytes.clamp(LINE_OVERHEAD + 1, self.max_bytes),
+            ..self.clone()
+        }
     }
 
     /// Queue one line, or drop and count it if the queue is full.
@@ -115,7 +139,7 @@ impl LogQueue {
         if before + cost > self.max_bytes || self.sender.send(Message::Line(line.to_vec())).is_err()
         {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
-            DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -217,8 +241,8 @@ mod tests {
         };
         let line = [b'x'; 1000];
         let cost = line.len() + LINE_OVERHEAD;
-        let (queue, guard) = LogQueue::start(out, 10 * cost).unwrap();
-        let dropped_before = dropped_lines().load(Ordering::Relaxed);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (queue, guard) = LogQueue::start_counting(out, 10 * cost, dropped.clone()).unwrap();
         // Lines the writer holds (stuck in the output) count as queued
         // until written: ten fit, whatever it took off the channel.
         for i in 0..100u8 {
@@ -227,8 +251,7 @@ mod tests {
             LogLine(&queue).write_all(&numbered).unwrap();
         }
         assert!(queue.queued.load(Ordering::Relaxed) <= queue.max_bytes());
-        let dropped = dropped_lines().load(Ordering::Relaxed) - dropped_before;
-        assert_eq!(dropped, 90);
+        assert_eq!(dropped.load(Ordering::Relaxed), 90);
         open.send(()).unwrap();
         drop(guard);
         let kept = kept.lock().unwrap();
@@ -238,6 +261,40 @@ mod tests {
             (0..10).collect::<Vec<u8>>(),
             "the first ten, in order"
         );
+    }
+
+    #[test]
+    fn a_capped_sender_leaves_the_rest_of_the_queue_to_the_others() {
+        let (open, gate) = mpsc::channel();
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let out = Gate {
+            open: gate,
+            opened: false,
+            kept: kept.clone(),
+        };
+        let line = [b'p'; 1000];
+        let cost = line.len() + LINE_OVERHEAD;
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (queue, guard) = LogQueue::start_counting(out, 8 * cost, dropped.clone()).unwrap();
+        let plugins = queue.capped(6 * cost);
+        for _ in 0..50 {
+            LogLine(&plugins).write_all(&line).unwrap();
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 44, "six plugin lines fit");
+        let own = [b'w'; 1000];
+        for _ in 0..3 {
+            LogLine(&queue).write_all(&own).unwrap();
+        }
+        assert_eq!(
+            dropped.load(Ordering::Relaxed),
+            45,
+            "two of Weir's own lines fit in the room left"
+        );
+        open.send(()).unwrap();
+        drop(guard);
+        let kept = kept.lock().unwrap();
+        assert_eq!(kept.len(), 8 * line.len());
+        assert_eq!(kept.iter().filter(|&&b| b == b'w').count(), 2 * own.len());
     }
 
     #[test]
