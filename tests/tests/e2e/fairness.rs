@@ -347,9 +347,9 @@ async fn a_plugin_taking_more_than_its_share_of_the_workers_runs_off_them() {
 /// A stderr nobody reads (a full pipe) must not stall requests that log:
 /// lines are dropped instead, once the queue holds `WEIR_LOG_QUEUE_BYTES`,
 /// and counted; a plugin's lines only up to three quarters of it, so that
-/// Weir's own lines are kept. With synchronous writes the first request to log into the
-/// full pipe would block for good; with a queue bounded in lines only, the
-/// 32 MB below would all have been held.
+/// Weir's own lines are kept. With synchronous writes the first request to
+/// log into the full pipe would block for good; with a queue bounded in
+/// lines only, the 32 MB below would all have been held.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stuck_stderr_does_not_stall_requests_and_its_queue_is_bounded_in_bytes() {
     let upstream = Upstream::echo().await;
@@ -372,7 +372,7 @@ async fn a_stuck_stderr_does_not_stall_requests_and_its_queue_is_bounded_in_byte
         .args(["run", "--config"])
         .arg(&path)
         .env("WEIR_LOG_QUEUE_BYTES", (1 << 20).to_string());
-    let weir = weir_tests::spawn_weir(command).await;
+    let mut weir = weir_tests::spawn_weir(command).await;
     let client = client();
     // 40 requests x 200 lines x 4 KB: 32 MB into a 64 KB pipe.
     for i in 0..40 {
@@ -399,7 +399,6 @@ async fn a_stuck_stderr_does_not_stall_requests_and_its_queue_is_bounded_in_byte
     );
     // Plugin lines stop at three quarters of the queue: Weir's own line
     // for each request was kept, behind the plugin's, and is read now.
-    let mut weir = weir;
     let mut served = 0;
     let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         while let Some(line) = weir.log.next_line().await.expect("read log") {

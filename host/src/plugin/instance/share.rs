@@ -6,9 +6,9 @@
 //! in a window in which the proxy also served requests that did not call
 //! it, its calls run as long runners do: off the request workers, on
 //! threads that take only the CPU nothing else wants, until its share
-//! has stayed below half of that for [`COME_BACK_AFTER`]. A plugin that every request calls (the
-//! proxy's one route, a benchmark) has no one to be fair to, and keeps
-//! (or gets back) the workers.
+//! has stayed below half of that for [`COME_BACK_AFTER`]. A plugin that
+//! every request calls (the proxy's one route, a benchmark) has no one to
+//! be fair to, and keeps (or gets back) the workers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,9 +27,9 @@ const EARLY: Duration = Duration::from_millis(20);
 /// calls come back onto the workers. Off them, it runs on the long
 /// runners' threads (one by default, on a core nothing else wants), so a
 /// window in which they got little CPU reads as a plugin that wants
-/// little; judged on one window, the log flood came back every second or
-/// so and held the workers until judged over again (a cluster of slow
-/// `/fast` samples each time).
+/// little. Judged on one window, the log flood's plugin came back now and
+/// then and held the workers until judged over again: perf found its guest
+/// code in 16.6 % of the process's samples on the request workers.
 const COME_BACK_AFTER: Duration = Duration::from_secs(1);
 
 /// `under_since` while the plugin is not under half its limit.
