@@ -230,15 +230,23 @@ mod tests {
         }
     }
 
+    impl Gate {
+        /// A shut gate, the sender that opens it, and what it will keep.
+        fn shut() -> (mpsc::Sender<()>, Gate, Arc<Mutex<Vec<u8>>>) {
+            let (open, gate) = mpsc::channel();
+            let kept = Arc::new(Mutex::new(Vec::new()));
+            let out = Gate {
+                open: gate,
+                opened: false,
+                kept: kept.clone(),
+            };
+            (open, out, kept)
+        }
+    }
+
     #[test]
     fn a_stuck_output_fills_the_queue_to_its_bytes_then_lines_are_dropped_and_counted() {
-        let (open, gate) = mpsc::channel();
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let out = Gate {
-            open: gate,
-            opened: false,
-            kept: kept.clone(),
-        };
+        let (open, out, kept) = Gate::shut();
         let line = [b'x'; 1000];
         let cost = line.len() + LINE_OVERHEAD;
         let dropped = Arc::new(AtomicU64::new(0));
@@ -265,13 +273,7 @@ mod tests {
 
     #[test]
     fn a_capped_sender_leaves_the_rest_of_the_queue_to_the_others() {
-        let (open, gate) = mpsc::channel();
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let out = Gate {
-            open: gate,
-            opened: false,
-            kept: kept.clone(),
-        };
+        let (open, out, kept) = Gate::shut();
         let line = [b'p'; 1000];
         let cost = line.len() + LINE_OVERHEAD;
         let dropped = Arc::new(AtomicU64::new(0));
@@ -299,14 +301,8 @@ mod tests {
 
     #[test]
     fn queued_lines_are_written_before_the_guard_lets_go() {
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let (open, gate) = mpsc::channel();
+        let (open, out, kept) = Gate::shut();
         open.send(()).unwrap();
-        let out = Gate {
-            open: gate,
-            opened: false,
-            kept: kept.clone(),
-        };
         let (queue, guard) = LogQueue::start(out, DEFAULT_MAX_BYTES).unwrap();
         for _ in 0..1000 {
             LogLine(&queue).write_all(b"a line\n").unwrap();
