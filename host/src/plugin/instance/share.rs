@@ -124,28 +124,39 @@ impl CpuShare {
         let start = self.window_start.load(Ordering::Relaxed);
         let elapsed = now.saturating_sub(start);
         let window = WINDOW.as_nanos() as u64;
-        let early = !self.over()
+        let due = elapsed >= window;
+        let early = !due
+            && !self.over()
             && elapsed >= EARLY.as_nanos() as u64
             && u128::from(so_far) * u128::from(window)
                 > u128::from(self.limit_ns) * u128::from(elapsed);
-        if (elapsed < window && !early)
-            || self
-                .window_start
-                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+        if !due && !early {
             return;
         }
-        let busy = self.busy_ns.swap(0, Ordering::Relaxed);
         // Both totals, not counts per window: a request counted through
         // the plugin in one window and by the proxy in the next would
         // otherwise read as someone else's. A removed route's count going
         // away reads as none.
         let others_total = served().saturating_sub(self.through.load(Ordering::Relaxed));
-        let others = match self.others_before.swap(others_total, Ordering::Relaxed) {
+        let others_in = |before: u64| match before {
             NOT_YET => 0,
             before => others_total.saturating_sub(before),
         };
+        // Judged early only once others have been served in it: a window
+        // cut short with too few of them to tell would be judged under,
+        // and at a quiet other route's pace every window would be.
+        if early && others_in(self.others_before.load(Ordering::Relaxed)) <= self.workers {
+            return;
+        }
+        if self
+            .window_start
+            .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let busy = self.busy_ns.swap(0, Ordering::Relaxed);
+        let others = others_in(self.others_before.swap(others_total, Ordering::Relaxed));
         // A window that ran long (the plugin had no calls for a while)
         // allows for its whole length.
         let limit = u128::from(self.limit_ns) * u128::from(elapsed) / u128::from(window);
@@ -290,6 +301,24 @@ mod tests {
         assert!(share.over(), "100 ms under half its share");
         share.add_at(ms(0), ms(1_145), served(1_145));
         assert!(!share.over(), "a second under half its share");
+    }
+
+    #[test]
+    fn a_window_is_judged_early_only_once_others_were_served_in_it() {
+        // 50 % of 2 workers. Other requests at 50 a second, one every
+        // 20 ms: too few in 20 ms to tell, three by 60 ms.
+        let share = CpuShare::new("p", 50, 2);
+        let served = |at_ms: u64| move || at_ms / 20;
+        share.add_at(ms(0), ms(100), served(100));
+        share.add_at(ms(50), ms(125), served(125));
+        assert!(!share.over(), "past its share 25 ms in, one other served");
+        share.add_at(ms(40), ms(145), served(145));
+        assert!(!share.over(), "past its share 45 ms in, two others served");
+        share.add_at(ms(30), ms(165), served(165));
+        assert!(
+            share.over(),
+            "120 ms of calls 65 ms in, three others served: over"
+        );
     }
 
     #[test]
