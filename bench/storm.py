@@ -64,13 +64,16 @@ def write(path, text):
     return path
 
 
-def wait_port(port, timeout=180):
+def wait_port(port, timeout=180, proc=None):
+    """Until `port` accepts; `proc`, if given, must not exit meanwhile."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise SystemExit(f"exited with {proc.returncode} before listening on {port}")
             time.sleep(0.1)
     raise SystemExit(f"nothing listens on {port}")
 
@@ -264,11 +267,16 @@ def with_nonce(component: bytes, nonce: bytes) -> bytes:
     return component + b"\x00" + leb(len(content)) + content
 
 
-def largest_component(plugins_dir):
-    candidates = [p for d in (ROOT / "target" / "foreign-plugins", ROOT / "plugins", plugins_dir)
-                  if d.is_dir() for p in d.glob("*.wasm") if p.name != "hostile.wasm"]
+def largest_component():
+    """The largest JavaScript or Python sample (megabytes of language
+    runtime to compile). Not a Rust sample: those are a few hundred KB, and
+    some refuse to load without a config of their own."""
+    foreign = ROOT / "target" / "foreign-plugins"
+    candidates = sorted(foreign.glob("*.wasm")) if foreign.is_dir() else []
     if not candidates:
-        raise SystemExit("no plugin component found for the reload storm")
+        raise SystemExit(f"the reload storm compiles a JavaScript or Python sample, and "
+                         f"{foreign} has none: run `plugins/build-foreign.sh {foreign}` "
+                         f"(`bench/run.sh --storm` does)")
     return max(candidates, key=lambda p: p.stat().st_size)
 
 
@@ -388,8 +396,13 @@ class Weir:
             stdout=subprocess.DEVNULL,
             stderr=stderr if stderr is not None else open(self.log, "w"),
             env={**os.environ, "WEIR_LOG": "warn", **(env or {})})
-        wait_port(PORTS["weir"])
-        wait_port(PORTS["admin"])
+        try:
+            wait_port(PORTS["weir"], proc=self.proc)
+            wait_port(PORTS["admin"], proc=self.proc)
+        except SystemExit as e:
+            self.proc.kill()
+            tail = self.log.read_text()[-2000:] if stderr is None else "(stderr piped)"
+            raise SystemExit(f"weir ({conf.name}): {e}\n{tail}") from None
 
     def warm(self):
         for _ in range(200):
@@ -547,7 +560,7 @@ def storm_log_flood(binary, work, args):
 
 
 def storm_reload(binary, work, args):
-    big = largest_component(args.plugins_dir)
+    big = largest_component()
     original = big.read_bytes()
     live = work / "big.wasm"
     live.write_bytes(with_nonce(original, b"0"))

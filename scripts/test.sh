@@ -10,18 +10,8 @@ cd "$(dirname "$0")/.."
 # System packages the tests drive for real.
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
-# The JavaScript and Python sample plugins are built by their own toolchains
-# (componentize-qjs and componentize-js from npm, componentize-py from
-# PyPI), which need these.
-command -v node >/dev/null || need_apt+=(nodejs npm)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-# The C sample plugin: clang for wasm32-wasi, its linker, wasi-libc and the
-# wasm32 compiler builtins.
-command -v clang >/dev/null || need_apt+=(clang)
-command -v wasm-ld >/dev/null || need_apt+=(lld)
-[ -f /usr/lib/wasm32-wasi/libc.a ] || need_apt+=(wasi-libc)
-compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a' >/dev/null \
-  || need_apt+=(libclang-rt-dev-wasm32)
+# The JavaScript, Python and C sample plugins' toolchains.
+source scripts/foreign-toolchains.sh
 # Prometheus' own checker of the /metrics text (`promtool check metrics`),
 # without what the package recommends (the node exporter and its tools).
 need_apt_bare=()
