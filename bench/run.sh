@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Weir vs nginx vs haproxy on this machine, in one run: see bench/README.md.
+# Weir vs nginx vs haproxy on this machine, in one run: see BENCHMARKS.md.
 # Installs nginx, haproxy, redis-server, wrk and h2load (nghttp2-client) from apt, builds
 # weir and the sample plugins in release mode (into CARGO_TARGET_DIR when
 # set), then runs bench/run.py; `bench/run.sh --storm` runs the storms of
