@@ -364,7 +364,8 @@ def main():
                        help="[runtime] max_plugin_cpu_percent of the storms' Weir "
                             "(absent: Weir's default; 100 turns the share limit off)")
     storm.add_argument("--storm-only", action="append", default=[],
-                       help="run only this storm: slow, busy, logs, reload, metrics (repeatable)")
+                       help="run only this storm: slow, busy, logs, properties, reload, metrics "
+                            "(repeatable)")
     args = parser.parse_args()
     PLUGINS = args.plugins_dir.resolve()
     if args.storm:

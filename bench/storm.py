@@ -15,7 +15,7 @@ this shared VM the quiet latency moves by 2x within the hour, so a single
 quiet phase minutes before the storm made the ratio swing either side of
 2x between back-to-back runs. Each round's own ratio is reported too.
 
-In the plugin storms (busy loop, log flood, metrics flood) the storm's
+In the plugin storms (busy loop, log flood, properties, metrics flood) the storm's
 `hostile` plugin runs only on a `storm` route (prefix `/boom`); `/fast` is
 served by a `fast` route (prefix `/`) with an empty chain, so it never
 calls a plugin (`hostile` also keeps its `trigger_prefix = "/boom"`). The
@@ -596,6 +596,25 @@ def storm_reload(binary, work, args):
         weir.stop()
 
 
+def storm_properties(binary, work, args):
+    """The issue's 60k-properties row: a plugin answering every `/boom`
+    request with 60,000 properties (the host refuses the answer, past
+    `max_properties`, before merging any), 2 connections."""
+    conf = weir_conf(work, "properties", "", hostile(
+        args.plugins_dir, "properties", "", "count = 60000\nsize = 1"), routes=STORM_ROUTES)
+    weir = Weir(binary, conf, 2, work)
+    try:
+        def storm():
+            start = time.monotonic()
+            load = wrk(PORTS["weir"], "/boom", args.storm_duration, 2)
+            return {"storm": (start, time.monotonic())}, {"wrk": load}
+        result = measure(weir, args.storm_quiet, storm)
+        result["notes"]["metrics"] = route_counts()
+        return result
+    finally:
+        weir.stop()
+
+
 def storm_metrics_scrape(binary, work, args):
     # No `max_concurrency` here: `/boom` is called one request at a time,
     # before the storm, and `/fast` calls no plugin.
@@ -645,6 +664,7 @@ ROWS = [
      "p99"),
     ("logs", "a plugin logging heavily (200 × 4 KB lines per request), stderr drained at "
              "8 MB/s, 2 connections", "p99"),
+    ("properties", "a plugin answering with 60,000 properties, 2 connections", "stall"),
     ("reload", "reload compiling the largest component, `--threads 1`", "stall"),
     ("metrics", "`/metrics` scraped in a loop, ~10k plugin series", "stall"),
     ("slow", "a client reading a cacheable 2 MiB URL at 1 KB/s while a second fetches it",
@@ -665,7 +685,8 @@ def run_storms(binary, work, args):
     results = {}
     try:
         for key, fn in [("slow", storm_baseline_and_slow_reader), ("busy", storm_busy_plugin),
-                        ("logs", storm_log_flood), ("reload", storm_reload),
+                        ("logs", storm_log_flood), ("properties", storm_properties),
+                        ("reload", storm_reload),
                         ("metrics", storm_metrics_scrape)]:
             if args.storm_only and key not in args.storm_only:
                 continue
