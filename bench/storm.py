@@ -268,9 +268,10 @@ def with_nonce(component: bytes, nonce: bytes) -> bytes:
 
 
 def largest_component():
-    """The largest JavaScript or Python sample (megabytes of language
-    runtime to compile). Not a Rust sample: those are a few hundred KB, and
-    some refuse to load without a config of their own."""
+    """The largest sample `plugins/build-foreign.sh` built: a JavaScript or
+    Python one, megabytes of language runtime to compile. Not a Rust
+    sample: those are a few hundred KB, and some refuse to load without a
+    config of their own."""
     foreign = ROOT / "target" / "foreign-plugins"
     candidates = sorted(foreign.glob("*.wasm")) if foreign.is_dir() else []
     if not candidates:
