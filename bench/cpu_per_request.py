@@ -21,7 +21,6 @@ import os
 import re
 import statistics
 import subprocess
-import tempfile
 from pathlib import Path
 
 import run as R
@@ -59,16 +58,8 @@ def main():
     args = parser.parse_args()
     R.PLUGINS = args.plugins_dir.resolve()
 
-    work = Path(tempfile.mkdtemp(prefix="weir-cpu-"))
-    work.chmod(0o755)
-    procs = []
-
-    def start(cmd, **kw):
-        p = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL,
-                             stderr=open(work / f"{len(procs)}.log", "w"), **kw)
-        procs.append(p)
-        return p
-
+    pinned = R.Pinned("weir-cpu-")
+    work, start = pinned.work, pinned.start
     builds = {"first": ("weir-chain", args.weir_binary),
               "second": ("weir-chain-cmp", args.compare_binary)}
     try:
@@ -102,8 +93,7 @@ def main():
                   f"({args.compare_binary}); first ÷ second per trial, median "
                   f"{statistics.median(ratios):.3f} ({', '.join(f'{r:.2f}' for r in ratios)})")
     finally:
-        for p in procs:
-            p.terminate()
+        pinned.close()
 
 
 if __name__ == "__main__":

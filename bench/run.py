@@ -321,6 +321,34 @@ def wait_port(port, timeout=60):
     raise SystemExit(f"nothing listens on {port}")
 
 
+class Pinned:
+    """The processes of one benchmark, pinned to core 0 beside the origin,
+    each logging into a work directory of their own; `close` stops them
+    and removes it."""
+
+    def __init__(self, prefix):
+        self.work = Path(tempfile.mkdtemp(prefix=prefix))
+        # nginx workers drop to www-data: let them read the 64 KiB body.
+        self.work.chmod(0o755)
+        self.procs = []
+
+    def start(self, cmd, **kw):
+        p = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL,
+                             stderr=open(self.work / f"{len(self.procs)}.log", "w"), **kw)
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def main():
     global PLUGINS
     parser = argparse.ArgumentParser()
@@ -379,17 +407,8 @@ def main():
         rows += [(label + COMPARE, h1 + "-cmp", h2 + "-cmp", path, label)
                  for label, h1, h2, path, _ in rows if h1.startswith("weir")]
 
-    work = Path(tempfile.mkdtemp(prefix="weir-bench-"))
-    # nginx workers drop to www-data: let them read the 64 KiB body.
-    work.chmod(0o755)
-    procs = []
-
-    def start(cmd, **kw):
-        p = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL,
-                             stderr=open(work / f"{len(procs)}.log", "w"), **kw)
-        procs.append(p)
-        return p
-
+    pinned = Pinned("weir-bench-")
+    work, start = pinned.work, pinned.start
     try:
         start(["nginx", "-c", str(origin_conf(work)), "-g", "daemon off;"])
         start(["nginx", "-c", str(nginx_conf(work)), "-g", "daemon off;"])
@@ -442,14 +461,7 @@ def main():
         if args.out:
             args.out.write_text(table)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        pinned.close()
 
 
 def run_storm(args):
